@@ -1,0 +1,51 @@
+# kubevirt-rs. The quick start is `make demo` and `make test`; see README.md.
+#
+# Test guests are built from Debian packages into the cache
+# ($KUBEVIRT_RS_CACHE, default ~/.cache/kubevirt-rs; see guest/README.md).
+
+CARGO ?= cargo
+RELEASE := target/release
+
+.PHONY: all deps build guest registry demo test test-unit lint crds bench clean
+
+all: build
+
+deps:
+	scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --bins
+
+# Tiny guest disk, kernel, initramfs and their OCI layouts.
+guest: deps
+	guest/build.sh
+
+# A registry on 127.0.0.1:5000 serving the guests, and the node's mirror configuration.
+registry: guest
+	guest/registry.sh
+
+# Boots the demo VMI with the standalone launcher and shows its console.
+demo: build registry
+	$(RELEASE)/virt-launcher run --vmi examples/demo-vmi.yaml
+
+# Everything CI runs: unit tests, then real QEMU guests under TCG.
+test: deps registry
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test-unit:
+	$(CARGO) test --workspace --lib
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Regenerates deploy/crds/ from the API types.
+crds:
+	$(CARGO) run -q -p api --bin crdgen deploy/crds
+
+bench: build registry
+	scripts/bench.sh
+
+clean:
+	$(CARGO) clean

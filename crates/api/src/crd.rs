@@ -1,0 +1,170 @@
+//! CustomResourceDefinitions generated from the Rust types.
+//!
+//! kube-derive produces one version per kind; here each kubevirt.io kind also gets the
+//! deprecated `v1alpha3` (same schema, conversion `None`, as upstream), the CRDs carry
+//! upstream's `kubevirt.io` label, and the VMI loses its status subresource (upstream's VMI
+//! has none: status is written with ordinary updates). `deploy/crds/` holds the output of
+//! `cargo run -p api --bin crdgen`, and a test keeps it in step with the types.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionVersion,
+};
+use kube::CustomResourceExt;
+
+use crate::instancetype::{
+    VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
+    VirtualMachinePreference,
+};
+use crate::v1::{
+    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    VirtualMachineInstancePreset, VirtualMachineInstanceReplicaSet,
+};
+
+/// Every CRD of the project, in a stable order.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    let mut crds = vec![
+        core(VirtualMachine::crd()),
+        core(VirtualMachineInstance::crd()),
+        core(VirtualMachineInstanceReplicaSet::crd()),
+        core(VirtualMachineInstancePreset::crd()),
+        core(VirtualMachineInstanceMigration::crd()),
+        labelled(VirtualMachineInstancetype::crd()),
+        labelled(VirtualMachineClusterInstancetype::crd()),
+        labelled(VirtualMachinePreference::crd()),
+        labelled(VirtualMachineClusterPreference::crd()),
+    ];
+    for crd in &mut crds {
+        if crd.spec.names.kind == "VirtualMachineInstance" {
+            for v in &mut crd.spec.versions {
+                if let Some(sub) = &mut v.subresources {
+                    sub.status = None;
+                }
+            }
+        }
+    }
+    crds
+}
+
+/// The file name a CRD is written to under `deploy/crds/`.
+pub fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
+}
+
+/// The CRD as YAML, as written to `deploy/crds/`.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
+    let value = serde_json::to_value(crd).unwrap_or_default();
+    serde_saphyr::to_string(&value).unwrap_or_default()
+}
+
+fn labelled(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    crd.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("kubevirt.io".into(), String::new());
+    crd
+}
+
+fn core(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut crd = labelled(crd);
+    let v1 = crd.spec.versions[0].clone();
+    crd.spec.versions.push(CustomResourceDefinitionVersion {
+        name: "v1alpha3".into(),
+        served: true,
+        storage: false,
+        deprecated: Some(true),
+        deprecation_warning: Some(format!(
+            "kubevirt.io/v1alpha3 {} is now deprecated and will be removed in a future release.",
+            crd.spec.names.kind
+        )),
+        ..v1
+    });
+    crd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_crds_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+        for crd in all() {
+            let path = dir.join(file_name(&crd));
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == to_yaml(&crd),
+                "{} is stale: run `make crds` and review the API change",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn printer_columns_and_names_are_upstreams() {
+        let crds = all();
+        let find = |kind: &str| crds.iter().find(|c| c.spec.names.kind == kind).unwrap();
+        let columns = |kind: &str| -> Vec<String> {
+            find(kind).spec.versions[0]
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        assert_eq!(columns("VirtualMachine"), ["Age", "Status", "Ready"]);
+        assert_eq!(
+            columns("VirtualMachineInstance"),
+            [
+                "Age",
+                "Phase",
+                "IP",
+                "NodeName",
+                "Ready",
+                "Live-Migratable",
+                "Paused"
+            ]
+        );
+        assert_eq!(
+            columns("VirtualMachineInstanceReplicaSet"),
+            ["Desired", "Current", "Ready", "Age"]
+        );
+        assert_eq!(columns("VirtualMachineInstanceMigration"), ["Phase", "VMI"]);
+        assert_eq!(
+            find("VirtualMachine")
+                .spec
+                .names
+                .short_names
+                .as_deref()
+                .unwrap(),
+            ["vm", "vms"]
+        );
+        assert_eq!(
+            find("VirtualMachineClusterInstancetype").spec.scope,
+            "Cluster"
+        );
+        let vmi = find("VirtualMachineInstance");
+        assert!(
+            vmi.spec
+                .versions
+                .iter()
+                .all(|v| v.subresources.as_ref().is_none_or(|s| s.status.is_none()))
+        );
+        let rs = find("VirtualMachineInstanceReplicaSet");
+        assert!(
+            rs.spec.versions[0]
+                .subresources
+                .as_ref()
+                .unwrap()
+                .scale
+                .is_some()
+        );
+        assert_eq!(
+            rs.spec
+                .versions
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>(),
+            ["v1", "v1alpha3"]
+        );
+    }
+}

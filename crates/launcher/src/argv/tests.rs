@@ -1,0 +1,216 @@
+//! Golden tests: the command line for each upstream example, after defaults, with fixed
+//! paths. `UPDATE_GOLDEN=1 cargo test -p launcher` rewrites the files; review the diff.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::disks::{DiskFormat, KernelBoot, PreparedVolume};
+
+fn runtime(accel: Accel) -> Runtime {
+    Runtime {
+        sockets: Sockets::in_dir(Path::new("/run/vmi")),
+        accel,
+        tcg_tb_size_mib: 64,
+        port_address: "127.0.0.1".into(),
+        published: [(22, 2222)].into(),
+    }
+}
+
+fn load(file: &str) -> VirtualMachineInstance {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/upstream-examples")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let api::parse::Object::VirtualMachineInstance(mut vmi) =
+        api::parse::parse_documents(&text).unwrap().remove(0)
+    else {
+        panic!("{file} is not a VMI")
+    };
+    vmi.metadata.namespace = Some("default".into());
+    api::defaults::set_vmi_defaults(
+        &mut vmi.spec,
+        Some("5a9f1e3c-0000-4000-8000-000000000001"),
+        &Default::default(),
+    );
+    vmi
+}
+
+/// Fake prepared volumes: every volume at /run/vmi/disks/<name>.
+fn prepared(vmi: &VirtualMachineInstance) -> Prepared {
+    let volumes = vmi
+        .spec
+        .volumes
+        .iter()
+        .map(|v| {
+            let iso = v.cloud_init_no_cloud.is_some() || v.cloud_init_config_drive.is_some();
+            PreparedVolume {
+                name: v.name.clone(),
+                path: PathBuf::from(format!(
+                    "/run/vmi/disks/{}.{}",
+                    v.name,
+                    if iso { "iso" } else { "qcow2" }
+                )),
+                format: if iso {
+                    DiskFormat::Raw
+                } else {
+                    DiskFormat::Qcow2
+                },
+                read_only: iso,
+            }
+        })
+        .collect();
+    let kernel_boot = vmi
+        .spec
+        .domain
+        .firmware
+        .as_ref()
+        .and_then(|f| f.kernel_boot.as_ref())
+        .map(|kb| KernelBoot {
+            kernel: kb
+                .container
+                .as_ref()
+                .and_then(|c| c.kernel_path.as_ref())
+                .map(|p| PathBuf::from(format!("/cache/tree{p}"))),
+            initrd: kb
+                .container
+                .as_ref()
+                .and_then(|c| c.initrd_path.as_ref())
+                .map(|p| PathBuf::from(format!("/cache/tree{p}"))),
+            args: kb.kernel_args.clone(),
+        });
+    Prepared {
+        volumes,
+        kernel_boot,
+    }
+}
+
+fn check_golden(name: &str, args: &[String]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.args"));
+    let text = args.join("\n") + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap_or_default();
+    pretty_assertions::assert_eq!(
+        golden,
+        text,
+        "{} differs; UPDATE_GOLDEN=1 rewrites it",
+        path.display()
+    );
+}
+
+#[test]
+fn upstream_examples_match_their_golden_command_lines() {
+    let tcg = Accel::Tcg {
+        reason: "test".into(),
+    };
+    for file in [
+        "vmi-ephemeral.yaml",
+        "vmi-nocloud.yaml",
+        "vmi-sata.yaml",
+        "vmi-migratable.yaml",
+        "vmi-kernel-boot.yaml",
+    ] {
+        let vmi = load(file);
+        let args = build(&vmi, &prepared(&vmi), &runtime(tcg.clone()))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        check_golden(file.trim_end_matches(".yaml"), &args);
+    }
+}
+
+fn vmi_from(yaml: &str) -> VirtualMachineInstance {
+    let api::parse::Object::VirtualMachineInstance(mut vmi) =
+        api::parse::parse_documents(yaml).unwrap().remove(0)
+    else {
+        panic!()
+    };
+    api::defaults::set_vmi_defaults(&mut vmi.spec, None, &Default::default());
+    vmi
+}
+
+#[test]
+fn a_rich_spec_maps_each_field() {
+    let vmi = vmi_from("
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: rich, namespace: ns}
+spec:
+  hostname: box
+  domain:
+    cpu: {sockets: 2, cores: 2, threads: 1, model: Haswell, features: [{name: pcid, policy: disable}]}
+    memory: {guest: 1Gi}
+    machine: {type: pc}
+    firmware: {serial: 'a,b', uuid: 5a9f1e3c-0000-4000-8000-000000000002}
+    features: {acpi: {enabled: false}, smm: {enabled: true}}
+    devices:
+      autoattachGraphicsDevice: false
+      autoattachMemBalloon: false
+      rng: {}
+      inputs: [{name: t, type: tablet, bus: virtio}]
+      watchdog: {name: w, i6300esb: {action: poweroff}}
+      disks:
+      - {name: root, disk: {bus: sata}, bootOrder: 1, serial: S1, cache: none, io: native}
+      - {name: cd, cdrom: {bus: sata}}
+      - {name: data, disk: {bus: scsi, readonly: true}}
+      interfaces:
+      - {name: default, masquerade: {}, model: e1000, macAddress: '02:00:00:00:00:01', ports: [{port: 22}, {port: 53, protocol: UDP}]}
+  networks: [{name: default, pod: {vmNetworkCIDR: 192.168.7.0/24}}]
+  volumes:
+  - {name: root, containerDisk: {image: x}}
+  - {name: cd, cloudInitNoCloud: {userData: hi}}
+  - {name: data, emptyDisk: {capacity: 1Gi}}
+");
+    let args = build(&vmi, &prepared(&vmi), &runtime(Accel::Kvm)).unwrap();
+    check_golden("rich", &args);
+}
+
+#[test]
+fn what_cannot_run_yet_is_a_clear_error_with_its_field() {
+    let cases = [
+        (
+            "firmware: {bootloader: {efi: {}}}",
+            "spec.domain.firmware.bootloader.efi: EFI firmware is not supported yet",
+        ),
+        (
+            "devices: {tpm: {}}",
+            "spec.domain.devices.tpm: TPM is not supported yet",
+        ),
+        (
+            "clock: {timezone: Europe/Berlin}",
+            "spec.domain.clock.timezone: a guest clock in a named timezone is not supported yet",
+        ),
+        (
+            "memory: {guest: 1Gi, hugepages: {pageSize: 2Mi}}",
+            "spec.domain.memory.hugepages: hugepages is not supported yet",
+        ),
+    ];
+    for (domain, expected) in cases {
+        let yaml = format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: x}}\nspec:\n  domain:\n    memory: {{guest: 64Mi}}\n    {domain}\n"
+        );
+        let yaml = yaml.replacen("    memory: {guest: 64Mi}\n    memory:", "    memory:", 1);
+        let vmi = vmi_from(&yaml);
+        let err = build(&vmi, &prepared(&vmi), &runtime(Accel::Kvm)).unwrap_err();
+        assert_eq!(err.to_string(), expected);
+    }
+}
+
+#[test]
+fn host_model_means_max_under_tcg_and_host_under_kvm() {
+    let vmi = load("vmi-ephemeral.yaml");
+    let cpu = |accel| {
+        let args = build(&vmi, &prepared(&vmi), &runtime(accel)).unwrap();
+        let i = args.iter().position(|a| a == "-cpu").unwrap();
+        args[i + 1].clone()
+    };
+    assert_eq!(cpu(Accel::Kvm), "host");
+    assert_eq!(
+        cpu(Accel::Tcg {
+            reason: String::new()
+        }),
+        "max"
+    );
+}

@@ -1,0 +1,21 @@
+//! virt-launcher: one per VMI. Turns a VirtualMachineInstance into a QEMU process and drives
+//! it over QMP.
+//!
+//! Owns: choosing the accelerator ([`accel`]), pulling containerDisk and kernel-boot images
+//! into the node cache ([`image`], [`registries`]), preparing the VMI's disks ([`disks`]),
+//! the QEMU command line as a pure function of the VMI ([`argv`]), and the QEMU process and
+//! its lifecycle ([`domain`]): start (optionally paused), pause, unpause, ACPI shutdown with a
+//! grace period then kill, reset, and the domain's state and events. [`standalone`] runs one
+//! VMI in the foreground for demos and tests.
+//!
+//! Does not own: the Kubernetes API, scheduling, or what the handler asks for; those talk
+//! to a launcher through its [`domain::Domain`].
+
+pub mod accel;
+pub mod argv;
+pub mod disks;
+pub mod domain;
+pub mod image;
+pub mod paths;
+pub mod registries;
+pub mod standalone;

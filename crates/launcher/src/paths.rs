@@ -1,0 +1,89 @@
+//! Where a launcher keeps things on the node.
+//!
+//! - The image cache (`<cache>/images`), shared by every launcher on the node and kept
+//!   between runs: `$KUBEVIRT_RS_CACHE`, else `$XDG_CACHE_HOME/kubevirt-rs`, else
+//!   `~/.cache/kubevirt-rs`.
+//! - The registry mirror configuration: `$KUBEVIRT_RS_CONFIG_DIR/registries.yaml`, else
+//!   `/etc/kubevirt-rs/registries.yaml`.
+//! - A per-VMI runtime directory (sockets, overlays, cloud-init ISOs, the console log),
+//!   created at start and removed when the launcher exits: under `$KUBEVIRT_RS_RUN_DIR`,
+//!   else `/var/lib/kubevirt-rs/launchers` for root, else `$XDG_RUNTIME_DIR/kubevirt-rs`.
+//!   It lives on disk rather than tmpfs so overlays and empty disks do not take RAM.
+
+use std::path::PathBuf;
+
+/// The node-level locations, read once from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePaths {
+    pub cache: PathBuf,
+    pub registries: PathBuf,
+    pub run: PathBuf,
+}
+
+impl NodePaths {
+    /// Reads the locations through `env` (tests pass a closure over a map).
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
+        let home = env("HOME").unwrap_or_else(|| "/root".into());
+        let cache = env("KUBEVIRT_RS_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kubevirt-rs")))
+            .unwrap_or_else(|| PathBuf::from(&home).join(".cache/kubevirt-rs"));
+        let registries = PathBuf::from(
+            env("KUBEVIRT_RS_CONFIG_DIR").unwrap_or_else(|| "/etc/kubevirt-rs".into()),
+        )
+        .join("registries.yaml");
+        let root = nix::unistd::geteuid().is_root();
+        let run = env("KUBEVIRT_RS_RUN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| match env("XDG_RUNTIME_DIR") {
+                Some(dir) if !root => PathBuf::from(dir).join("kubevirt-rs"),
+                _ if root => PathBuf::from("/var/lib/kubevirt-rs/launchers"),
+                _ => PathBuf::from(&home).join(".local/state/kubevirt-rs/launchers"),
+            });
+        Self {
+            cache,
+            registries,
+            run,
+        }
+    }
+
+    /// The process environment.
+    pub fn from_process_env() -> Self {
+        Self::from_env(|k| std::env::var(k).ok())
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.cache.join("images")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn explicit_variables_win() {
+        let env: HashMap<&str, &str> = [
+            ("KUBEVIRT_RS_CACHE", "/c"),
+            ("KUBEVIRT_RS_CONFIG_DIR", "/etc/x"),
+            ("KUBEVIRT_RS_RUN_DIR", "/r"),
+        ]
+        .into();
+        let p = NodePaths::from_env(|k| env.get(k).map(|v| v.to_string()));
+        assert_eq!(p.cache, PathBuf::from("/c"));
+        assert_eq!(p.images(), PathBuf::from("/c/images"));
+        assert_eq!(p.registries, PathBuf::from("/etc/x/registries.yaml"));
+        assert_eq!(p.run, PathBuf::from("/r"));
+    }
+
+    #[test]
+    fn xdg_cache_is_the_fallback() {
+        let p = NodePaths::from_env(|k| (k == "XDG_CACHE_HOME").then(|| "/xdg".to_string()));
+        assert_eq!(p.cache, PathBuf::from("/xdg/kubevirt-rs"));
+        assert_eq!(
+            p.registries,
+            PathBuf::from("/etc/kubevirt-rs/registries.yaml")
+        );
+    }
+}

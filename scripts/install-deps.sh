@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every system package the build, the tests and the demo need (Debian 12).
+# Idempotent: skips the work when everything is already there.
+set -euo pipefail
+
+need=(qemu-system-x86_64 busybox genisoimage cpio lz4 docker-registry skopeo passt socat mkfs.ext4 debootstrap virsh
+      syslinux mcopy mkfs.vfat sfdisk python3 xz zstd)
+missing=0
+for cmd in "${need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/usr/bin/$cmd" ] || missing=1
+done
+[ "$missing" = 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+# The image carries qemu-utils from bookworm-backports without that suite in its sources;
+# qemu-system-x86 must come from the same suite (see shared/reference/qemu-here.md §2).
+src=/etc/apt/sources.list.d/debian.sources
+if [ -f "$src" ] && ! grep -q 'bookworm-backports' "$src"; then
+  $SUDO sed -i '0,/^Suites: bookworm bookworm-updates$/s//Suites: bookworm bookworm-updates bookworm-backports/' "$src"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends \
+  busybox-static cpio lz4 genisoimage xorriso kmod socat e2fsprogs \
+  docker-registry skopeo passt debootstrap \
+  syslinux syslinux-common mtools dosfstools fdisk python3 xz-utils zstd \
+  libvirt-daemon-system libvirt-clients >/dev/null
