@@ -9,6 +9,7 @@
 # fdisk (sfdisk), dosfstools, mtools, syslinux, syslinux-common, qemu-utils. No root needed
 # except for apt-get download in a root-only apt setup.
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin   # modinfo, mkfs.vfat, sfdisk for non-root users
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${KUBEVIRT_RS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-rs}
@@ -64,9 +65,13 @@ log "kernel package: $dep${depver:+=$depver} (from $kernel_meta $best)"
 (cd "$work/debs" && apt-get download -q "$dep${depver:+=$depver}" busybox-static >/dev/null)
 for d in "$work"/debs/*.deb; do dpkg-deb -x "$d" "$work/pkgroot"; done
 
-kver=$(ls "$work/pkgroot/lib/modules")
+libmod=$work/pkgroot/lib/modules
+[ -d "$libmod" ] || libmod=$work/pkgroot/usr/lib/modules
+kver=$(ls "$libmod")
 [ "$(echo "$kver" | wc -l)" = 1 ] || { log "expected one kernel in the package, got: $kver"; exit 1; }
-moddir=$work/pkgroot/lib/modules/$kver
+moddir=$libmod/$kver
+bb=$work/pkgroot/bin/busybox
+[ -x "$bb" ] || bb=$work/pkgroot/usr/bin/busybox
 cp "$work/pkgroot/boot/vmlinuz-$kver" "$work/vmlinuz"
 
 # --- modules: decompress, resolve dependencies, order ------------------------------
@@ -97,7 +102,7 @@ printf '%s\n' "${order[@]}" >"$root/etc/modules"
 log "modules: ${order[*]}"
 
 # --- b. initramfs ----------------------------------------------------------------
-cp "$work/pkgroot/bin/busybox" "$root/bin/busybox"
+cp "$bb" "$root/bin/busybox"
 for a in $("$root/bin/busybox" --list); do
   [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
 done
@@ -145,7 +150,7 @@ TIMEOUT 0
 LABEL tiny
   LINUX /vmlinuz
   INITRD /initrd.img
-  APPEND console=tty0 console=ttyS0 quiet
+  APPEND console=tty0 console=ttyS0 quiet nokaslr
 CFG
 export MTOOLS_SKIP_CHECK=1 SOURCE_DATE_EPOCH=0
 truncate -s "${part_mib}M" "$work/part.img"

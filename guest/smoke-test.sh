@@ -33,7 +33,7 @@ fail=0
 # that every expected string is on the console.
 run() {
   local name=$1 limit=$2 expect=$3; shift 4
-  if [ -n "$only" ] && ! grep -qw -- "$name" <<<"$only"; then return 0; fi
+  if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then return 0; fi
   rm -f disk.qcow2 console.log qmp.sock
   qemu-img create -q -f qcow2 -F qcow2 -b "$g/tiny.qcow2" disk.qcow2
   local t0 t1 i

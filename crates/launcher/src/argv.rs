@@ -46,6 +46,8 @@ pub struct Sockets {
     pub serial: PathBuf,
     pub serial_log: PathBuf,
     pub vnc: PathBuf,
+    /// qemu-guest-agent's virtio-serial port (`org.qemu.guest_agent.0`).
+    pub guest_agent: PathBuf,
 }
 
 impl Sockets {
@@ -55,6 +57,7 @@ impl Sockets {
             serial: dir.join("virt-serial0"),
             serial_log: dir.join("virt-serial0.log"),
             vnc: dir.join("virt-vnc"),
+            guest_agent: dir.join("qga.sock"),
         }
     }
 }
@@ -115,6 +118,16 @@ pub fn build(
         );
         a.push("-serial", "chardev:serial0");
     }
+    // Upstream always offers the guest agent channel; an agent in the guest connects to it.
+    a.device("virtio-serial-pci,id=virtio-serial0");
+    a.push(
+        "-chardev",
+        format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            escape_path(&rt.sockets.guest_agent)
+        ),
+    );
+    a.device("virtserialport,bus=virtio-serial0.0,nr=1,chardev=qga0,name=org.qemu.guest_agent.0");
     disks::add(vmi, prepared, &mut a)?;
     net::add(vmi, rt, &mut a)?;
     devices::add(vmi, rt, &mut a)?;

@@ -90,6 +90,17 @@ async fn paused_start_pause_unpause_reset_and_shutdown() {
     wait_state(d, |s| *s == DomainState::Running).await;
     wait_for_log(&log, common::READY, Duration::from_secs(90)).await;
 
+    // VNC on its unix socket speaks RFB 3.8.
+    let mut vnc = tokio::net::UnixStream::connect(&launched.sockets.vnc)
+        .await
+        .unwrap();
+    let mut greeting = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut vnc, &mut greeting)
+        .await
+        .unwrap();
+    assert_eq!(&greeting, b"RFB 003.008\n");
+    drop(vnc);
+
     d.pause().await.unwrap();
     assert_eq!(
         wait_state(d, |s| matches!(s, DomainState::Paused { .. })).await,

@@ -142,3 +142,66 @@ fn bad_specs_and_missing_images_are_one_clear_line_and_leave_nothing() {
         l.assert_nothing_left();
     }
 }
+
+#[test]
+fn masquerade_gives_the_guest_outbound_access_and_forwards_its_ports() {
+    use std::io::{Read, Write};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = server.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nfrom-host\n");
+        }
+    });
+    let published = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let vmi = manifest(dir.path(), "vmi.yaml", &format!("
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: net}}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    devices:
+      disks: [{{name: containerdisk, disk: {{bus: virtio}}}}, {{name: cloudinitdisk, disk: {{bus: virtio}}}}]
+      interfaces: [{{name: default, masquerade: {{}}, ports: [{{port: 8080}}]}}]
+    memory: {{guest: 128Mi}}
+  networks: [{{name: default, pod: {{}}}}]
+  volumes:
+  - {{name: containerdisk, containerDisk: {{image: 'registry:5000/kubevirt/cirros-container-disk-demo:devel'}}}}
+  - name: cloudinitdisk
+    cloudInitNoCloud:
+      userData: |
+        #!/bin/sh
+        wget -q -O- http://10.0.2.1:{host_port}/ | sed 's/^/outbound: /'
+        (echo from-guest | nc -l -p 8080) &
+        echo listening-on-8080
+"));
+    let mut l = Launcher::start_with(&vmi, &["--publish", &format!("8080:{published}")]);
+    l.wait_for_output("outbound: from-host", BOOT);
+    l.wait_for_output("listening-on-8080", BOOT);
+    let mut got = String::new();
+    for _ in 0..50 {
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", published)) {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = conn.read_to_string(&mut got);
+            if got.contains("from-guest") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        got.contains("from-guest"),
+        "forwarded port answered {got:?}"
+    );
+    l.signal(Signal::SIGTERM);
+    assert_eq!(l.wait_exit(Duration::from_secs(15)), 0);
+    l.assert_nothing_left();
+}

@@ -46,11 +46,16 @@ pub struct Launcher {
 
 impl Launcher {
     pub fn start(vmi: &Path) -> Self {
+        Self::start_with(vmi, &[])
+    }
+
+    pub fn start_with(vmi: &Path, extra: &[&str]) -> Self {
         require_registry();
         let run_dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_virt-launcher"))
             .args(["run", "--vmi"])
             .arg(vmi)
+            .args(extra)
             .env("KUBEVIRT_RS_RUN_DIR", run_dir.path())
             .env("KUBEVIRT_RS_LOG", "info")
             .stdin(Stdio::null())
