@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=(qemu-system-x86_64 busybox genisoimage cpio lz4 docker-registry skopeo passt socat mkfs.ext4 debootstrap virsh
-      syslinux mcopy mkfs.vfat sfdisk python3 xz zstd)
+      syslinux mcopy mkfs.vfat sfdisk python3 xz zstd libvirtd virtlogd)
 missing=0
 for cmd in "${need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/usr/bin/$cmd" ] || missing=1
@@ -27,4 +27,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   busybox-static cpio lz4 genisoimage xorriso kmod socat e2fsprogs \
   docker-registry skopeo passt debootstrap \
   syslinux syslinux-common mtools dosfstools fdisk python3 xz-utils zstd \
-  libvirt-daemon-system libvirt-clients >/dev/null
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients >/dev/null

@@ -107,7 +107,11 @@ start() {
   mkdir -p "$RUN" "$BASE/lib"
   # The daemons daemonize (-d) inside the new mount namespace; it lives as long as they do,
   # and the QEMU processes libvirtd starts inherit it.
-  unshare --mount --propagation private -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C \
+  # libvirt 9.0 keys its capability cache on the host CPUID it reads in-process, including
+  # leaf 0x1f's x2APIC ID (EDX), i.e. on which CPU the thread ran: unpinned, about every
+  # other start finds the cache "outdated (host cpuid changed)" and re-probes QEMU (seconds).
+  # So the daemons start pinned to CPU 0, and are unpinned once they answer.
+  taskset -c 0 unshare --mount --propagation private -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C \
     LIBVIRT_DRIVER_DIR="$BASE/drivers" \
     bash -euo pipefail -c '
       b=$1
@@ -121,14 +125,24 @@ start() {
     ' libvirt-sh "$BASE" "$VIRTLOGD" "$LIBVIRTD" </dev/null >"$BASE/log/start.log" 2>&1 \
     || die "daemons failed to start: $(tail -n5 "$BASE/log/start.log")"
   local i
-  for ((i = 0; i < 300; i++)); do
+  for ((i = 0; i < 1200; i++)); do
     if answers; then
+      unpin
       echo "$URI"
       return
     fi
     sleep 0.1
   done
   die "libvirtd does not answer on $URI; see $BASE/log/libvirtd.log"
+}
+
+# Every thread of both daemons back on all online CPUs (QEMU gets its own affinity from libvirt).
+unpin() {
+  local f all
+  all=$(cat /sys/devices/system/cpu/online)
+  for f in "$RUN/libvirtd.pid" "$RUN/virtlogd.pid"; do
+    if alive "$f"; then taskset -a -p -c "$all" "$(cat "$f")" >/dev/null; fi
+  done
 }
 
 stop() {

@@ -56,12 +56,15 @@ fn base_image() -> PathBuf {
     cache.join("guests/tiny.qcow2")
 }
 
-fn managers_kib() -> u64 {
+fn managers() -> proc::Beyond {
     ["libvirtd", "virtqemud", "virtlogd"]
         .iter()
         .filter_map(|name| proc::pid_with_cmdline(&format!("/usr/sbin/{name}")))
-        .map(proc::rss_kib)
-        .sum()
+        .map(proc::whole)
+        .fold(proc::Beyond::default(), |a, b| proc::Beyond {
+            rss: a.rss + b.rss,
+            private: a.private + b.private,
+        })
 }
 
 pub fn measure(runs: usize, memory_mib: u64) -> anyhow::Result<Vec<Sample>> {
@@ -100,8 +103,8 @@ pub fn measure(runs: usize, memory_mib: u64) -> anyhow::Result<Vec<Sample>> {
         std::thread::sleep(Duration::from_millis(300));
         let qemu =
             proc::pid_with_cmdline(&format!("guest={name}")).context("no qemu for the domain")?;
-        s.manager_kib = managers_kib();
-        s.qemu_overhead_paused_kib = proc::rss_beyond_guest_kib(qemu, guest);
+        s.manager = managers();
+        s.paused = proc::beyond_guest(qemu, guest);
         lv.virsh(&["destroy", &name])?;
         let _ = std::fs::remove_file(&log);
 
@@ -111,8 +114,12 @@ pub fn measure(runs: usize, memory_mib: u64) -> anyhow::Result<Vec<Sample>> {
         proc::wait_for_text(&log, "KUBEVIRT-RS-GUEST-READY", Duration::from_secs(120))?;
         let qemu =
             proc::pid_with_cmdline(&format!("guest={name}")).context("no qemu for the domain")?;
-        s.qemu_overhead_running_kib = proc::rss_beyond_guest_kib(qemu, guest);
-        s.manager_kib = s.manager_kib.max(managers_kib());
+        s.running = proc::beyond_guest(qemu, guest);
+        let m = managers();
+        s.manager = proc::Beyond {
+            rss: s.manager.rss.max(m.rss),
+            private: s.manager.private.max(m.private),
+        };
         lv.virsh(&["destroy", &name])?;
         // The first run warms libvirt's capability cache; it is not counted.
         if i > 0 {

@@ -3,10 +3,12 @@
 //! stack upstream's virt-launcher uses.
 //!
 //! Each figure is the median of `--runs` runs. Latency is measured from spawning the
-//! launcher (or `virsh create`) to the guest's vCPUs running, with the image already in
-//! the node cache. Memory is RSS from `/proc`: the launcher (or libvirtd plus virtlogd,
-//! which upstream runs once per VM pod), and QEMU without its guest-RAM mapping, paused
-//! (nothing booted yet) and running (after the guest printed its ready marker).
+//! launcher (or calling `virsh create`) to the guest's vCPUs running, with the image
+//! already in the node cache. Memory comes from `/proc/PID/smaps`: the launcher (or
+//! libvirtd plus virtlogd, which upstream runs once per VM pod), and QEMU without its
+//! guest-RAM mapping, paused (nothing booted yet) and running (after the guest printed its
+//! ready marker). Each is given as resident (RSS) and private (pages no other process
+//! shares: what one more VM adds on a node).
 
 mod libvirt;
 mod ours;
@@ -33,13 +35,13 @@ struct Cli {
     no_libvirt: bool,
 }
 
-/// One run's numbers; `None` where not measured.
+/// One run's numbers.
 #[derive(Debug, Default, Clone)]
 pub struct Sample {
     pub start_ms: f64,
-    pub manager_kib: u64,
-    pub qemu_overhead_paused_kib: u64,
-    pub qemu_overhead_running_kib: u64,
+    pub manager: proc::Beyond,
+    pub paused: proc::Beyond,
+    pub running: proc::Beyond,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -55,21 +57,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Medians: latency in ms, memory as (RSS, private) MiB.
 struct Summary {
     start_ms: f64,
-    manager_mib: f64,
-    paused_mib: f64,
-    running_mib: f64,
+    manager: (f64, f64),
+    paused: (f64, f64),
+    running: (f64, f64),
 }
 
 fn summarize(samples: &[Sample]) -> Summary {
-    let mib =
-        |f: fn(&Sample) -> u64| median(samples.iter().map(|s| f(s) as f64 / 1024.0).collect());
+    let mib = |f: fn(&Sample) -> proc::Beyond| {
+        (
+            median(samples.iter().map(|s| f(s).rss as f64 / 1024.0).collect()),
+            median(
+                samples
+                    .iter()
+                    .map(|s| f(s).private as f64 / 1024.0)
+                    .collect(),
+            ),
+        )
+    };
     Summary {
         start_ms: median(samples.iter().map(|s| s.start_ms).collect()),
-        manager_mib: mib(|s| s.manager_kib),
-        paused_mib: mib(|s| s.qemu_overhead_paused_kib),
-        running_mib: mib(|s| s.qemu_overhead_running_kib),
+        manager: mib(|s| s.manager),
+        paused: mib(|s| s.paused),
+        running: mib(|s| s.running),
     }
 }
 
@@ -82,59 +94,65 @@ fn main() -> anyhow::Result<()> {
         Some(libvirt::measure(cli.runs, cli.memory_mib)?)
     };
     let o = summarize(&ours);
+    let t = theirs.as_ref().map(|s| summarize(s));
     println!(
-        "guest: tiny test guest, {} MiB, 1 vCPU, TCG; medians of {} runs\n",
+        "guest: tiny test guest, {} MiB, 1 vCPU, TCG; medians of {} runs",
         cli.memory_mib, cli.runs
     );
-    println!("| measure | kubevirt-rs launcher | libvirt (virsh create) | ratio |");
+    println!("memory in MiB as resident (RSS) / private (what one more VM adds)\n");
+    println!("| measure | kubevirt-rs launcher | libvirt (virsh create) | libvirt / ours |");
     println!("|---|---|---|---|");
-    let row = |name: &str, ours: f64, theirs: Option<f64>, unit: &str| match theirs {
-        Some(t) => println!(
-            "| {name} | {ours:.1} {unit} | {t:.1} {unit} | {:.1}x |",
-            t / ours
-        ),
-        None => println!("| {name} | {ours:.1} {unit} | n/a | |"),
+    let ms = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
+        Some(t) => println!("| {name} | {ours:.0} ms | {t:.0} ms | {:.1}x |", t / ours),
+        None => println!("| {name} | {ours:.0} ms | n/a | |"),
     };
-    let t = theirs.as_ref().map(|s| summarize(s));
-    row(
+    let mem = |name: &str, ours: (f64, f64), theirs: Option<(f64, f64)>| match theirs {
+        Some(t) => println!(
+            "| {name} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1}x / {:.1}x |",
+            ours.0,
+            ours.1,
+            t.0,
+            t.1,
+            t.0 / ours.0,
+            t.1 / ours.1
+        ),
+        None => println!("| {name} | {:.1} / {:.1} | n/a | |", ours.0, ours.1),
+    };
+    let add = |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, a.1 + b.1);
+    ms(
         "start -> vCPUs running",
         o.start_ms,
         t.as_ref().map(|t| t.start_ms),
-        "ms",
     );
-    row(
-        "manager RSS (launcher / libvirtd+virtlogd)",
-        o.manager_mib,
-        t.as_ref().map(|t| t.manager_mib),
-        "MiB",
+    mem(
+        "manager (launcher; libvirtd + virtlogd)",
+        o.manager,
+        t.as_ref().map(|t| t.manager),
     );
-    row(
-        "QEMU RSS beyond guest RAM, paused",
-        o.paused_mib,
-        t.as_ref().map(|t| t.paused_mib),
-        "MiB",
+    mem(
+        "QEMU beyond guest RAM, paused",
+        o.paused,
+        t.as_ref().map(|t| t.paused),
     );
-    row(
-        "QEMU RSS beyond guest RAM, running",
-        o.running_mib,
-        t.as_ref().map(|t| t.running_mib),
-        "MiB",
+    mem(
+        "QEMU beyond guest RAM, running",
+        o.running,
+        t.as_ref().map(|t| t.running),
     );
-    row(
-        "per-VM total, running",
-        o.manager_mib + o.running_mib,
-        t.as_ref().map(|t| t.manager_mib + t.running_mib),
-        "MiB",
+    mem(
+        "per VM, paused (manager + QEMU)",
+        add(o.manager, o.paused),
+        t.as_ref().map(|t| add(t.manager, t.paused)),
     );
-    println!(
-        "\nraw start latencies (ms): ours {:?}",
-        ours.iter().map(|s| s.start_ms.round()).collect::<Vec<_>>()
+    mem(
+        "per VM, running (manager + QEMU)",
+        add(o.manager, o.running),
+        t.as_ref().map(|t| add(t.manager, t.running)),
     );
+    let raw = |s: &[Sample]| s.iter().map(|s| s.start_ms.round()).collect::<Vec<_>>();
+    println!("\nraw start latencies (ms): ours {:?}", raw(&ours));
     if let Some(t) = &theirs {
-        println!(
-            "raw start latencies (ms): libvirt {:?}",
-            t.iter().map(|s| s.start_ms.round()).collect::<Vec<_>>()
-        );
+        println!("raw start latencies (ms): libvirt {:?}", raw(t));
     }
     Ok(())
 }

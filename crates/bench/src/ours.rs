@@ -93,8 +93,8 @@ pub fn measure(launcher: &Path, runs: usize, memory_mib: u64) -> anyhow::Result<
         let (child, _) = start(launcher, &paused_vmi, dir.path(), "startStrategy Paused")?;
         std::thread::sleep(Duration::from_millis(300));
         let qemu = proc::child_of(child.id()).context("no qemu under the launcher")?;
-        s.manager_kib = proc::rss_kib(child.id());
-        s.qemu_overhead_paused_kib = proc::rss_beyond_guest_kib(qemu, guest);
+        s.manager = proc::whole(child.id());
+        s.paused = proc::beyond_guest(qemu, guest);
         stop(child)?;
 
         let (child, ms) = start(launcher, &running_vmi, dir.path(), "guest running")?;
@@ -106,8 +106,12 @@ pub fn measure(launcher: &Path, runs: usize, memory_mib: u64) -> anyhow::Result<
             .context("no console log")?;
         proc::wait_for_text(&log, "KUBEVIRT-RS-GUEST-READY", Duration::from_secs(120))?;
         let qemu = proc::child_of(child.id()).context("no qemu under the launcher")?;
-        s.qemu_overhead_running_kib = proc::rss_beyond_guest_kib(qemu, guest);
-        s.manager_kib = s.manager_kib.max(proc::rss_kib(child.id()));
+        s.running = proc::beyond_guest(qemu, guest);
+        let m = proc::whole(child.id());
+        s.manager = proc::Beyond {
+            rss: s.manager.rss.max(m.rss),
+            private: s.manager.private.max(m.private),
+        };
         stop(child)?;
         samples.push(s);
     }

@@ -13,9 +13,32 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Resident KiB of a process outside its guest-RAM mapping (the one mapping of exactly
-/// `guest_bytes`).
-pub fn rss_beyond_guest_kib(pid: u32, guest_bytes: u64) -> u64 {
+/// Memory of a process outside its guest-RAM mapping (the one mapping of exactly
+/// `guest_bytes`), in KiB: resident, and private (not shared with any other process, so
+/// what each further VM adds on a node where the QEMU binary and libraries are already in
+/// memory).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Beyond {
+    pub rss: u64,
+    pub private: u64,
+}
+
+pub fn beyond_guest(pid: u32, guest_bytes: u64) -> Beyond {
+    Beyond {
+        rss: sum_beyond(pid, guest_bytes, &["Rss:"]),
+        private: sum_beyond(pid, guest_bytes, &["Private_Clean:", "Private_Dirty:"]),
+    }
+}
+
+/// `VmRSS` and private KiB of a whole process.
+pub fn whole(pid: u32) -> Beyond {
+    Beyond {
+        rss: rss_kib(pid),
+        private: sum_beyond(pid, u64::MAX, &["Private_Clean:", "Private_Dirty:"]),
+    }
+}
+
+fn sum_beyond(pid: u32, guest_bytes: u64, fields: &[&str]) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut total = 0;
     let mut skip = false;
@@ -27,14 +50,13 @@ pub fn rss_beyond_guest_kib(pid: u32, guest_bytes: u64) -> u64 {
                 continue;
             }
         }
-        if let Some(v) = line.strip_prefix("Rss:") {
-            if !skip {
-                total += v
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
+        let value = fields.iter().find_map(|f| line.strip_prefix(f));
+        if let (Some(v), false) = (value, skip) {
+            total += v
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     total

@@ -14,6 +14,10 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+
+pub use reference::ImageRef;
+
+mod reference;
 use tracing::{debug, info};
 
 use crate::registries::{Endpoint, Registries};
@@ -68,10 +72,9 @@ impl ImageCache {
 
     /// Ensures `image` is unpacked in the cache and returns the root of its tree.
     pub async fn ensure(&self, image: &str, policy: PullPolicy) -> Result<PathBuf, ImageError> {
-        let reference: Reference = image
-            .parse()
-            .map_err(|_| ImageError::InvalidReference(image.to_owned()))?;
-        let ref_file = self.root.join("refs").join(escape(&reference.whole()));
+        let reference =
+            ImageRef::parse(image).ok_or_else(|| ImageError::InvalidReference(image.to_owned()))?;
+        let ref_file = self.root.join("refs").join(escape(&reference.to_string()));
         if policy != PullPolicy::Always {
             if let Ok(digest) = std::fs::read_to_string(&ref_file) {
                 let tree = self.root.join("trees").join(escape(digest.trim()));
@@ -90,7 +93,7 @@ impl ImageCache {
         let mut reasons = Vec::new();
         for endpoint in self
             .registries
-            .endpoints(reference.resolve_registry(), reference.repository())
+            .endpoints(&reference.registry, &reference.repository)
         {
             match self.pull_from(&reference, &endpoint).await {
                 Ok((digest, tree)) => {
@@ -112,7 +115,7 @@ impl ImageCache {
 
     async fn pull_from(
         &self,
-        reference: &Reference,
+        reference: &ImageRef,
         endpoint: &Endpoint,
     ) -> Result<(String, PathBuf), String> {
         let protocol = if endpoint.plain_http {
@@ -126,16 +129,16 @@ impl ImageCache {
             read_timeout: Some(std::time::Duration::from_secs(120)),
             ..Default::default()
         });
-        let target = match (reference.tag(), reference.digest()) {
+        let target = match (&reference.tag, &reference.digest) {
             (_, Some(d)) => Reference::with_digest(
                 endpoint.host.clone(),
                 endpoint.repository.clone(),
-                d.to_owned(),
+                d.clone(),
             ),
             (tag, None) => Reference::with_tag(
                 endpoint.host.clone(),
                 endpoint.repository.clone(),
-                tag.unwrap_or("latest").to_owned(),
+                tag.clone().unwrap_or_else(|| "latest".into()),
             ),
         };
         let auth = RegistryAuth::Anonymous;
