@@ -76,7 +76,13 @@ impl ImageRef {
                 && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
                 && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
         };
-        if !repository.split('/').all(component_ok) || registry.is_empty() {
+        let registry_ok = match registry.rsplit_once(':') {
+            Some((host, port)) => {
+                !host.is_empty() && !port.is_empty() && port.chars().all(|c| c.is_ascii_digit())
+            }
+            None => !registry.is_empty(),
+        };
+        if !repository.split('/').all(component_ok) || !registry_ok {
             return None;
         }
         let tag = if tag.is_none() && digest.is_none() {
