@@ -44,11 +44,11 @@ fn sum_beyond(pid: u32, guest_bytes: u64, fields: &[&str]) -> u64 {
     let mut skip = false;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or_default();
-        if let Some((start, end)) = first.split_once('-') {
-            if let (Ok(s), Ok(e)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
-                skip = e - s == guest_bytes;
-                continue;
-            }
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(s), Ok(e)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            skip = e - s == guest_bytes;
+            continue;
         }
         let value = fields.iter().find_map(|f| line.strip_prefix(f));
         if let (Some(v), false) = (value, skip) {

@@ -257,10 +257,7 @@ async fn qemu_img(args: &[&str], paths: &[&Path]) -> Result<(), DiskError> {
 }
 
 /// The decoded user data and network data of a cloud-init source.
-fn cloud_init_data(
-    ci: &CloudInitSource,
-    field: &str,
-) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), DiskError> {
+fn cloud_init_data(ci: &CloudInitSource, field: &str) -> Result<CloudInitData, DiskError> {
     if ci.secret_ref.is_some() || ci.network_data_secret_ref.is_some() {
         return Err(DiskError::Unsupported {
             field: format!("{field}.secretRef"),
@@ -284,7 +281,13 @@ fn cloud_init_data(
         Some(n) => Some(n.clone().into_bytes()),
         None => decode(&ci.network_data_base64, "networkDataBase64")?,
     };
-    Ok((user, network))
+    Ok(CloudInitData { user, network })
+}
+
+/// Decoded cloud-init payloads.
+struct CloudInitData {
+    user: Option<Vec<u8>>,
+    network: Option<Vec<u8>>,
 }
 
 fn instance_id(vmi: &VirtualMachineInstance) -> String {
@@ -311,7 +314,7 @@ async fn nocloud_iso(
     field: &str,
     iso: &Path,
 ) -> Result<(), DiskError> {
-    let (user, network) = cloud_init_data(ci, field)?;
+    let CloudInitData { user, network } = cloud_init_data(ci, field)?;
     let src = iso.with_extension("d");
     std::fs::create_dir_all(&src).map_err(|e| io(&src, e))?;
     let meta = format!(
@@ -333,7 +336,7 @@ async fn config_drive_iso(
     field: &str,
     iso: &Path,
 ) -> Result<(), DiskError> {
-    let (user, network) = cloud_init_data(ci, field)?;
+    let CloudInitData { user, network } = cloud_init_data(ci, field)?;
     let src = iso.with_extension("d");
     let latest = src.join("openstack/latest");
     std::fs::create_dir_all(&latest).map_err(|e| io(&latest, e))?;

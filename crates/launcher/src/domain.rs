@@ -98,18 +98,18 @@ impl Domain {
                     message: last_error_line(log).unwrap_or_else(|| status.to_string()),
                 });
             }
-            if qmp_socket.exists() {
-                if let Ok((qmp, events)) = Qmp::connect(qmp_socket, Duration::from_secs(5)).await {
-                    let (state_tx, state) = watch::channel(DomainState::Created);
-                    let (stop_requested, stop_rx) = watch::channel(None);
-                    tokio::spawn(follow(child, events, state_tx, stop_rx, log.to_path_buf()));
-                    break Self {
-                        qmp,
-                        state,
-                        stop_requested,
-                        pid,
-                    };
-                }
+            if qmp_socket.exists()
+                && let Ok((qmp, events)) = Qmp::connect(qmp_socket, Duration::from_secs(5)).await
+            {
+                let (state_tx, state) = watch::channel(DomainState::Created);
+                let (stop_requested, stop_rx) = watch::channel(None);
+                tokio::spawn(follow(child, events, state_tx, stop_rx, log.to_path_buf()));
+                break Self {
+                    qmp,
+                    state,
+                    stop_requested,
+                    pid,
+                };
             }
             if tokio::time::Instant::now() > deadline {
                 let _ = child.start_kill();

@@ -153,10 +153,10 @@ fn add_disk(
     if let Some(order) = disk.boot_order {
         dev.push_str(&format!(",bootindex={order}"));
     }
-    if let Some(serial) = &disk.serial {
-        if !cdrom {
-            dev.push_str(&format!(",serial={}", escape(serial)));
-        }
+    if let Some(serial) = &disk.serial
+        && !cdrom
+    {
+        dev.push_str(&format!(",serial={}", escape(serial)));
     }
     if let Some(policy) = &disk.error_policy {
         let (w, r) = match policy.as_str() {
