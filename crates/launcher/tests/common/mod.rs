@@ -1,7 +1,7 @@
 //! Shared helpers for the launcher's integration tests: real QEMU under TCG, the tiny test
 //! guest served by the loopback registry (`make guest registry`).
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
