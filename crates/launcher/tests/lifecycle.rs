@@ -1,6 +1,7 @@
 //! The launcher's domain lifecycle through its library API, with real QEMU under TCG:
-#![allow(clippy::unwrap_used)]
 //! paused start, pause and unpause, reset, shutdown, and the overlay's life.
+
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
