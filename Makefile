@@ -6,7 +6,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build guest registry demo test test-unit lint crds bench clean
+.PHONY: all deps build guest guest-full registry demo test test-unit lint crds bench clean
 
 all: build
 
@@ -20,7 +20,12 @@ build: deps
 guest: deps
 	guest/build.sh
 
-# A registry on 127.0.0.1:5000 serving the guests, and the node's mirror configuration.
+# Full Debian guest (cloud-init, qemu-guest-agent, sshd) and its containerDisk layout.
+guest-full: guest
+	guest/build-full.sh
+
+# A registry on 127.0.0.1:5000 serving the guests (the full one only once built), and the
+# node's mirror configuration.
 registry: guest
 	guest/registry.sh
 

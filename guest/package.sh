@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Packs the tiny guest (built by guest/build.sh) as OCI image layouts in the cache:
+# Packs the test guests as OCI image layouts in the cache:
 #   $CACHE/guests/oci/tiny-containerdisk  layer: disk/tiny.qcow2 (107:107, 0440)
 #   $CACHE/guests/oci/tiny-kernelboot     layer: boot/vmlinuz-virt, boot/initramfs-virt
-# Both are tagged devel and latest. Skips a layout newer than its inputs.
+#   $CACHE/guests/oci/full-containerdisk  layer: disk/full.qcow2 (107:107, 0440)
+# All are tagged devel and latest. Skips a layout newer than its inputs.
+#   guest/package.sh        the tiny guest (guest/build.sh), and the full one if built
+#   guest/package.sh full   the full guest only (guest/build-full.sh)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,10 +29,20 @@ pack() {
     return
   fi
   for a in "$@"; do
-    [ -s "${a%%=*}" ] || { echo "guest/package.sh: ${a%%=*} missing: run guest/build.sh" >&2; exit 1; }
+    [ -s "${a%%=*}" ] || { echo "guest/package.sh: ${a%%=*} missing: run guest/build.sh (tiny) or guest/build-full.sh (full)" >&2; exit 1; }
   done
   echo "guest/package.sh: $layout $(python3 "$here/oci.py" "$layout" devel,latest "$@")" >&2
 }
 
-pack tiny-containerdisk "$out/tiny.qcow2=disk/tiny.qcow2"
-pack tiny-kernelboot "$out/vmlinuz=boot/vmlinuz-virt" "$out/initramfs.img=boot/initramfs-virt"
+tiny() {
+  pack tiny-containerdisk "$out/tiny.qcow2=disk/tiny.qcow2"
+  pack tiny-kernelboot "$out/vmlinuz=boot/vmlinuz-virt" "$out/initramfs.img=boot/initramfs-virt"
+}
+full() { pack full-containerdisk "$out/full.qcow2=disk/full.qcow2"; }
+
+case "${1:-}" in
+  "") tiny; [ ! -s "$out/full.qcow2" ] || full ;;
+  tiny) tiny ;;
+  full) full ;;
+  *) echo "usage: $0 [tiny|full]" >&2; exit 2 ;;
+esac

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Serves the test guests from a local registry, the way a node pulls upstream's images.
-#   guest/registry.sh [start]  build the guests if needed, start Debian's docker-registry on
-#                              127.0.0.1:5000 unless something already answers /v2/ there,
-#                              push the images, write the node's registries.yaml
+#   guest/registry.sh [start]  build the tiny guest if needed, start Debian's docker-registry
+#                              on 127.0.0.1:5000 unless something already answers /v2/ there,
+#                              push the images whose OCI layout exists (the full guest only
+#                              after guest/build-full.sh), write the node's registries.yaml
 #   guest/registry.sh stop     stop the registry this script started
 # Registry data, config, pid file and log: $CACHE/registry/.
 set -euo pipefail
@@ -20,6 +21,7 @@ images=(
   "kubevirt/alpine-container-disk-demo:devel=tiny-containerdisk"
   "kubevirt/cirros-registry-disk-demo:latest=tiny-containerdisk"
   "kubevirt/alpine-ext-kernel-boot-demo:devel=tiny-kernelboot"
+  "kubevirt/fedora-with-test-tooling-container-disk:devel=full-containerdisk"
 )
 
 log() { echo "guest/registry.sh: $*" >&2; }
@@ -95,6 +97,10 @@ push() {
   local entry name layout want have
   for entry in "${images[@]}"; do
     name=${entry%%=*} layout=$oci/${entry#*=}
+    if [ ! -f "$layout/index.json" ]; then
+      log "skipping $name: no $layout (not built)"
+      continue
+    fi
     want=$(grep -o '"digest": *"sha256:[0-9a-f]*"' "$layout/index.json" | head -n 1 | grep -o 'sha256:[0-9a-f]*')
     have=$( (skopeo inspect --raw --tls-verify=false "docker://$addr/$name" 2>/dev/null || echo none) | sha256sum | cut -d' ' -f1)
     if [ "sha256:$have" = "$want" ]; then
