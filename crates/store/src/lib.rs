@@ -143,3 +143,18 @@ pub(crate) trait History: Send + Sync + 'static {
 pub(crate) fn prefix_end(prefix: &str) -> String {
     format!("{prefix}\u{7f}")
 }
+
+/// Compacts `store` every `every`, keeping the last `window` revisions of history (kine
+/// keeps 1000): watches and lists older than that get [`StoreError::Compacted`].
+pub async fn run_compactor(store: Arc<dyn Store>, window: Rev, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let target = store.revision().saturating_sub(window);
+        if target > store.compacted() {
+            if let Err(e) = store.compact(target).await {
+                tracing::warn!(error = %e, "compaction failed");
+            }
+        }
+    }
+}

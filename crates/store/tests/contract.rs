@@ -311,3 +311,21 @@ fn mem_store_is_a_store() {
     is_store::<MemStore>();
     is_store::<SqliteStore>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_compactor_keeps_a_window_of_history() {
+    let s: Arc<dyn Store> = Arc::new(MemStore::new());
+    s.create("/w", vec![0]).await.unwrap();
+    for i in 1..50 {
+        s.update("/w", vec![i], None).await.unwrap();
+    }
+    let task = tokio::spawn(store::run_compactor(s.clone(), 10, Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(s.compacted(), s.revision() - 10);
+    assert!(s.watch("/", s.revision() - 10).is_ok());
+    assert!(matches!(
+        s.watch("/", s.revision() - 11),
+        Err(StoreError::Compacted { .. })
+    ));
+    task.abort();
+}
