@@ -151,10 +151,10 @@ pub async fn run_compactor(store: Arc<dyn Store>, window: Rev, every: std::time:
     loop {
         tick.tick().await;
         let target = store.revision().saturating_sub(window);
-        if target > store.compacted() {
-            if let Err(e) = store.compact(target).await {
-                tracing::warn!(error = %e, "compaction failed");
-            }
+        if target > store.compacted()
+            && let Err(e) = store.compact(target).await
+        {
+            tracing::warn!(error = %e, "compaction failed");
         }
     }
 }
