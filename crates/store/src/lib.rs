@@ -62,6 +62,19 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event a log row stands for: a tombstone is a deletion; a row that starts its
+    /// key's life is a creation; anything else a modification.
+    pub(crate) fn from_row(kv: KeyValue, deleted: bool, prev: Option<KeyValue>) -> Self {
+        let kind = if deleted {
+            EventKind::Deleted
+        } else if kv.create_rev == kv.mod_rev {
+            EventKind::Created
+        } else {
+            EventKind::Modified
+        };
+        Self { kind, kv, prev }
+    }
+
     pub fn rev(&self) -> Rev {
         self.kv.mod_rev
     }

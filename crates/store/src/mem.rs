@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
 use crate::{
-    Event, EventKind, History, KeyValue, ListPage, ListRequest, Rev, Store, StoreError, Watch,
-    WriteFuture, prefix_end,
+    Event, History, KeyValue, ListPage, ListRequest, Rev, Store, StoreError, Watch, WriteFuture,
+    prefix_end,
 };
 
 #[derive(Debug, Clone)]
@@ -72,18 +72,7 @@ impl Inner {
 }
 
 fn event(row: &Row, prev: Option<KeyValue>) -> Event {
-    let kind = if row.deleted {
-        EventKind::Deleted
-    } else if row.kv.create_rev == row.kv.mod_rev {
-        EventKind::Created
-    } else {
-        EventKind::Modified
-    };
-    Event {
-        kind,
-        kv: row.kv.clone(),
-        prev,
-    }
+    Event::from_row(row.kv.clone(), row.deleted, prev)
 }
 
 /// A [`Store`] in memory.

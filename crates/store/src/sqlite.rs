@@ -18,8 +18,8 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
-    Event, EventKind, History, KeyValue, ListPage, ListRequest, Rev, Store, StoreError, Watch,
-    WriteFuture, prefix_end,
+    Event, History, KeyValue, ListPage, ListRequest, Rev, Store, StoreError, Watch, WriteFuture,
+    prefix_end,
 };
 
 const SCHEMA: &str = "
@@ -329,7 +329,7 @@ impl History for Shared {
                     (Some(prev_rev), Some(false)) => Some(kv(key, prev_rev as Rev, get_rev(r, 6)?, r.get(8)?)),
                     _ => None,
                 };
-                Ok(make_event(current, deleted, prev))
+                Ok(Event::from_row(current, deleted, prev))
             })?;
             rows.collect()
         })
@@ -338,17 +338,6 @@ impl History for Shared {
     fn latest_rev(&self) -> Rev {
         self.committed.load(Ordering::Acquire)
     }
-}
-
-fn make_event(kv: KeyValue, deleted: bool, prev: Option<KeyValue>) -> Event {
-    let kind = if deleted {
-        EventKind::Deleted
-    } else if kv.create_rev == kv.mod_rev {
-        EventKind::Created
-    } else {
-        EventKind::Modified
-    };
-    Event { kind, kv, prev }
 }
 
 /// The single writer.
@@ -481,7 +470,7 @@ impl Writer {
             .execute(params![rev as i64, key, create_rev as i64, prev_rev as i64, delete, stored])?;
         self.rev = rev;
         let prev = live.map(|n| kv(key.clone(), n.0, n.1, n.3.clone()));
-        Ok(Ok(make_event(
+        Ok(Ok(Event::from_row(
             kv(key.clone(), rev, create_rev, stored),
             delete,
             prev,
