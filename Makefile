@@ -33,8 +33,9 @@ registry: guest
 demo: build registry
 	$(RELEASE)/virt-launcher run --vmi examples/demo-vmi.yaml
 
-# Everything CI runs: unit tests, then real QEMU guests under TCG.
-test: deps registry
+# Everything CI runs: unit tests, then real QEMU guests under TCG (the full Debian guest
+# takes a few minutes to build once, then stays in the cache).
+test: deps guest guest-full registry
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -60,7 +60,7 @@ mirror() {
   { cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true; } \
     | awk -v suite="$suite" '$1 == "deb" { u = 0; for (i = 2; i <= NF; i++) { if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; continue } if (!u) { u = $i; continue } if ($i == suite) print u; break } }'
 }
-url=$(mirror | head -n 1)
+url=$(mirror | awk 'NR == 1')
 [ -n "$url" ] || { log "no '$suite' Debian mirror in apt's sources"; exit 1; }
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
@@ -196,7 +196,7 @@ mcopy -i "$work/boot.img" "$work/initrd.img" ::/initrd.img
 mcopy -i "$work/boot.img" "$work/syslinux.cfg" ::/syslinux.cfg
 syslinux --install "$work/boot.img"
 
-mkfs.ext4 -q -L kvrs-root -E root_owner=0:0 -d "$root" "$work/root.img" "$root_size"
+mkfs.ext4 -q -L kvrs-root -E root_owner=0:0 -d "$root" "$work/root.img" "$root_size" >/dev/null
 root_mib=$(( $(stat -c %s "$work/root.img") / 1048576 ))
 truncate -s "$(( 1 + boot_mib + root_mib ))M" "$work/disk.raw"
 printf 'label: dos\nlabel-id: 0x%s\nstart=1MiB, size=%sMiB, type=c, bootable\nstart=%sMiB, size=%sMiB, type=83\n' \
@@ -209,4 +209,4 @@ qemu-img convert -c -f raw -O qcow2 "$work/disk.raw" "$work/full.qcow2"
 cp "$work/full.qcow2" "$out/.full.qcow2.tmp" && mv -f "$out/.full.qcow2.tmp" "$out/full.qcow2"
 cp "$root/etc/kubevirt-rs-guest" "$out/full.versions"
 log "built $out/full.qcow2: $(du -h --apparent-size "$out/full.qcow2" | cut -f1), root tree $(du -sh "$root" | cut -f1), in $(( $(date +%s) - start )) s"
-exec "$here/package.sh" full
+"$here/package.sh" full   # not exec: the EXIT trap cleans $work up

@@ -173,4 +173,4 @@ for f in vmlinuz initramfs.img tiny.qcow2; do
 done
 cp "$root/etc/kubevirt-rs-guest" "$out/tiny.versions"
 log "built $(cd "$out" && ls -s --block-size=K vmlinuz initramfs.img tiny.qcow2 | tr '\n' ' ')"
-exec "$here/package.sh"
+"$here/package.sh"   # not exec: the EXIT trap removes $work

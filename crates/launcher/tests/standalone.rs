@@ -69,7 +69,7 @@ spec:
     devices:
       disks:
       - {name: containerdisk, disk: {bus: virtio}}
-      - {name: cloudinitdisk, cdrom: {bus: sata}}
+      - {name: cloudinitdisk, disk: {bus: sata}}
     memory: {guest: 128Mi}
   volumes:
   - {name: containerdisk, containerDisk: {image: 'registry:5000/kubevirt/cirros-container-disk-demo:devel'}}

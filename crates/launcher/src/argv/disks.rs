@@ -27,7 +27,17 @@ pub(super) fn add(
         .and_then(|m| m.machine_type.as_deref())
         .is_none_or(|m| m == "q35" || m.starts_with("pc-q35"));
     let mut c = Controllers::default();
-    for (i, disk) in vmi.spec.domain.devices.disks.iter().enumerate() {
+    let devices = &vmi.spec.domain.devices;
+    // With no boot order anywhere, the first disk boots, as libvirt's `<boot dev='hd'/>`
+    // makes it for upstream. Firmware would otherwise try its own device order, in which a
+    // SATA cloud-init disk can come before a virtio root disk.
+    let no_order = devices.disks.iter().all(|d| d.boot_order.is_none())
+        && devices.interfaces.iter().all(|i| i.boot_order.is_none());
+    let first_disk = devices
+        .disks
+        .iter()
+        .position(|d| d.cdrom.is_none() && d.lun.is_none());
+    for (i, disk) in devices.disks.iter().enumerate() {
         let field = format!("spec.domain.devices.disks[{i}]");
         let volume = prepared
             .volumes
@@ -39,13 +49,17 @@ pub(super) fn add(
                     format!("disk {:?} has no volume of the same name", disk.name),
                 )
             })?;
-        add_disk(disk, volume, &field, q35, &mut c, a)?;
+        let boot_order = disk
+            .boot_order
+            .or((no_order && first_disk == Some(i)).then_some(1));
+        add_disk(disk, boot_order, volume, &field, q35, &mut c, a)?;
     }
     Ok(())
 }
 
 fn add_disk(
     disk: &Disk,
+    boot_order: Option<u32>,
     volume: &PreparedVolume,
     field: &str,
     q35: bool,
@@ -64,7 +78,10 @@ fn add_disk(
         ),
         (None, None) => ("sata", false, false),
     };
-    let read_only = readonly || volume.read_only;
+    // Only virtio-blk and cdroms take a read-only node; an emulated hard disk (ide-hd,
+    // scsi-hd, usb-storage) refuses one, so a read-only volume such as a cloud-init ISO is
+    // attached writable there, as libvirt does. The ISO is this VMI's own scratch copy.
+    let read_only = readonly || (volume.read_only && (cdrom || bus == "virtio"));
     let (direct, write_cache) = match disk.cache.as_deref() {
         Some("none") => (true, true),
         Some("writethrough") => (false, false),
@@ -150,7 +167,7 @@ fn add_disk(
     if !cdrom && bus != "usb" {
         dev.push_str(&format!(",write-cache={}", on_off(write_cache)));
     }
-    if let Some(order) = disk.boot_order {
+    if let Some(order) = boot_order {
         dev.push_str(&format!(",bootindex={order}"));
     }
     if let Some(serial) = &disk.serial

@@ -1,0 +1,414 @@
+//! CRUD, list and watch of registered resources.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Value, json};
+use store::{EventKind, ListRequest, Rev, StoreError};
+
+use crate::{ApiError, AppState, Resource, objects};
+
+type Params = Query<HashMap<String, String>>;
+
+fn resource<'a>(
+    state: &'a AppState,
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> Result<&'a Resource, ApiError> {
+    state
+        .registry
+        .find(group, version, plural)
+        .ok_or_else(|| ApiError::not_found("resource", &format!("{plural}.{version}.{group}")))
+}
+
+fn write_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
+    match e {
+        StoreError::AlreadyExists { .. } => ApiError::already_exists(&r.plural, name),
+        StoreError::NotFound { .. } => ApiError::not_found(&r.plural, name),
+        StoreError::Conflict { .. } => ApiError::conflict(&r.plural, name),
+        other => other.into(),
+    }
+}
+
+fn refuse_selectors(params: &HashMap<String, String>) -> Result<(), ApiError> {
+    for p in ["labelSelector", "fieldSelector"] {
+        if params.get(p).is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::bad_request(format!("{p} is not supported yet")));
+        }
+    }
+    Ok(())
+}
+
+// ---- create ----
+
+pub async fn create_namespaced(
+    State(state): State<AppState>,
+    Path((group, version, namespace, plural)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(&state, &group, &version, Some(&namespace), &plural, &body).await
+}
+
+pub async fn create_cluster(
+    State(state): State<AppState>,
+    Path((group, version, plural)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(&state, &group, &version, None, &plural, &body).await
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+async fn create(
+    state: &AppState,
+    group: &str,
+    version: &str,
+    ns: Option<&str>,
+    plural: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let r = resource(state, group, version, plural)?;
+    if r.namespaced != ns.is_some() {
+        return Err(ApiError::not_found("resource", plural));
+    }
+    let obj = objects::for_create(r, version, ns, parse_body(body)?)?;
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let kv = state
+        .store
+        .create(&r.key(ns, Some(&name)), objects::to_bytes(&obj))
+        .await
+        .map_err(|e| write_error(e, r, &name))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(objects::outgoing(r, version, &kv)?),
+    )
+        .into_response())
+}
+
+// ---- get ----
+
+pub async fn get_namespaced(
+    State(state): State<AppState>,
+    Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    get(&state, &group, &version, Some(&namespace), &plural, &name)
+}
+
+pub async fn get_cluster(
+    State(state): State<AppState>,
+    Path((group, version, plural, name)): Path<(String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    get(&state, &group, &version, None, &plural, &name)
+}
+
+fn get(
+    state: &AppState,
+    group: &str,
+    version: &str,
+    ns: Option<&str>,
+    plural: &str,
+    name: &str,
+) -> Result<Json<Value>, ApiError> {
+    let r = resource(state, group, version, plural)?;
+    let kv = state
+        .store
+        .get(&r.key(ns, Some(name)))?
+        .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
+    Ok(Json(objects::outgoing(r, version, &kv)?))
+}
+
+// ---- replace ----
+
+pub async fn replace_namespaced(
+    State(state): State<AppState>,
+    Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    replace(
+        &state,
+        &group,
+        &version,
+        Some(&namespace),
+        &plural,
+        &name,
+        &body,
+    )
+    .await
+}
+
+pub async fn replace_cluster(
+    State(state): State<AppState>,
+    Path((group, version, plural, name)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    replace(&state, &group, &version, None, &plural, &name, &body).await
+}
+
+async fn replace(
+    state: &AppState,
+    group: &str,
+    version: &str,
+    ns: Option<&str>,
+    plural: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<Json<Value>, ApiError> {
+    let r = resource(state, group, version, plural)?;
+    let body = parse_body(body)?;
+    if body["metadata"]["name"].as_str() != Some(name) {
+        return Err(ApiError::bad_request(
+            "the name of the object does not match the name on the URL",
+        ));
+    }
+    let expected = match body["metadata"]["resourceVersion"].as_str() {
+        Some(rv) => Some(
+            rv.parse::<Rev>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+        None => None,
+    };
+    let key = r.key(ns, Some(name));
+    let current = state
+        .store
+        .get(&key)?
+        .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
+    if expected.is_some_and(|e| e != current.mod_rev) {
+        return Err(ApiError::conflict(&r.plural, name));
+    }
+    let old: Value =
+        serde_json::from_slice(&current.value).map_err(|e| ApiError::internal(e.to_string()))?;
+    let obj = objects::for_update(r, version, &old, body)?;
+    let kv = state
+        .store
+        .update(&key, objects::to_bytes(&obj), Some(current.mod_rev))
+        .await
+        .map_err(|e| write_error(e, r, name))?;
+    Ok(Json(objects::outgoing(r, version, &kv)?))
+}
+
+// ---- delete ----
+
+pub async fn delete_namespaced(
+    State(state): State<AppState>,
+    Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    delete(&state, &group, &version, Some(&namespace), &plural, &name).await
+}
+
+pub async fn delete_cluster(
+    State(state): State<AppState>,
+    Path((group, version, plural, name)): Path<(String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    delete(&state, &group, &version, None, &plural, &name).await
+}
+
+async fn delete(
+    state: &AppState,
+    group: &str,
+    version: &str,
+    ns: Option<&str>,
+    plural: &str,
+    name: &str,
+) -> Result<Json<Value>, ApiError> {
+    let r = resource(state, group, version, plural)?;
+    let kv = state
+        .store
+        .delete(&r.key(ns, Some(name)), None)
+        .await
+        .map_err(|e| write_error(e, r, name))?;
+    Ok(Json(objects::outgoing(r, version, &kv)?))
+}
+
+// ---- list and watch ----
+
+pub async fn list_namespaced(
+    State(state): State<AppState>,
+    Path((group, version, namespace, plural)): Path<(String, String, String, String)>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    list_or_watch(&state, &group, &version, Some(&namespace), &plural, &params).await
+}
+
+pub async fn list_all(
+    State(state): State<AppState>,
+    Path((group, version, plural)): Path<(String, String, String)>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    list_or_watch(&state, &group, &version, None, &plural, &params).await
+}
+
+/// A continue token: the revision of the first page and the last key returned.
+fn encode_continue(rev: Rev, key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"rev": rev, "key": key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(Rev, String), ApiError> {
+    let bad = || ApiError::bad_request("invalid continue token");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((
+        v["rev"].as_u64().ok_or_else(bad)?,
+        v["key"].as_str().ok_or_else(bad)?.to_owned(),
+    ))
+}
+
+async fn list_or_watch(
+    state: &AppState,
+    group: &str,
+    version: &str,
+    ns: Option<&str>,
+    plural: &str,
+    params: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let r = resource(state, group, version, plural)?.clone();
+    refuse_selectors(params)?;
+    let prefix = r.key(ns, None);
+    let rv = params.get("resourceVersion").filter(|v| !v.is_empty());
+    if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return watch(state, r, version.to_owned(), prefix, rv.cloned(), params).await;
+    }
+    let limit: usize = match params.get("limit") {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let (at, after) = match params.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let (rev, key) = decode_continue(token)?;
+            (Some(rev), Some(key))
+        }
+        None => match rv.map(|v| v.as_str()) {
+            None | Some("0") => (None, None),
+            Some(v) => {
+                let rev: Rev = v
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?;
+                let exact = params
+                    .get("resourceVersionMatch")
+                    .is_some_and(|m| m == "Exact");
+                (exact.then_some(rev), None)
+            }
+        },
+    };
+    let page = state.store.list(&ListRequest {
+        prefix,
+        after,
+        limit,
+        at,
+    })?;
+    let items = page
+        .items
+        .iter()
+        .map(|kv| objects::outgoing(&r, version, kv))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut metadata = json!({"resourceVersion": page.rev.to_string()});
+    if page.more
+        && let Some(last) = page.items.last()
+    {
+        metadata["continue"] = json!(encode_continue(page.rev, &last.key));
+    }
+    let list = json!({
+        "apiVersion": r.api_version(version),
+        "kind": format!("{}List", r.kind),
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(Json(list).into_response())
+}
+
+fn event_line(kind: &str, object: Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+async fn watch(
+    state: &AppState,
+    r: Resource,
+    version: String,
+    prefix: String,
+    rv: Option<String>,
+    params: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(1800), Duration::from_secs);
+    // No revision (or "0"): start with the current objects as ADDED events.
+    let (initial, from) = match rv.as_deref() {
+        None | Some("0") => {
+            let page = state.store.list(&ListRequest {
+                prefix: prefix.clone(),
+                ..Default::default()
+            })?;
+            let lines = page
+                .items
+                .iter()
+                .map(|kv| objects::outgoing(&r, &version, kv).map(|o| event_line("ADDED", o)))
+                .collect::<Result<Vec<_>, _>>()?;
+            (lines, page.rev)
+        }
+        Some(v) => (
+            Vec::new(),
+            v.parse::<Rev>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        ),
+    };
+    let body = match state.store.watch(&prefix, from) {
+        Ok(w) => {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let live = futures_util::stream::unfold(
+                (w, r, version),
+                move |(mut w, r, version)| async move {
+                    let next = tokio::time::timeout_at(deadline, w.next()).await.ok()??;
+                    let line = match next {
+                        Ok(ev) => {
+                            let kind = match ev.kind {
+                                EventKind::Created => "ADDED",
+                                EventKind::Modified => "MODIFIED",
+                                EventKind::Deleted => "DELETED",
+                            };
+                            objects::outgoing(&r, &version, &ev.kv)
+                                .map(|o| event_line(kind, o))
+                                .unwrap_or_default()
+                        }
+                        Err(e) => event_line("ERROR", ApiError::from(e).status()),
+                    };
+                    Some((Ok::<_, Infallible>(line), (w, r, version)))
+                },
+            );
+            let initial = futures_util::stream::iter(initial.into_iter().map(Ok::<_, Infallible>));
+            Body::from_stream(futures_util::StreamExt::chain(initial, live))
+        }
+        Err(StoreError::Compacted {
+            requested,
+            compacted,
+        }) => {
+            let status = ApiError::gone(format!(
+                "too old resource version: {requested} ({compacted})"
+            ))
+            .status();
+            Body::from(event_line("ERROR", status))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

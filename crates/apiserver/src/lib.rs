@@ -1,0 +1,72 @@
+//! A small, honest Kubernetes API server over the [`store`] revision log.
+//!
+//! Owns: discovery, CRUD, list and watch of the resources in its [`Registry`], with
+//! Kubernetes' wire formats (`metav1.Status` errors, `resourceVersion`, `generation`,
+//! list pagination with `continue`, newline-delimited watch events).
+//!
+//! Does not own (yet): TLS and authentication, built-in kinds, OpenAPI, tables, patches,
+//! selectors, finalizers and garbage collection, admission, aggregation. Those arrive with
+//! the rest of the embedded server.
+
+mod discovery;
+mod error;
+mod handlers;
+mod objects;
+mod registry;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use error::ApiError;
+pub use registry::{Registry, Resource};
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn store::Store>,
+    pub registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("resources", &self.registry.resources().len())
+            .finish()
+    }
+}
+
+/// The HTTP routes of the API server.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/version", get(discovery::version))
+        .route("/healthz", get(discovery::healthy))
+        .route("/livez", get(discovery::healthy))
+        .route("/readyz", get(discovery::healthy))
+        .route("/api", get(discovery::core_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::groups))
+        .route("/apis/{group}/{version}", get(discovery::resources))
+        .route(
+            "/apis/{group}/{version}/{plural}",
+            get(handlers::list_all).post(handlers::create_cluster),
+        )
+        .route(
+            "/apis/{group}/{version}/{plural}/{name}",
+            get(handlers::get_cluster)
+                .put(handlers::replace_cluster)
+                .delete(handlers::delete_cluster),
+        )
+        .route(
+            "/apis/{group}/{version}/namespaces/{namespace}/{plural}",
+            get(handlers::list_namespaced).post(handlers::create_namespaced),
+        )
+        .route(
+            "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}",
+            get(handlers::get_namespaced)
+                .put(handlers::replace_namespaced)
+                .delete(handlers::delete_namespaced),
+        )
+        .with_state(state)
+}

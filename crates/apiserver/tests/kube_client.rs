@@ -1,0 +1,235 @@
+//! The API server as kube-rs sees it: typed CRUD, errors as Status, discovery, watchers.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::v1::VirtualMachine;
+use futures_util::StreamExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, Config};
+
+async fn serve(store: Arc<dyn store::Store>) -> Client {
+    let state = apiserver::AppState {
+        store,
+        registry: Arc::new(apiserver::Registry::kubevirt()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, apiserver::router(state)).await });
+    Client::try_from(Config::new(url.parse().unwrap())).unwrap()
+}
+
+fn example_vm() -> VirtualMachine {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/upstream-examples/vm-cirros.yaml");
+    match api::parse_documents(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .remove(0)
+    {
+        api::Object::VirtualMachine(vm) => vm,
+        _ => unreachable!(),
+    }
+}
+
+fn api_error(e: kube::Error) -> (u16, String, serde_json::Value) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone(), serde_json::to_value(&*s).unwrap()),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn typed_crud_with_kubernetes_semantics() {
+    let client = serve(Arc::new(store::MemStore::new())).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client, "default");
+    let created = vms
+        .create(&PostParams::default(), &example_vm())
+        .await
+        .unwrap();
+    let meta = &created.metadata;
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+    assert_eq!(
+        (meta.generation, meta.namespace.as_deref()),
+        (Some(1), Some("default"))
+    );
+    let rv = meta.resource_version.clone().unwrap();
+
+    let (code, reason, _) = api_error(
+        vms.create(&PostParams::default(), &example_vm())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+    let mut changed = created.clone();
+    changed.spec.run_strategy = Some(api::v1::RunStrategy::Always);
+    let updated = vms
+        .replace("vm-cirros", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.metadata.generation,
+        Some(2),
+        "a spec change bumps the generation"
+    );
+    assert_ne!(
+        updated.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+
+    let (code, reason, _) = api_error(
+        vms.replace("vm-cirros", &PostParams::default(), &changed)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (409, "Conflict"),
+        "a stale resourceVersion is refused"
+    );
+
+    let list = vms.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert!(list.metadata.resource_version.is_some());
+
+    vms.delete("vm-cirros", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (code, _, _) = api_error(vms.get("vm-cirros").await.unwrap_err());
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn invalid_objects_get_422_with_field_causes_and_unknown_fields_400() {
+    let client = serve(Arc::new(store::MemStore::new())).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let mut bad = example_vm();
+    bad.spec.running = Some(true);
+    bad.spec.run_strategy = Some(api::v1::RunStrategy::Always);
+    let (code, reason, status) =
+        api_error(vms.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.running");
+
+    let raw = serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "x"}, "spec": {"template": {}, "runStrategyy": "Always"}
+    });
+    let req = http::Request::post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&raw).unwrap())
+        .unwrap();
+    let err = client.request::<serde_json::Value>(req).await.unwrap_err();
+    let (code, _, status) = api_error(err);
+    assert_eq!(code, 400);
+    assert_eq!(
+        status["message"],
+        "strict decoding error: unknown field \"spec.runStrategyy\""
+    );
+}
+
+#[tokio::test]
+async fn pagination_keeps_one_revision_across_pages() {
+    let client = serve(Arc::new(store::MemStore::new())).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client, "default");
+    for i in 0..5 {
+        let mut vm = example_vm();
+        vm.metadata.name = Some(format!("vm-{i}"));
+        vms.create(&PostParams::default(), &vm).await.unwrap();
+    }
+    let first = vms.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    vms.delete("vm-3", &DeleteParams::default()).await.unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = vms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    let names: Vec<_> = second
+        .items
+        .iter()
+        .map(|v| v.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["vm-2", "vm-3"],
+        "the second page is read at the first page's revision"
+    );
+}
+
+#[tokio::test]
+async fn discovery_finds_the_kubevirt_kinds() {
+    let client = serve(Arc::new(store::MemStore::new())).await;
+    let discovery = kube::Discovery::new(client).run().await.unwrap();
+    let group = discovery
+        .get("kubevirt.io")
+        .expect("kubevirt.io is discovered");
+    let kinds: Vec<String> = group
+        .recommended_resources()
+        .into_iter()
+        .map(|(ar, _)| ar.kind)
+        .collect();
+    for kind in [
+        "VirtualMachine",
+        "VirtualMachineInstance",
+        "VirtualMachineInstanceReplicaSet",
+    ] {
+        assert!(kinds.contains(&kind.to_string()), "{kind} in {kinds:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_the_initial_list_then_changes_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
+    let client = serve(store).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client, "default");
+    vms.create(&PostParams::default(), &example_vm())
+        .await
+        .unwrap();
+    let mut events = watcher(vms.clone(), watcher::Config::default()).boxed();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&"delete vm-cirros".to_string()) {
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("events in time")
+            .unwrap()
+            .unwrap();
+        match ev {
+            watcher::Event::InitApply(vm) => {
+                seen.push(format!("init {}", vm.metadata.name.unwrap()))
+            }
+            watcher::Event::InitDone => {
+                seen.push("init done".into());
+                let mut vm = vms.get("vm-cirros").await.unwrap();
+                vm.spec.run_strategy = Some(api::v1::RunStrategy::Manual);
+                vms.replace("vm-cirros", &PostParams::default(), &vm)
+                    .await
+                    .unwrap();
+            }
+            watcher::Event::Apply(vm) => {
+                seen.push(format!("apply {}", vm.metadata.name.unwrap()));
+                vms.delete("vm-cirros", &DeleteParams::default())
+                    .await
+                    .unwrap();
+            }
+            watcher::Event::Delete(vm) => {
+                seen.push(format!("delete {}", vm.metadata.name.unwrap()))
+            }
+            watcher::Event::Init => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "init vm-cirros",
+            "init done",
+            "apply vm-cirros",
+            "delete vm-cirros"
+        ]
+    );
+}
