@@ -22,6 +22,11 @@
 # libvirtd at a directory holding just that driver module, so it loads nothing else
 # (no network, storage, nodedev, nwfilter, interface or secret driver).
 #
+# Why QEMU runs as root: /dev/kvm here is root-only. libvirt probes QEMU's capabilities with
+# privileges (KVM looks present), then judges its cache stale whenever the configured QEMU
+# user (libvirt-qemu) cannot open /dev/kvm, and re-probes on every lookup: dozens of probes,
+# about 90 s, per `virsh create`. With QEMU as root both checks agree.
+#
 # QEMU runs as root, with no DAC relabelling, no security driver, no seccomp sandbox,
 # no cgroups and no per-domain /dev namespace (upstream KubeVirt also disables the last two).
 #
