@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use launcher::accel::Accel;
-use launcher::paths::NodePaths;
-use launcher::standalone::{LaunchConfig, launch, load_vmi};
+use launcher::standalone::{launch, load_vmi};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -82,18 +79,7 @@ async fn cloud_init_runs_and_the_guest_agent_answers() {
     common::require_registry();
     let dir = tempfile::tempdir().unwrap();
     let vmi = load_vmi(&common::manifest(dir.path(), "full.yaml", VMI)).unwrap();
-    let mut paths = NodePaths::from_process_env();
-    paths.run = dir.path().join("run");
-    let cfg = LaunchConfig {
-        paths,
-        qemu: "qemu-system-x86_64".into(),
-        published: BTreeMap::new(),
-        port_address: "127.0.0.1".into(),
-        tcg_tb_size_mib: 64,
-        accel: Accel::Tcg {
-            reason: "test".into(),
-        },
-    };
+    let cfg = common::launch_config(&dir.path().join("run"));
     let launched = launch(&vmi, &cfg).await.unwrap();
     launched.domain.start_vcpus().await.unwrap();
     let log = launched.sockets.serial_log.clone();

@@ -5,28 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use launcher::accel::Accel;
 use launcher::domain::{DomainState, Exit};
-use launcher::paths::NodePaths;
-use launcher::standalone::{LaunchConfig, launch, load_vmi};
-
-fn config(run: &std::path::Path) -> LaunchConfig {
-    let mut paths = NodePaths::from_process_env();
-    paths.run = run.to_path_buf();
-    LaunchConfig {
-        paths,
-        qemu: "qemu-system-x86_64".into(),
-        published: BTreeMap::new(),
-        port_address: "127.0.0.1".into(),
-        tcg_tb_size_mib: 64,
-        accel: Accel::Tcg {
-            reason: "test".into(),
-        },
-    }
-}
+use launcher::standalone::{launch, load_vmi};
 
 async fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -74,7 +56,9 @@ async fn paused_start_pause_unpause_reset_and_shutdown() {
             ),
     );
     let vmi = load_vmi(&file).unwrap();
-    let launched = launch(&vmi, &config(run.path())).await.unwrap();
+    let launched = launch(&vmi, &common::launch_config(run.path()))
+        .await
+        .unwrap();
     let d = &launched.domain;
     let log = launched.sockets.serial_log.clone();
 
@@ -154,7 +138,9 @@ async fn dropping_a_launch_kills_qemu() {
     common::require_registry();
     let run = tempfile::tempdir().unwrap();
     let vmi = load_vmi(&common::example("vmi-ephemeral.yaml")).unwrap();
-    let launched = launch(&vmi, &config(run.path())).await.unwrap();
+    let launched = launch(&vmi, &common::launch_config(run.path()))
+        .await
+        .unwrap();
     let pid = launched.domain.pid().unwrap() as i32;
     drop(launched);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -10,6 +10,22 @@ use std::time::{Duration, Instant};
 
 pub const READY: &str = "KUBEVIRT-RS-GUEST-READY";
 
+/// Launch settings for library-level tests: TCG, runtime directories under `run`.
+pub fn launch_config(run: &Path) -> launcher::standalone::LaunchConfig {
+    let mut paths = launcher::paths::NodePaths::from_process_env();
+    paths.run = run.to_path_buf();
+    launcher::standalone::LaunchConfig {
+        paths,
+        qemu: "qemu-system-x86_64".into(),
+        published: Default::default(),
+        port_address: "127.0.0.1".into(),
+        tcg_tb_size_mib: 64,
+        accel: launcher::accel::Accel::Tcg {
+            reason: "test".into(),
+        },
+    }
+}
+
 /// Fails with a hint when the registry with the test guests is not there.
 pub fn require_registry() {
     let ok = std::net::TcpStream::connect_timeout(
