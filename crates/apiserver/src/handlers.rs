@@ -13,6 +13,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use store::{EventKind, ListRequest, Rev, StoreError};
 
+use crate::selectors::Selector;
 use crate::{ApiError, AppState, Resource, objects};
 
 type Params = Query<HashMap<String, String>>;
@@ -36,15 +37,6 @@ fn write_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
         StoreError::Conflict { .. } => ApiError::conflict(&r.plural, name),
         other => other.into(),
     }
-}
-
-fn refuse_selectors(params: &HashMap<String, String>) -> Result<(), ApiError> {
-    for p in ["labelSelector", "fieldSelector"] {
-        if params.get(p).is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::bad_request(format!("{p} is not supported yet")));
-        }
-    }
-    Ok(())
 }
 
 // ---- create ----
@@ -278,11 +270,23 @@ async fn list_or_watch(
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let r = resource(state, group, version, plural)?.clone();
-    refuse_selectors(params)?;
+    let selector = Selector::parse(
+        params.get("labelSelector").map(String::as_str),
+        params.get("fieldSelector").map(String::as_str),
+    )?;
     let prefix = r.key(ns, None);
     let rv = params.get("resourceVersion").filter(|v| !v.is_empty());
     if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        return watch(state, r, version.to_owned(), prefix, rv.cloned(), params).await;
+        return watch(
+            state,
+            r,
+            version.to_owned(),
+            prefix,
+            rv.cloned(),
+            selector,
+            params,
+        )
+        .await;
     }
     let limit: usize = match params.get("limit") {
         Some(l) => l
@@ -314,11 +318,13 @@ async fn list_or_watch(
         limit,
         at,
     })?;
-    let items = page
-        .items
-        .iter()
-        .map(|kv| objects::outgoing(&r, version, kv))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for kv in &page.items {
+        let obj = objects::outgoing(&r, version, kv)?;
+        if selector.matches(&obj) {
+            items.push(obj);
+        }
+    }
     let mut metadata = json!({"resourceVersion": page.rev.to_string()});
     if page.more
         && let Some(last) = page.items.last()
@@ -340,12 +346,41 @@ fn event_line(kind: &str, object: Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// What a watcher with a selector sees of one change: an object moving into the selection
+/// is ADDED, one moving out is DELETED, as the real server reports them.
+fn selected_event(
+    r: &Resource,
+    version: &str,
+    selector: &Selector,
+    ev: &store::Event,
+) -> Result<Option<Bytes>, ApiError> {
+    let cur = objects::outgoing(r, version, &ev.kv)?;
+    let now = selector.matches(&cur);
+    let before = match &ev.prev {
+        Some(prev) if !selector.is_empty() => {
+            selector.matches(&objects::outgoing(r, version, prev)?)
+        }
+        Some(_) => true,
+        None => false,
+    };
+    let kind = match (ev.kind, before, now) {
+        (EventKind::Deleted, _, true) => "DELETED",
+        (EventKind::Deleted, _, false) => return Ok(None),
+        (EventKind::Created, _, true) | (EventKind::Modified, false, true) => "ADDED",
+        (EventKind::Modified, true, true) => "MODIFIED",
+        (EventKind::Modified, true, false) => "DELETED",
+        _ => return Ok(None),
+    };
+    Ok(Some(event_line(kind, cur)))
+}
+
 async fn watch(
     state: &AppState,
     r: Resource,
     version: String,
     prefix: String,
     rv: Option<String>,
+    selector: Selector,
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let timeout = params
@@ -359,11 +394,13 @@ async fn watch(
                 prefix: prefix.clone(),
                 ..Default::default()
             })?;
-            let lines = page
-                .items
-                .iter()
-                .map(|kv| objects::outgoing(&r, &version, kv).map(|o| event_line("ADDED", o)))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut lines = Vec::new();
+            for kv in &page.items {
+                let obj = objects::outgoing(&r, &version, kv)?;
+                if selector.matches(&obj) {
+                    lines.push(event_line("ADDED", obj));
+                }
+            }
             (lines, page.rev)
         }
         Some(v) => (
@@ -376,23 +413,20 @@ async fn watch(
         Ok(w) => {
             let deadline = tokio::time::Instant::now() + timeout;
             let live = futures_util::stream::unfold(
-                (w, r, version),
-                move |(mut w, r, version)| async move {
-                    let next = tokio::time::timeout_at(deadline, w.next()).await.ok()??;
-                    let line = match next {
-                        Ok(ev) => {
-                            let kind = match ev.kind {
-                                EventKind::Created => "ADDED",
-                                EventKind::Modified => "MODIFIED",
-                                EventKind::Deleted => "DELETED",
-                            };
-                            objects::outgoing(&r, &version, &ev.kv)
-                                .map(|o| event_line(kind, o))
-                                .unwrap_or_default()
-                        }
-                        Err(e) => event_line("ERROR", ApiError::from(e).status()),
-                    };
-                    Some((Ok::<_, Infallible>(line), (w, r, version)))
+                (w, r, version, selector),
+                move |(mut w, r, version, selector)| async move {
+                    loop {
+                        let next = tokio::time::timeout_at(deadline, w.next()).await.ok()??;
+                        let line = match next {
+                            Ok(ev) => match selected_event(&r, &version, &selector, &ev) {
+                                Ok(Some(line)) => line,
+                                Ok(None) => continue,
+                                Err(e) => event_line("ERROR", e.status()),
+                            },
+                            Err(e) => event_line("ERROR", ApiError::from(e).status()),
+                        };
+                        return Some((Ok::<_, Infallible>(line), (w, r, version, selector)));
+                    }
                 },
             );
             let initial = futures_util::stream::iter(initial.into_iter().map(Ok::<_, Infallible>));

@@ -4,8 +4,11 @@
 //! Kubernetes' wire formats (`metav1.Status` errors, `resourceVersion`, `generation`,
 //! list pagination with `continue`, newline-delimited watch events).
 //!
+//! Label selectors and the `metadata.name` / `metadata.namespace` field selectors apply to
+//! lists and watches; in a watch, an object moving out of the selection is DELETED.
+//!
 //! Does not own (yet): TLS and authentication, built-in kinds, OpenAPI, tables, patches,
-//! selectors, finalizers and garbage collection, admission, aggregation. Those arrive with
+//! finalizers and garbage collection, admission, aggregation. Those arrive with
 //! the rest of the embedded server.
 
 mod discovery;
@@ -13,6 +16,7 @@ mod error;
 mod handlers;
 mod objects;
 mod registry;
+mod selectors;
 
 use std::sync::Arc;
 

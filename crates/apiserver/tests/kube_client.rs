@@ -233,3 +233,90 @@ async fn a_watcher_sees_the_initial_list_then_changes_on_sqlite() {
         ]
     );
 }
+
+#[tokio::test]
+async fn selectors_filter_lists_and_watches() {
+    use kube::api::{WatchEvent, WatchParams};
+    let client = serve(Arc::new(store::MemStore::new())).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client, "default");
+    for (name, tier) in [("a", "front"), ("b", "back"), ("c", "front")] {
+        let mut vm = example_vm();
+        vm.metadata.name = Some(name.into());
+        vm.metadata.labels = Some([("tier".to_string(), tier.to_string())].into());
+        vms.create(&PostParams::default(), &vm).await.unwrap();
+    }
+    let names = |l: kube::core::ObjectList<VirtualMachine>| {
+        l.items
+            .into_iter()
+            .map(|v| v.metadata.name.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            vms.list(&ListParams::default().labels("tier=front"))
+                .await
+                .unwrap()
+        ),
+        ["a", "c"]
+    );
+    assert_eq!(
+        names(
+            vms.list(&ListParams::default().labels("tier in (back)"))
+                .await
+                .unwrap()
+        ),
+        ["b"]
+    );
+    assert_eq!(
+        names(
+            vms.list(&ListParams::default().fields("metadata.name=c"))
+                .await
+                .unwrap()
+        ),
+        ["c"]
+    );
+    let (code, _, _) = api_error(
+        vms.list(&ListParams::default().fields("spec.running=true"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
+
+    let rv = vms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = vms
+        .watch(&WatchParams::default().labels("tier=front"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut a = vms.get("a").await.unwrap();
+    a.metadata.labels = Some([("tier".to_string(), "back".to_string())].into());
+    vms.replace("a", &PostParams::default(), &a).await.unwrap();
+    let mut b = vms.get("b").await.unwrap();
+    b.metadata.labels = Some([("tier".to_string(), "front".to_string())].into());
+    vms.replace("b", &PostParams::default(), &b).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(match ev {
+            WatchEvent::Added(v) => format!("added {}", v.metadata.name.unwrap()),
+            WatchEvent::Deleted(v) => format!("deleted {}", v.metadata.name.unwrap()),
+            WatchEvent::Modified(v) => format!("modified {}", v.metadata.name.unwrap()),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        seen,
+        ["deleted a", "added b"],
+        "objects moving out of and into the selection"
+    );
+}

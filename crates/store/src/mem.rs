@@ -244,6 +244,9 @@ impl History for MemStore {
                 compacted: inner.compacted,
             });
         }
+        if after >= upto {
+            return Ok(Vec::new());
+        }
         let events = inner
             .rows
             .range(after + 1..=upto)

@@ -188,6 +188,20 @@ async fn watch_replays_history_then_follows_live(s: Arc<dyn Store>) {
     }
 }
 
+async fn a_watch_from_now_or_later_sees_only_newer_events(s: Arc<dyn Store>) {
+    s.create("/q/a", vec![]).await.unwrap();
+    let mut from_now = s.watch("/q/", s.revision()).unwrap();
+    let mut from_future = s.watch("/q/", s.revision() + 1).unwrap();
+    s.create("/q/b", vec![]).await.unwrap();
+    s.create("/q/c", vec![]).await.unwrap();
+    assert_eq!(next(&mut from_now).await.kv.key, "/q/b");
+    assert_eq!(
+        next(&mut from_future).await.kv.key,
+        "/q/c",
+        "a revision not yet written is waited for"
+    );
+}
+
 async fn a_slow_watcher_misses_nothing(s: Arc<dyn Store>) {
     let mut w = s.watch("/k/", 0).unwrap();
     for i in 0..5000 {
@@ -277,6 +291,7 @@ contract!(
     crud_and_compare_and_swap,
     lists_are_consistent_pages_at_one_revision,
     watch_replays_history_then_follows_live,
+    a_watch_from_now_or_later_sees_only_newer_events,
     a_slow_watcher_misses_nothing,
     compaction_keeps_current_values_and_refuses_older_revisions,
     concurrent_compare_and_swap_has_one_winner
