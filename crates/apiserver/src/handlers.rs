@@ -7,14 +7,14 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 use store::{EventKind, ListRequest, Rev, StoreError};
 
 use crate::selectors::Selector;
-use crate::{ApiError, AppState, Resource, objects};
+use crate::{ApiError, AppState, Resource, objects, table};
 
 type Params = Query<HashMap<String, String>>;
 
@@ -96,15 +96,46 @@ async fn create(
 pub async fn get_namespaced(
     State(state): State<AppState>,
     Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     get(&state, &group, &version, Some(&namespace), &plural, &name)
+        .map(|obj| as_table(&state, &group, &version, &plural, obj, &params, &headers))
 }
 
 pub async fn get_cluster(
     State(state): State<AppState>,
     Path((group, version, plural, name)): Path<(String, String, String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     get(&state, &group, &version, None, &plural, &name)
+        .map(|obj| as_table(&state, &group, &version, &plural, obj, &params, &headers))
+}
+
+/// One object as a one-row Table when the client asked for tables.
+fn as_table(
+    state: &AppState,
+    group: &str,
+    version: &str,
+    plural: &str,
+    obj: Json<Value>,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Json<Value> {
+    match state.registry.find(group, version, plural) {
+        Some(r) if table::wanted(accept(headers)) => {
+            let metadata = json!({"resourceVersion": obj.0["metadata"]["resourceVersion"]});
+            Json(table::build(
+                r,
+                &[obj.0],
+                metadata,
+                params.get("includeObject").map(String::as_str),
+                now(),
+            ))
+        }
+        _ => obj,
+    }
 }
 
 fn get(
@@ -231,16 +262,35 @@ pub async fn list_namespaced(
     State(state): State<AppState>,
     Path((group, version, namespace, plural)): Path<(String, String, String, String)>,
     Query(params): Params,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list_or_watch(&state, &group, &version, Some(&namespace), &plural, &params).await
+    list_or_watch(
+        &state,
+        &group,
+        &version,
+        Some(&namespace),
+        &plural,
+        &params,
+        &headers,
+    )
+    .await
 }
 
 pub async fn list_all(
     State(state): State<AppState>,
     Path((group, version, plural)): Path<(String, String, String)>,
     Query(params): Params,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list_or_watch(&state, &group, &version, None, &plural, &params).await
+    list_or_watch(&state, &group, &version, None, &plural, &params, &headers).await
+}
+
+fn accept(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+}
+
+fn now() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_second()
 }
 
 /// A continue token: the revision of the first page and the last key returned.
@@ -268,6 +318,7 @@ async fn list_or_watch(
     ns: Option<&str>,
     plural: &str,
     params: &HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let r = resource(state, group, version, plural)?.clone();
     let selector = Selector::parse(
@@ -330,6 +381,10 @@ async fn list_or_watch(
         && let Some(last) = page.items.last()
     {
         metadata["continue"] = json!(encode_continue(page.rev, &last.key));
+    }
+    if table::wanted(accept(headers)) {
+        let include = params.get("includeObject").map(String::as_str);
+        return Ok(Json(table::build(&r, &items, metadata, include, now())).into_response());
     }
     let list = json!({
         "apiVersion": r.api_version(version),

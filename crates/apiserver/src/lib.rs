@@ -7,7 +7,10 @@
 //! Label selectors and the `metadata.name` / `metadata.namespace` field selectors apply to
 //! lists and watches; in a watch, an object moving out of the selection is DELETED.
 //!
-//! Does not own (yet): TLS and authentication, built-in kinds, OpenAPI, tables, patches,
+//! Lists and gets answer with a `meta.k8s.io/v1` Table, built from the CRD's printer
+//! columns, when the client asks for one (as `kubectl get` does).
+//!
+//! Does not own (yet): TLS and authentication, built-in kinds, OpenAPI, patches,
 //! finalizers and garbage collection, admission, aggregation. Those arrive with
 //! the rest of the embedded server.
 
@@ -17,6 +20,7 @@ mod handlers;
 mod objects;
 mod registry;
 mod selectors;
+mod table;
 
 use std::sync::Arc;
 

@@ -320,3 +320,92 @@ async fn selectors_filter_lists_and_watches() {
         "objects moving out of and into the selection"
     );
 }
+
+/// What `kubectl get` prints: upstream's columns, a human age, `-o wide` extras.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_prints_upstreams_columns() {
+    let state = apiserver::AppState {
+        store: Arc::new(store::MemStore::new()),
+        registry: Arc::new(apiserver::Registry::kubevirt()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, apiserver::router(state)).await });
+    let client = Client::try_from(Config::new(url.parse().unwrap())).unwrap();
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    vms.create(&PostParams::default(), &example_vm())
+        .await
+        .unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/upstream-examples/vmi-ephemeral.yaml");
+    let api::Object::VirtualMachineInstance(vmi) =
+        api::parse_documents(&std::fs::read_to_string(path).unwrap())
+            .unwrap()
+            .remove(0)
+    else {
+        unreachable!()
+    };
+    let vmis: Api<api::v1::VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    vmis.create(&PostParams::default(), &vmi).await.unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_path_buf();
+    let kubectl = move |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .args(["--server", &url, "--cache-dir"])
+            .arg(&cache_dir)
+            .args(["-n", "default"])
+            .args(args)
+            .output()
+            .expect("kubectl on PATH");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = tokio::task::spawn_blocking(move || {
+        let vm = kubectl(&["get", "vm"]);
+        let vmi_wide = kubectl(&["get", "vmi", "-o", "wide"]);
+        let one = kubectl(&["get", "virtualmachine", "vm-cirros"]);
+        (vm, vmi_wide, one)
+    })
+    .await
+    .unwrap();
+    let header = |s: &str| {
+        s.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        header(&out.0),
+        ["NAME", "AGE", "STATUS", "READY"],
+        "{}",
+        out.0
+    );
+    let row: Vec<_> = out.0.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "vm-cirros");
+    assert!(
+        row[1].ends_with('s'),
+        "a human age, not a timestamp: {row:?}"
+    );
+    assert_eq!(
+        header(&out.1),
+        [
+            "NAME",
+            "AGE",
+            "PHASE",
+            "IP",
+            "NODENAME",
+            "READY",
+            "LIVE-MIGRATABLE",
+            "PAUSED"
+        ],
+        "{}",
+        out.1
+    );
+    assert_eq!(header(&out.2), ["NAME", "AGE", "STATUS", "READY"]);
+}
