@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{EventKind, ListRequest, Rev, StoreError};
 
@@ -39,22 +40,31 @@ fn write_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
     }
 }
 
-// ---- create ----
-
-pub async fn create_namespaced(
-    State(state): State<AppState>,
-    Path((group, version, namespace, plural)): Path<(String, String, String, String)>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    create(&state, &group, &version, Some(&namespace), &plural, &body).await
+/// The resource (and object) a URL names; `namespace` is absent on cluster-wide paths,
+/// `name` on collection paths. One handler serves both path shapes.
+#[derive(Debug, Deserialize)]
+pub struct Target {
+    group: String,
+    version: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    plural: String,
+    #[serde(default)]
+    name: Option<String>,
 }
 
-pub async fn create_cluster(
-    State(state): State<AppState>,
-    Path((group, version, plural)): Path<(String, String, String)>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    create(&state, &group, &version, None, &plural, &body).await
+impl Target {
+    fn ns(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+
+    fn resource<'a>(&self, state: &'a AppState) -> Result<&'a Resource, ApiError> {
+        resource(state, &self.group, &self.version, &self.plural)
+    }
 }
 
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -62,136 +72,60 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
-async fn create(
-    state: &AppState,
-    group: &str,
-    version: &str,
-    ns: Option<&str>,
-    plural: &str,
-    body: &[u8],
+pub async fn create(
+    State(state): State<AppState>,
+    Path(t): Path<Target>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let r = resource(state, group, version, plural)?;
-    if r.namespaced != ns.is_some() {
-        return Err(ApiError::not_found("resource", plural));
+    let r = t.resource(&state)?;
+    if r.namespaced != t.namespace.is_some() {
+        return Err(ApiError::not_found("resource", &t.plural));
     }
-    let obj = objects::for_create(r, version, ns, parse_body(body)?)?;
+    let obj = objects::for_create(r, &t.version, t.ns(), parse_body(&body)?)?;
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     let kv = state
         .store
-        .create(&r.key(ns, Some(&name)), objects::to_bytes(&obj))
+        .create(&r.key(t.ns(), Some(&name)), objects::to_bytes(&obj))
         .await
         .map_err(|e| write_error(e, r, &name))?;
     Ok((
         StatusCode::CREATED,
-        Json(objects::outgoing(r, version, &kv)?),
+        Json(objects::outgoing(r, &t.version, &kv)?),
     )
         .into_response())
 }
 
-// ---- get ----
-
-pub async fn get_namespaced(
+/// One object; a one-row Table when the client asked for tables.
+pub async fn get(
     State(state): State<AppState>,
-    Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+    Path(t): Path<Target>,
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    get(&state, &group, &version, Some(&namespace), &plural, &name)
-        .map(|obj| as_table(&state, &group, &version, &plural, obj, &params, &headers))
-}
-
-pub async fn get_cluster(
-    State(state): State<AppState>,
-    Path((group, version, plural, name)): Path<(String, String, String, String)>,
-    Query(params): Params,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    get(&state, &group, &version, None, &plural, &name)
-        .map(|obj| as_table(&state, &group, &version, &plural, obj, &params, &headers))
-}
-
-/// One object as a one-row Table when the client asked for tables.
-fn as_table(
-    state: &AppState,
-    group: &str,
-    version: &str,
-    plural: &str,
-    obj: Json<Value>,
-    params: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> Json<Value> {
-    match state.registry.find(group, version, plural) {
-        Some(r) if table::wanted(accept(headers)) => {
-            let metadata = json!({"resourceVersion": obj.0["metadata"]["resourceVersion"]});
-            Json(table::build(
-                r,
-                &[obj.0],
-                metadata,
-                params.get("includeObject").map(String::as_str),
-                now(),
-            ))
-        }
-        _ => obj,
-    }
-}
-
-fn get(
-    state: &AppState,
-    group: &str,
-    version: &str,
-    ns: Option<&str>,
-    plural: &str,
-    name: &str,
-) -> Result<Json<Value>, ApiError> {
-    let r = resource(state, group, version, plural)?;
+    let r = t.resource(&state)?;
     let kv = state
         .store
-        .get(&r.key(ns, Some(name)))?
-        .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
-    Ok(Json(objects::outgoing(r, version, &kv)?))
+        .get(&r.key(t.ns(), Some(t.name())))?
+        .ok_or_else(|| ApiError::not_found(&r.plural, t.name()))?;
+    let obj = objects::outgoing(r, &t.version, &kv)?;
+    if !table::wanted(accept(&headers)) {
+        return Ok(Json(obj));
+    }
+    let metadata = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+    let include = params.get("includeObject").map(String::as_str);
+    Ok(Json(table::build(r, &[obj], metadata, include, now())))
 }
 
-// ---- replace ----
-
-pub async fn replace_namespaced(
+pub async fn replace(
     State(state): State<AppState>,
-    Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+    Path(t): Path<Target>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    replace(
-        &state,
-        &group,
-        &version,
-        Some(&namespace),
-        &plural,
-        &name,
-        &body,
-    )
-    .await
-}
-
-pub async fn replace_cluster(
-    State(state): State<AppState>,
-    Path((group, version, plural, name)): Path<(String, String, String, String)>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    replace(&state, &group, &version, None, &plural, &name, &body).await
-}
-
-async fn replace(
-    state: &AppState,
-    group: &str,
-    version: &str,
-    ns: Option<&str>,
-    plural: &str,
-    name: &str,
-    body: &[u8],
-) -> Result<Json<Value>, ApiError> {
-    let r = resource(state, group, version, plural)?;
-    let body = parse_body(body)?;
+    let (r, name) = (t.resource(&state)?, t.name());
+    let body = parse_body(&body)?;
     if body["metadata"]["name"].as_str() != Some(name) {
         return Err(ApiError::bad_request(
             "the name of the object does not match the name on the URL",
@@ -204,7 +138,7 @@ async fn replace(
         ),
         None => None,
     };
-    let key = r.key(ns, Some(name));
+    let key = r.key(t.ns(), Some(name));
     let current = state
         .store
         .get(&key)?
@@ -214,75 +148,44 @@ async fn replace(
     }
     let old: Value =
         serde_json::from_slice(&current.value).map_err(|e| ApiError::internal(e.to_string()))?;
-    let obj = objects::for_update(r, version, &old, body)?;
+    let obj = objects::for_update(r, &t.version, &old, body)?;
     let kv = state
         .store
         .update(&key, objects::to_bytes(&obj), Some(current.mod_rev))
         .await
         .map_err(|e| write_error(e, r, name))?;
-    Ok(Json(objects::outgoing(r, version, &kv)?))
+    Ok(Json(objects::outgoing(r, &t.version, &kv)?))
 }
 
-// ---- delete ----
-
-pub async fn delete_namespaced(
+pub async fn delete(
     State(state): State<AppState>,
-    Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+    Path(t): Path<Target>,
 ) -> Result<Json<Value>, ApiError> {
-    delete(&state, &group, &version, Some(&namespace), &plural, &name).await
-}
-
-pub async fn delete_cluster(
-    State(state): State<AppState>,
-    Path((group, version, plural, name)): Path<(String, String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    delete(&state, &group, &version, None, &plural, &name).await
-}
-
-async fn delete(
-    state: &AppState,
-    group: &str,
-    version: &str,
-    ns: Option<&str>,
-    plural: &str,
-    name: &str,
-) -> Result<Json<Value>, ApiError> {
-    let r = resource(state, group, version, plural)?;
+    let (r, name) = (t.resource(&state)?, t.name());
     let kv = state
         .store
-        .delete(&r.key(ns, Some(name)), None)
+        .delete(&r.key(t.ns(), Some(name)), None)
         .await
         .map_err(|e| write_error(e, r, name))?;
-    Ok(Json(objects::outgoing(r, version, &kv)?))
+    Ok(Json(objects::outgoing(r, &t.version, &kv)?))
 }
 
-// ---- list and watch ----
-
-pub async fn list_namespaced(
+pub async fn list(
     State(state): State<AppState>,
-    Path((group, version, namespace, plural)): Path<(String, String, String, String)>,
+    Path(t): Path<Target>,
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     list_or_watch(
         &state,
-        &group,
-        &version,
-        Some(&namespace),
-        &plural,
+        &t.group,
+        &t.version,
+        t.ns(),
+        &t.plural,
         &params,
         &headers,
     )
     .await
-}
-
-pub async fn list_all(
-    State(state): State<AppState>,
-    Path((group, version, plural)): Path<(String, String, String)>,
-    Query(params): Params,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    list_or_watch(&state, &group, &version, None, &plural, &params, &headers).await
 }
 
 fn accept(headers: &HeaderMap) -> Option<&str> {

@@ -58,23 +58,23 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/{group}/{version}", get(discovery::resources))
         .route(
             "/apis/{group}/{version}/{plural}",
-            get(handlers::list_all).post(handlers::create_cluster),
+            get(handlers::list).post(handlers::create),
         )
         .route(
             "/apis/{group}/{version}/{plural}/{name}",
-            get(handlers::get_cluster)
-                .put(handlers::replace_cluster)
-                .delete(handlers::delete_cluster),
+            get(handlers::get)
+                .put(handlers::replace)
+                .delete(handlers::delete),
         )
         .route(
             "/apis/{group}/{version}/namespaces/{namespace}/{plural}",
-            get(handlers::list_namespaced).post(handlers::create_namespaced),
+            get(handlers::list).post(handlers::create),
         )
         .route(
             "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}",
-            get(handlers::get_namespaced)
-                .put(handlers::replace_namespaced)
-                .delete(handlers::delete_namespaced),
+            get(handlers::get)
+                .put(handlers::replace)
+                .delete(handlers::delete),
         )
         .with_state(state)
 }

@@ -38,13 +38,7 @@ impl Selector {
         if let Some(text) = fields.filter(|t| !t.trim().is_empty()) {
             for part in text.split(',') {
                 let part = part.trim();
-                let (key, equal, value) = if let Some((k, v)) = part.split_once("!=") {
-                    (k, false, v)
-                } else if let Some((k, v)) = part.split_once("==") {
-                    (k, true, v)
-                } else if let Some((k, v)) = part.split_once('=') {
-                    (k, true, v)
-                } else {
+                let Some((key, equal, value)) = split_equality(part) else {
                     return Err(ApiError::bad_request(format!(
                         "invalid field selector: {part:?}"
                     )));
@@ -105,6 +99,17 @@ fn split_top_level(text: &str) -> Vec<&str> {
     parts
 }
 
+/// `key!=value`, `key==value` or `key=value` as (key, is equality, value).
+fn split_equality(part: &str) -> Option<(&str, bool, &str)> {
+    if let Some((k, v)) = part.split_once("!=") {
+        Some((k, false, v))
+    } else if let Some((k, v)) = part.split_once("==") {
+        Some((k, true, v))
+    } else {
+        part.split_once('=').map(|(k, v)| (k, true, v))
+    }
+}
+
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
@@ -143,13 +148,7 @@ fn parse_label(part: &str) -> Result<Requirement, ApiError> {
         let (k, v) = set(k.trim(), rest, "in")?;
         return Ok(Requirement::In(k, v));
     }
-    let (key, value, equal) = if let Some((k, v)) = part.split_once("!=") {
-        (k, v, false)
-    } else if let Some((k, v)) = part.split_once("==") {
-        (k, v, true)
-    } else if let Some((k, v)) = part.split_once('=') {
-        (k, v, true)
-    } else {
+    let Some((key, equal, value)) = split_equality(part) else {
         return if valid_key(part) {
             Ok(Requirement::Exists(part.to_owned()))
         } else {

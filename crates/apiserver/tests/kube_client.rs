@@ -409,3 +409,33 @@ async fn kubectl_get_prints_upstreams_columns() {
     );
     assert_eq!(header(&out.2), ["NAME", "AGE", "STATUS", "READY"]);
 }
+
+#[tokio::test]
+async fn cluster_scoped_kinds_live_outside_namespaces() {
+    use api::instancetype::VirtualMachineClusterInstancetype;
+    let client = serve(Arc::new(store::MemStore::new())).await;
+    let its: Api<VirtualMachineClusterInstancetype> = Api::all(client);
+    let text = "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineClusterInstancetype\nmetadata: {name: cluster-csmall}\nspec: {cpu: {guest: 1}, memory: {guest: 128Mi}}\n";
+    let api::Object::VirtualMachineClusterInstancetype(it) =
+        api::parse_documents(text).unwrap().remove(0)
+    else {
+        unreachable!()
+    };
+    let created = its.create(&PostParams::default(), &it).await.unwrap();
+    assert_eq!(created.metadata.namespace, None);
+    assert_eq!(
+        its.get("cluster-csmall").await.unwrap().spec.spec.cpu.guest,
+        1
+    );
+    assert_eq!(
+        its.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    its.delete("cluster-csmall", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(its.get("cluster-csmall").await.unwrap_err()).0,
+        404
+    );
+}
