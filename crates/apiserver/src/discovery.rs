@@ -1,10 +1,13 @@
-//! `/version`, health, and legacy discovery (`/apis`, `/apis/{group}/{version}`).
+//! `/version`, health, and discovery: legacy (`/api`, `/apis`, `/apis/{group}`,
+//! `/api/v1`, `/apis/{group}/{version}`) and aggregated (`apidiscovery.k8s.io/v2`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::{ApiError, AppState};
+use crate::request::Request;
+use crate::{ApiError, AppState, Resource};
 
 /// The Kubernetes version we speak (k8s-openapi's `v1_33`).
 pub async fn version() -> Json<Value> {
@@ -25,68 +28,186 @@ pub async fn healthy() -> &'static str {
     "ok"
 }
 
-pub async fn groups(State(state): State<AppState>) -> Json<Value> {
-    let groups: Vec<Value> = state
+/// Answers a discovery request: legacy documents, or the aggregated v2 document when
+/// the client asks for one (as kubectl does), which saves it one request per group.
+pub fn serve(state: &AppState, req: Request, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let aggregated = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"));
+    match req {
+        Request::CoreVersions if aggregated => Ok(aggregated_list(state, true)),
+        Request::Groups if aggregated => Ok(aggregated_list(state, false)),
+        Request::CoreVersions => Ok(Json(json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+        }))
+        .into_response()),
+        Request::Groups => Ok(Json(json!({
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": groups(state).into_iter().map(|(g, v)| group_json(&g, &v)).collect::<Vec<_>>(),
+        }))
+        .into_response()),
+        Request::Group(group) => {
+            let (g, v) = groups(state)
+                .into_iter()
+                .find(|(g, _)| *g == group)
+                .ok_or_else(|| ApiError::not_found_path(&format!("/apis/{group}")))?;
+            let mut doc = group_json(&g, &v);
+            doc["kind"] = json!("APIGroup");
+            doc["apiVersion"] = json!("v1");
+            Ok(Json(doc).into_response())
+        }
+        Request::Resources { group, version } => resources(state, &group, &version),
+        Request::Target(_) => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// The non-core groups with their versions, preferred first.
+fn groups(state: &AppState) -> Vec<(String, Vec<String>)> {
+    state
         .registry
         .groups()
         .into_iter()
-        .map(|(group, versions)| {
-            let gv = |v: &String| json!({"groupVersion": format!("{group}/{v}"), "version": v});
-            json!({
-                "name": group,
-                "versions": versions.iter().map(gv).collect::<Vec<_>>(),
-                "preferredVersion": gv(&versions[0]),
-            })
-        })
-        .collect();
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        .filter(|(g, _)| !g.is_empty())
+        .collect()
 }
 
-pub async fn resources(
-    State(state): State<AppState>,
-    Path((group, version)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+fn group_json(group: &str, versions: &[String]) -> Value {
+    let gv = |v: &String| json!({"groupVersion": format!("{group}/{v}"), "version": v});
+    json!({
+        "name": group,
+        "versions": versions.iter().map(gv).collect::<Vec<_>>(),
+        "preferredVersion": gv(&versions[0]),
+    })
+}
+
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+fn resources(state: &AppState, group: &str, version: &str) -> Result<Response, ApiError> {
     let mut list = Vec::new();
     for r in state
         .registry
         .resources()
         .iter()
-        .filter(|r| r.group == group && r.versions.contains(&version))
+        .filter(|r| r.group == group && r.versions.iter().any(|v| v == version))
     {
         list.push(json!({
             "name": r.plural,
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "verbs": VERBS,
             "shortNames": r.short_names,
             "categories": r.categories,
         }));
-        if r.status_subresource {
-            list.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+        for (sub, kind, group, version) in subresources(r, version) {
+            list.push(json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "group": group, "version": version, "kind": kind, "verbs": ["get", "patch", "update"]}));
         }
     }
     if list.is_empty() {
-        return Err(ApiError::not_found(
-            "groupversion",
-            &format!("{group}/{version}"),
+        let path = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
+        return Err(ApiError::not_found_path(&path));
+    }
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Ok(Json(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})).into_response())
+}
+
+/// A resource's subresources as (name, kind, group, version).
+fn subresources(r: &Resource, version: &str) -> Vec<(&'static str, String, String, String)> {
+    let mut subs = Vec::new();
+    if r.status_subresource {
+        subs.push((
+            "status",
+            r.kind.clone(),
+            r.group.clone(),
+            version.to_owned(),
         ));
     }
-    Ok(Json(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": list}),
-    ))
+    if r.scale.is_some() {
+        subs.push((
+            "scale",
+            "Scale".to_owned(),
+            "autoscaling".to_owned(),
+            "v1".to_owned(),
+        ));
+    }
+    subs
 }
 
-/// The core group: served so clients' discovery works; its kinds come with the rest of
-/// the embedded server.
-pub async fn core_versions() -> Json<Value> {
-    Json(
-        json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
+/// `apidiscovery.k8s.io/v2` APIGroupDiscoveryList for `/api` (core) or `/apis`.
+fn aggregated_list(state: &AppState, core: bool) -> Response {
+    let mut items = Vec::new();
+    for (group, versions) in state.registry.groups() {
+        if group.is_empty() != core {
+            continue;
+        }
+        let versions: Vec<Value> =
+            versions
+                .iter()
+                .map(|version| {
+                    let resources: Vec<Value> = state
+                    .registry
+                    .resources()
+                    .iter()
+                    .filter(|r| r.group == group && r.versions.contains(version))
+                    .map(|r| {
+                        let subs: Vec<Value> = subresources(r, version)
+                            .into_iter()
+                            .map(|(sub, kind, g, v)| json!({
+                                "subresource": sub,
+                                "responseKind": {"group": g, "version": v, "kind": kind},
+                                "verbs": ["get", "patch", "update"],
+                            }))
+                            .collect();
+                        json!({
+                            "resource": r.plural,
+                            "responseKind": {"group": r.group, "version": version, "kind": r.kind},
+                            "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                            "singularResource": r.singular,
+                            "verbs": VERBS,
+                            "shortNames": r.short_names,
+                            "categories": r.categories,
+                            "subresources": subs,
+                        })
+                    })
+                    .collect();
+                    json!({"version": version, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+        items.push(json!({"metadata": {"name": group}, "versions": versions}));
+    }
+    let doc = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+        )],
+        Json(doc),
     )
-}
-
-pub async fn core_resources() -> Json<Value> {
-    Json(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": []}),
-    )
+        .into_response()
 }

@@ -45,6 +45,31 @@ impl ApiError {
         )
         .with_details(json!({"name": name, "kind": resource}))
     }
+    /// A path that names nothing the server serves.
+    pub fn not_found_path(path: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message)
+    }
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+    pub fn unprocessable(kind: &str, name: &str, field: &str, message: &str) -> Self {
+        Self::invalid(
+            kind,
+            name,
+            vec![json!({"reason": "FieldValueInvalid", "message": message, "field": field})],
+        )
+    }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
@@ -84,6 +109,18 @@ impl ApiError {
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {content_type:?}"
             ),
         )
+    }
+    pub fn unsupported_patch(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {content_type:?}"
+            ),
+        )
+    }
+    pub fn unprocessable_patch(message: &str) -> Self {
+        Self::new(422, "Invalid", message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

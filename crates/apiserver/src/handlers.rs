@@ -1,4 +1,5 @@
-//! CRUD, list and watch of registered resources.
+//! The resource endpoints: CRUD, patch, the status and scale subresources, list and
+//! watch, for every registered resource.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -6,186 +7,357 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{EventKind, ListRequest, Rev, StoreError};
 
+use crate::objects::Part;
+use crate::ops::{self, DeleteOptions};
+use crate::request::{Request, Target};
 use crate::selectors::Selector;
-use crate::{ApiError, AppState, Resource, objects, table};
+use crate::{ApiError, AppState, Resource, body, discovery, objects, patch, table};
 
-type Params = Query<HashMap<String, String>>;
+type Params = HashMap<String, String>;
 
-fn resource<'a>(
-    state: &'a AppState,
-    group: &str,
-    version: &str,
-    plural: &str,
-) -> Result<&'a Resource, ApiError> {
-    state
-        .registry
-        .find(group, version, plural)
-        .ok_or_else(|| ApiError::not_found("resource", &format!("{plural}.{version}.{group}")))
-}
-
-fn write_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
-    match e {
-        StoreError::AlreadyExists { .. } => ApiError::already_exists(&r.plural, name),
-        StoreError::NotFound { .. } => ApiError::not_found(&r.plural, name),
-        StoreError::Conflict { .. } => ApiError::conflict(&r.plural, name),
-        other => other.into(),
+/// Every request under `/api` and `/apis`.
+pub async fn dispatch(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match serve(&state, method, &uri, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
-/// The resource (and object) a URL names; `namespace` is absent on cluster-wide paths,
-/// `name` on collection paths. One handler serves both path shapes.
-#[derive(Debug, Deserialize)]
-pub struct Target {
-    group: String,
-    version: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    plural: String,
-    #[serde(default)]
-    name: Option<String>,
+async fn serve(
+    state: &AppState,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let target = match Request::parse(uri.path())? {
+        Request::Target(t) => t,
+        discovery_request => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed());
+            }
+            return discovery::serve(state, discovery_request, headers);
+        }
+    };
+    let params: Params = Query::<Params>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let r = state
+        .registry
+        .find(&target.group, &target.version, &target.plural)
+        .ok_or_else(|| ApiError::not_found_path(uri.path()))?
+        .clone();
+    if (target.namespace.is_some() && !r.namespaced)
+        || (r.namespaced && target.namespace.is_none() && target.name.is_some())
+        || (r.namespaced && target.namespace.is_none() && method != Method::GET)
+    {
+        return Err(ApiError::not_found_path(uri.path()));
+    }
+    let bytes = body::read(body).await?;
+    let req = Req {
+        state,
+        r: &r,
+        t: &target,
+        params: &params,
+        headers,
+        body: &bytes,
+    };
+    match (
+        &method,
+        target.name.is_some(),
+        target.subresource.as_deref(),
+    ) {
+        (&Method::GET, false, None) => req.list().await,
+        (&Method::POST, false, None) => req.create().await,
+        (&Method::DELETE, false, None) => req.delete_collection().await,
+        (&Method::GET, true, None) => req.get(),
+        (&Method::PUT, true, None) => req.replace(Part::Main).await,
+        (&Method::PATCH, true, None) => req.patch(Part::Main).await,
+        (&Method::DELETE, true, None) => req.delete().await,
+        (&Method::GET, true, Some("status")) if r.status_subresource => req.get(),
+        (&Method::PUT, true, Some("status")) if r.status_subresource => {
+            req.replace(Part::Status).await
+        }
+        (&Method::PATCH, true, Some("status")) if r.status_subresource => {
+            req.patch(Part::Status).await
+        }
+        (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale"))
+            if r.scale.is_some() =>
+        {
+            req.scale(&method).await
+        }
+        (_, true, Some(_))
+            if !matches!(target.subresource.as_deref(), Some("status" | "scale")) =>
+        {
+            Err(ApiError::not_found_path(uri.path()))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
 }
 
-impl Target {
+/// One resource request, parsed.
+struct Req<'a> {
+    state: &'a AppState,
+    r: &'a Resource,
+    t: &'a Target,
+    params: &'a Params,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+impl Req<'_> {
     fn ns(&self) -> Option<&str> {
-        self.namespace.as_deref()
+        self.t.namespace.as_deref()
     }
 
     fn name(&self) -> &str {
-        self.name.as_deref().unwrap_or_default()
+        self.t.name.as_deref().unwrap_or_default()
     }
 
-    fn resource<'a>(&self, state: &'a AppState) -> Result<&'a Resource, ApiError> {
-        resource(state, &self.group, &self.version, &self.plural)
+    fn key(&self) -> String {
+        self.r.key(self.ns(), Some(self.name()))
     }
-}
 
-fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
-}
-
-pub async fn create(
-    State(state): State<AppState>,
-    Path(t): Path<Target>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let r = t.resource(&state)?;
-    if r.namespaced != t.namespace.is_some() {
-        return Err(ApiError::not_found("resource", &t.plural));
+    fn dry_run(&self) -> bool {
+        self.params.get("dryRun").is_some_and(|d| d == "All")
     }
-    let obj = objects::for_create(r, &t.version, t.ns(), parse_body(&body)?)?;
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let kv = state
-        .store
-        .create(&r.key(t.ns(), Some(&name)), objects::to_bytes(&obj))
-        .await
-        .map_err(|e| write_error(e, r, &name))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(objects::outgoing(r, &t.version, &kv)?),
-    )
+
+    async fn create(&self) -> Result<Response, ApiError> {
+        let body = body::decode(self.headers, self.body)?;
+        let obj = ops::create(
+            self.state,
+            self.r,
+            &self.t.version,
+            self.ns(),
+            body,
+            self.dry_run(),
+        )
+        .await?;
+        Ok((StatusCode::CREATED, Json(obj)).into_response())
+    }
+
+    /// One object; a one-row Table when the client asked for tables.
+    fn get(&self) -> Result<Response, ApiError> {
+        let (obj, _) = ops::get(self.state, self.r, &self.t.version, &self.key())?;
+        if !table::wanted(accept(self.headers)) {
+            return Ok(Json(obj).into_response());
+        }
+        let metadata = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+        let include = self.params.get("includeObject").map(String::as_str);
+        Ok(Json(table::build(self.r, &[obj], metadata, include, now())).into_response())
+    }
+
+    async fn replace(&self, part: Part) -> Result<Response, ApiError> {
+        let body = body::decode(self.headers, self.body)?;
+        let obj = ops::update(
+            self.state,
+            self.r,
+            &self.t.version,
+            &self.key(),
+            part,
+            self.dry_run(),
+            |_| Ok(body.clone()),
+        )
+        .await?;
+        Ok(Json(obj).into_response())
+    }
+
+    async fn patch(&self, part: Part) -> Result<Response, ApiError> {
+        let kind =
+            patch::Kind::from_content_type(body::content_type(self.headers), self.r.builtin)?;
+        let p = patch::parse(kind, self.body)?;
+        let key = self.key();
+        let result = ops::update(
+            self.state,
+            self.r,
+            &self.t.version,
+            &key,
+            part,
+            self.dry_run(),
+            |current| patch::apply(kind, current, &p),
+        )
+        .await;
+        match result {
+            // Server-side apply creates what does not exist yet.
+            Err(e) if e.code == 404 && kind == patch::Kind::Apply && part == Part::Main => {
+                let obj = ops::create(
+                    self.state,
+                    self.r,
+                    &self.t.version,
+                    self.ns(),
+                    p,
+                    self.dry_run(),
+                )
+                .await?;
+                Ok((StatusCode::CREATED, Json(obj)).into_response())
+            }
+            other => Ok(Json(other?).into_response()),
+        }
+    }
+
+    async fn delete(&self) -> Result<Response, ApiError> {
+        let opts = self.delete_options()?;
+        let obj = ops::delete(self.state, self.r, &self.t.version, &self.key(), &opts).await?;
+        Ok(Json(obj).into_response())
+    }
+
+    fn delete_options(&self) -> Result<DeleteOptions, ApiError> {
+        let body = if self.body.is_empty() {
+            Value::Null
+        } else {
+            body::decode(self.headers, self.body)?
+        };
+        DeleteOptions::parse(&body, self.params)
+    }
+
+    /// Deletes every selected object of the collection; answers with the list of them.
+    async fn delete_collection(&self) -> Result<Response, ApiError> {
+        let opts = self.delete_options()?;
+        let selector = self.selector()?;
+        let page = self.state.store.list(&ListRequest {
+            prefix: self.r.key(self.ns(), None),
+            ..Default::default()
+        })?;
+        let mut items = Vec::new();
+        for kv in &page.items {
+            let obj = objects::outgoing(self.r, &self.t.version, kv)?;
+            if !selector.matches(&obj) {
+                continue;
+            }
+            match ops::delete(self.state, self.r, &self.t.version, &kv.key, &opts).await {
+                Ok(obj) => items.push(obj),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Json(json!({
+            "apiVersion": self.r.api_version(&self.t.version),
+            "kind": format!("{}List", self.r.kind),
+            "metadata": {"resourceVersion": page.rev.to_string()},
+            "items": items,
+        }))
         .into_response())
-}
+    }
 
-/// One object; a one-row Table when the client asked for tables.
-pub async fn get(
-    State(state): State<AppState>,
-    Path(t): Path<Target>,
-    Query(params): Params,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let r = t.resource(&state)?;
-    let kv = state
-        .store
-        .get(&r.key(t.ns(), Some(t.name())))?
-        .ok_or_else(|| ApiError::not_found(&r.plural, t.name()))?;
-    let obj = objects::outgoing(r, &t.version, &kv)?;
-    if !table::wanted(accept(&headers)) {
-        return Ok(Json(obj));
+    /// `autoscaling/v1` Scale read from, and written to, the paths the CRD names.
+    async fn scale(&self, method: &Method) -> Result<Response, ApiError> {
+        let Some(paths) = self.r.scale.clone() else {
+            return Err(ApiError::method_not_allowed());
+        };
+        let as_scale = |obj: &Value| {
+            let replicas =
+                |path: &str| table::eval(obj, path).and_then(|v| v.as_i64()).unwrap_or(0);
+            let mut status = json!({"replicas": replicas(&paths.status_replicas)});
+            if let Some(sel) = paths
+                .label_selector
+                .as_deref()
+                .and_then(|p| table::eval(obj, p))
+            {
+                status["selector"] = sel;
+            }
+            json!({
+                "kind": "Scale",
+                "apiVersion": "autoscaling/v1",
+                "metadata": {
+                    "name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"],
+                    "uid": obj["metadata"]["uid"], "resourceVersion": obj["metadata"]["resourceVersion"],
+                    "creationTimestamp": obj["metadata"]["creationTimestamp"],
+                },
+                "spec": {"replicas": replicas(&paths.spec_replicas)},
+                "status": status,
+            })
+        };
+        let key = self.key();
+        if method == Method::GET {
+            let (obj, _) = ops::get(self.state, self.r, &self.t.version, &key)?;
+            return Ok(Json(as_scale(&obj)).into_response());
+        }
+        let body = if method == Method::PUT {
+            body::decode(self.headers, self.body)?
+        } else {
+            let kind = patch::Kind::from_content_type(body::content_type(self.headers), true)?;
+            let p = patch::parse(kind, self.body)?;
+            let (obj, _) = ops::get(self.state, self.r, &self.t.version, &key)?;
+            patch::apply(kind, as_scale(&obj), &p)?
+        };
+        let replicas = body["spec"]["replicas"].as_i64().ok_or_else(|| {
+            ApiError::unprocessable(
+                "Scale",
+                self.name(),
+                "spec.replicas",
+                "Required value: an integer",
+            )
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::unprocessable(
+                "Scale",
+                self.name(),
+                "spec.replicas",
+                "must be greater than or equal to 0",
+            ));
+        }
+        let rv = body["metadata"]["resourceVersion"].clone();
+        let spec_path: Vec<String> = paths
+            .spec_replicas
+            .trim_start_matches('.')
+            .split('.')
+            .map(str::to_owned)
+            .collect();
+        let obj = ops::update(
+            self.state,
+            self.r,
+            &self.t.version,
+            &key,
+            Part::Main,
+            self.dry_run(),
+            |mut current| {
+                let mut at = &mut current;
+                for p in &spec_path {
+                    at = &mut at[p.as_str()];
+                }
+                *at = json!(replicas);
+                if rv.is_string() {
+                    current["metadata"]["resourceVersion"] = rv.clone();
+                }
+                Ok(current)
+            },
+        )
+        .await?;
+        Ok(Json(as_scale(&obj)).into_response())
     }
-    let metadata = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
-    let include = params.get("includeObject").map(String::as_str);
-    Ok(Json(table::build(r, &[obj], metadata, include, now())))
-}
 
-pub async fn replace(
-    State(state): State<AppState>,
-    Path(t): Path<Target>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let (r, name) = (t.resource(&state)?, t.name());
-    let body = parse_body(&body)?;
-    if body["metadata"]["name"].as_str() != Some(name) {
-        return Err(ApiError::bad_request(
-            "the name of the object does not match the name on the URL",
-        ));
+    fn selector(&self) -> Result<Selector, ApiError> {
+        Selector::parse(
+            self.r,
+            self.params.get("labelSelector").map(String::as_str),
+            self.params.get("fieldSelector").map(String::as_str),
+        )
     }
-    let expected = match body["metadata"]["resourceVersion"].as_str() {
-        Some(rv) => Some(
-            rv.parse::<Rev>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        ),
-        None => None,
-    };
-    let key = r.key(t.ns(), Some(name));
-    let current = state
-        .store
-        .get(&key)?
-        .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
-    if expected.is_some_and(|e| e != current.mod_rev) {
-        return Err(ApiError::conflict(&r.plural, name));
-    }
-    let old: Value =
-        serde_json::from_slice(&current.value).map_err(|e| ApiError::internal(e.to_string()))?;
-    let obj = objects::for_update(r, &t.version, &old, body)?;
-    let kv = state
-        .store
-        .update(&key, objects::to_bytes(&obj), Some(current.mod_rev))
+
+    async fn list(&self) -> Result<Response, ApiError> {
+        list_or_watch(
+            self.state,
+            self.r,
+            &self.t.version,
+            self.ns(),
+            self.params,
+            self.headers,
+        )
         .await
-        .map_err(|e| write_error(e, r, name))?;
-    Ok(Json(objects::outgoing(r, &t.version, &kv)?))
-}
-
-pub async fn delete(
-    State(state): State<AppState>,
-    Path(t): Path<Target>,
-) -> Result<Json<Value>, ApiError> {
-    let (r, name) = (t.resource(&state)?, t.name());
-    let kv = state
-        .store
-        .delete(&r.key(t.ns(), Some(name)), None)
-        .await
-        .map_err(|e| write_error(e, r, name))?;
-    Ok(Json(objects::outgoing(r, &t.version, &kv)?))
-}
-
-pub async fn list(
-    State(state): State<AppState>,
-    Path(t): Path<Target>,
-    Query(params): Params,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    list_or_watch(
-        &state,
-        &t.group,
-        &t.version,
-        t.ns(),
-        &t.plural,
-        &params,
-        &headers,
-    )
-    .await
+    }
 }
 
 fn accept(headers: &HeaderMap) -> Option<&str> {
@@ -216,31 +388,28 @@ fn decode_continue(token: &str) -> Result<(Rev, String), ApiError> {
 
 async fn list_or_watch(
     state: &AppState,
-    group: &str,
+    r: &Resource,
     version: &str,
     ns: Option<&str>,
-    plural: &str,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let r = resource(state, group, version, plural)?.clone();
+    let r = r.clone();
     let selector = Selector::parse(
+        &r,
         params.get("labelSelector").map(String::as_str),
         params.get("fieldSelector").map(String::as_str),
     )?;
     let prefix = r.key(ns, None);
     let rv = params.get("resourceVersion").filter(|v| !v.is_empty());
     if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        return watch(
-            state,
+        let enc = Encoder {
             r,
-            version.to_owned(),
-            prefix,
-            rv.cloned(),
-            selector,
-            params,
-        )
-        .await;
+            version: version.to_owned(),
+            table: table::wanted(accept(headers)),
+            include: params.get("includeObject").cloned(),
+        };
+        return watch(state, enc, prefix, rv.cloned(), selector, params).await;
     }
     let limit: usize = match params.get("limit") {
         Some(l) => l
@@ -298,44 +467,74 @@ async fn list_or_watch(
     Ok(Json(list).into_response())
 }
 
+/// How a watch writes its events: the object itself, or a one-row Table when the client
+/// asked for tables (as `kubectl get -w` does).
+#[derive(Debug, Clone)]
+struct Encoder {
+    r: Resource,
+    version: String,
+    table: bool,
+    include: Option<String>,
+}
+
+impl Encoder {
+    fn line(&self, kind: &str, object: Value) -> Bytes {
+        let object = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
+            let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+            table::build(&self.r, &[object], metadata, self.include.as_deref(), now())
+        } else {
+            object
+        };
+        event_line(kind, object)
+    }
+
+    fn bookmark(&self, rev: Rev, initial_end: bool) -> Bytes {
+        let mut metadata = json!({"resourceVersion": rev.to_string()});
+        if initial_end {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        event_line(
+            "BOOKMARK",
+            json!({"kind": self.r.kind, "apiVersion": self.r.api_version(&self.version), "metadata": metadata}),
+        )
+    }
+
+    /// What a watcher with a selector sees of one change: an object moving into the
+    /// selection is ADDED, one moving out is DELETED, as the real server reports them.
+    fn event(&self, selector: &Selector, ev: &store::Event) -> Result<Option<Bytes>, ApiError> {
+        let cur = objects::outgoing(&self.r, &self.version, &ev.kv)?;
+        let now = selector.matches(&cur);
+        let before = match &ev.prev {
+            Some(prev) if !selector.is_empty() => {
+                selector.matches(&objects::outgoing(&self.r, &self.version, prev)?)
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let kind = match (ev.kind, before, now) {
+            (EventKind::Deleted, _, true) => "DELETED",
+            (EventKind::Deleted, _, false) => return Ok(None),
+            (EventKind::Created, _, true) | (EventKind::Modified, false, true) => "ADDED",
+            (EventKind::Modified, true, true) => "MODIFIED",
+            (EventKind::Modified, true, false) => "DELETED",
+            _ => return Ok(None),
+        };
+        Ok(Some(self.line(kind, cur)))
+    }
+}
+
 fn event_line(kind: &str, object: Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
 
-/// What a watcher with a selector sees of one change: an object moving into the selection
-/// is ADDED, one moving out is DELETED, as the real server reports them.
-fn selected_event(
-    r: &Resource,
-    version: &str,
-    selector: &Selector,
-    ev: &store::Event,
-) -> Result<Option<Bytes>, ApiError> {
-    let cur = objects::outgoing(r, version, &ev.kv)?;
-    let now = selector.matches(&cur);
-    let before = match &ev.prev {
-        Some(prev) if !selector.is_empty() => {
-            selector.matches(&objects::outgoing(r, version, prev)?)
-        }
-        Some(_) => true,
-        None => false,
-    };
-    let kind = match (ev.kind, before, now) {
-        (EventKind::Deleted, _, true) => "DELETED",
-        (EventKind::Deleted, _, false) => return Ok(None),
-        (EventKind::Created, _, true) | (EventKind::Modified, false, true) => "ADDED",
-        (EventKind::Modified, true, true) => "MODIFIED",
-        (EventKind::Modified, true, false) => "DELETED",
-        _ => return Ok(None),
-    };
-    Ok(Some(event_line(kind, cur)))
-}
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 
 async fn watch(
     state: &AppState,
-    r: Resource,
-    version: String,
+    enc: Encoder,
     prefix: String,
     rv: Option<String>,
     selector: Selector,
@@ -345,23 +544,31 @@ async fn watch(
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .map_or(Duration::from_secs(1800), Duration::from_secs);
-    // No revision (or "0"): start with the current objects as ADDED events.
-    let (initial, from) = match rv.as_deref() {
-        None | Some("0") => {
+    let flag = |name: &str| params.get(name).is_some_and(|v| v == "true" || v == "1");
+    let bookmarks = flag("allowWatchBookmarks");
+    let send_initial = params.get("sendInitialEvents").map(|v| v == "true");
+
+    // No revision (or "0"), or sendInitialEvents: start with the current objects as ADDED.
+    let (initial, from) = match (rv.as_deref(), send_initial) {
+        (_, Some(true)) | (None | Some("0"), None) => {
             let page = state.store.list(&ListRequest {
                 prefix: prefix.clone(),
                 ..Default::default()
             })?;
             let mut lines = Vec::new();
             for kv in &page.items {
-                let obj = objects::outgoing(&r, &version, kv)?;
+                let obj = objects::outgoing(&enc.r, &enc.version, kv)?;
                 if selector.matches(&obj) {
-                    lines.push(event_line("ADDED", obj));
+                    lines.push(enc.line("ADDED", obj));
                 }
+            }
+            if send_initial == Some(true) {
+                lines.push(enc.bookmark(page.rev, true));
             }
             (lines, page.rev)
         }
-        Some(v) => (
+        (None | Some("0"), Some(false)) => (Vec::new(), state.store.revision()),
+        (Some(v), _) => (
             Vec::new(),
             v.parse::<Rev>()
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
@@ -370,20 +577,34 @@ async fn watch(
     let body = match state.store.watch(&prefix, from) {
         Ok(w) => {
             let deadline = tokio::time::Instant::now() + timeout;
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + BOOKMARK_EVERY,
+                BOOKMARK_EVERY,
+            );
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let live = futures_util::stream::unfold(
-                (w, r, version, selector),
-                move |(mut w, r, version, selector)| async move {
+                (w, enc, selector, from, tick),
+                move |(mut w, enc, selector, mut last, mut tick)| async move {
                     loop {
-                        let next = tokio::time::timeout_at(deadline, w.next()).await.ok()??;
+                        let next = tokio::select! {
+                            next = tokio::time::timeout_at(deadline, w.next()) => next.ok()??,
+                            _ = tick.tick(), if bookmarks => {
+                                let line = enc.bookmark(last, false);
+                                return Some((Ok::<_, Infallible>(line), (w, enc, selector, last, tick)));
+                            }
+                        };
                         let line = match next {
-                            Ok(ev) => match selected_event(&r, &version, &selector, &ev) {
-                                Ok(Some(line)) => line,
-                                Ok(None) => continue,
-                                Err(e) => event_line("ERROR", e.status()),
-                            },
+                            Ok(ev) => {
+                                last = ev.rev();
+                                match enc.event(&selector, &ev) {
+                                    Ok(Some(line)) => line,
+                                    Ok(None) => continue,
+                                    Err(e) => event_line("ERROR", e.status()),
+                                }
+                            }
                             Err(e) => event_line("ERROR", ApiError::from(e).status()),
                         };
-                        return Some((Ok::<_, Infallible>(line), (w, r, version, selector)));
+                        return Some((Ok::<_, Infallible>(line), (w, enc, selector, last, tick)));
                     }
                 },
             );

@@ -14,18 +14,25 @@
 //! finalizers and garbage collection, admission, aggregation. Those arrive with
 //! the rest of the embedded server.
 
+mod body;
 mod discovery;
 mod error;
+mod gc;
 mod handlers;
 mod objects;
+mod openapi;
+mod ops;
+mod patch;
+mod protobuf;
 mod registry;
+mod request;
 mod selectors;
 mod table;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{any, get};
 
 pub use error::ApiError;
 pub use registry::{Registry, Resource};
@@ -35,6 +42,50 @@ pub use registry::{Registry, Resource};
 pub struct AppState {
     pub store: Arc<dyn store::Store>,
     pub registry: Arc<Registry>,
+}
+
+impl AppState {
+    /// The server over `store`, serving the built-in and kubevirt resources. See
+    /// [`AppState::start`] for a server whose namespaces and garbage collection work.
+    pub fn new(store: Arc<dyn store::Store>) -> Self {
+        Self {
+            store,
+            registry: Arc::new(Registry::kubevirt()),
+        }
+    }
+
+    /// [`AppState::new`], with the system namespaces created (if missing) and the garbage
+    /// collector running on the current tokio runtime until the store closes.
+    pub async fn start(store: Arc<dyn store::Store>) -> Result<Self, ApiError> {
+        let state = Self::new(store);
+        state.bootstrap().await?;
+        tokio::spawn(gc::run(state.clone()));
+        Ok(state)
+    }
+
+    /// Creates the namespaces every cluster has.
+    async fn bootstrap(&self) -> Result<(), ApiError> {
+        let Some(r) = self.registry.find("", "v1", "namespaces") else {
+            return Ok(());
+        };
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match ops::create(self, r, "v1", None, body, false).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Who made a request, as authentication established it. The serving layer puts it in
+/// the request's extensions; handlers pass it on to admission and aggregated APIs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -52,29 +103,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(discovery::healthy))
         .route("/livez", get(discovery::healthy))
         .route("/readyz", get(discovery::healthy))
-        .route("/api", get(discovery::core_versions))
-        .route("/api/v1", get(discovery::core_resources))
-        .route("/apis", get(discovery::groups))
-        .route("/apis/{group}/{version}", get(discovery::resources))
-        .route(
-            "/apis/{group}/{version}/{plural}",
-            get(handlers::list).post(handlers::create),
-        )
-        .route(
-            "/apis/{group}/{version}/{plural}/{name}",
-            get(handlers::get)
-                .put(handlers::replace)
-                .delete(handlers::delete),
-        )
-        .route(
-            "/apis/{group}/{version}/namespaces/{namespace}/{plural}",
-            get(handlers::list).post(handlers::create),
-        )
-        .route(
-            "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}",
-            get(handlers::get)
-                .put(handlers::replace)
-                .delete(handlers::delete),
-        )
+        .route("/openapi/v3", get(openapi::root))
+        .route("/openapi/v3/{*rest}", get(openapi::group_version))
+        .route("/api", any(handlers::dispatch))
+        .route("/apis", any(handlers::dispatch))
+        .route("/api/{*rest}", any(handlers::dispatch))
+        .route("/apis/{*rest}", any(handlers::dispatch))
+        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found_path(uri.path()) })
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

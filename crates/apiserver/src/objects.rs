@@ -8,9 +8,10 @@
 
 use serde_json::{Value, json};
 
+use crate::registry::Admission;
 use crate::{ApiError, Resource};
 
-fn now() -> String {
+pub fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)
         .map(|t| t.to_string())
@@ -22,6 +23,37 @@ fn name_of(body: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Whether `name` is a DNS-1123 subdomain (or, with `label`, a DNS-1123 label), the
+/// rule object names follow.
+fn name_problem(name: &str, label: bool) -> Option<String> {
+    let max = if label { 63 } else { 253 };
+    if name.is_empty() {
+        return Some("name or generateName is required".to_owned());
+    }
+    if name.len() > max {
+        return Some(format!("must be no more than {max} characters"));
+    }
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !p.starts_with('-')
+            && !p.ends_with('-')
+    };
+    let ok = if label {
+        ok_part(name)
+    } else {
+        name.split('.').all(ok_part)
+    };
+    (!ok).then(|| {
+        format!(
+            "a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-'{}, and must start and end with an alphanumeric character",
+            if label { "label" } else { "subdomain" },
+            if label { "" } else { " or '.'" }
+        )
+    })
 }
 
 /// Checks and converts a body for `resource`; returns it in the storage version.
@@ -39,6 +71,12 @@ fn admit(resource: &Resource, version: &str, body: Value) -> Result<Value, ApiEr
             resource.api_version(version),
             resource.kind
         )));
+    }
+    if !body["metadata"].is_object() && !body["metadata"].is_null() {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    }
+    if resource.admission == Admission::Generic {
+        return Ok(body);
     }
     let object = api::parse::parse_object(body).map_err(|e| match e.field() {
         Some(field) if e.to_string().ends_with("unknown field") => {
@@ -100,8 +138,26 @@ pub fn for_create(
             .collect();
         meta["name"] = json!(format!("{prefix}{suffix}"));
     }
+    let name = meta["name"].as_str().unwrap_or_default();
+    if let Some(problem) = name_problem(name, resource.plural == "namespaces") {
+        return Err(ApiError::unprocessable(
+            &resource.kind,
+            name,
+            "metadata.name",
+            &problem,
+        ));
+    }
     if let Some(ns) = namespace {
         meta["namespace"] = json!(ns);
+    }
+    if let Some(m) = meta.as_object_mut() {
+        for server_set in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+        ] {
+            m.remove(server_set);
+        }
     }
     meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
     meta["creationTimestamp"] = json!(now());
@@ -114,22 +170,84 @@ pub fn for_create(
     {
         o.remove("status");
     }
+    if resource.builtin && resource.plural == "namespaces" {
+        obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        obj["status"] = json!({"phase": "Active"});
+    }
     Ok(obj)
 }
 
-/// A replacement for `old`: admitted; identity and timestamps kept; `generation` bumped
-/// when the spec changed; with a status subresource, the status is not the client's to set.
+/// Which part of an object an update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The main endpoint: everything but the status, when there is a status subresource.
+    Main,
+    /// The `/status` subresource: the status only.
+    Status,
+}
+
+/// A replacement for `old`: admitted; identity, timestamps and deletion state kept;
+/// `generation` bumped when the spec changed. With a status subresource the main endpoint
+/// keeps the old status and `/status` keeps everything else.
 pub fn for_update(
     resource: &Resource,
     version: &str,
     old: &Value,
     body: Value,
+    part: Part,
 ) -> Result<Value, ApiError> {
     let mut obj = admit(resource, version, body)?;
-    for field in ["uid", "creationTimestamp", "namespace", "name"] {
-        obj["metadata"][field] = old["metadata"][field].clone();
+    if part == Part::Status {
+        let status = obj.get("status").cloned();
+        obj = old.clone();
+        obj["apiVersion"] = json!(resource.api_version(resource.storage_version()));
+        match status {
+            Some(s) => obj["status"] = s,
+            None => {
+                if let Some(o) = obj.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+        return Ok(obj);
     }
-    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    let old_meta = &old["metadata"];
+    let meta = &mut obj["metadata"];
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old_meta.get(field) {
+            Some(v) => meta[field] = v.clone(),
+            None => {
+                if let Some(m) = meta.as_object_mut() {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+    if old_meta.get("deletionTimestamp").is_some() {
+        let before = old_meta["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let added = meta["finalizers"]
+            .as_array()
+            .is_some_and(|now| now.iter().any(|f| !before.contains(f)));
+        if added {
+            return Err(ApiError::unprocessable(
+                &resource.kind,
+                old_meta["name"].as_str().unwrap_or_default(),
+                "metadata.finalizers",
+                "Forbidden: no new finalizers can be added if the object is being deleted",
+            ));
+        }
+    }
+    let generation = old_meta["generation"].as_i64().unwrap_or(1);
     let changed = obj.get("spec") != old.get("spec");
     obj["metadata"]["generation"] = json!(if changed { generation + 1 } else { generation });
     if let Some(m) = obj["metadata"].as_object_mut() {
@@ -145,7 +263,20 @@ pub fn for_update(
             }
         }
     }
+    if resource.builtin && resource.plural == "namespaces" {
+        obj["spec"] = old["spec"].clone();
+    }
     Ok(obj)
+}
+
+/// Whether an object is being deleted and nothing holds it any more.
+/// (A namespace is released by the server's namespace cleanup instead.)
+pub fn releasable(obj: &Value) -> bool {
+    obj["metadata"].get("deletionTimestamp").is_some()
+        && obj["kind"] != "Namespace"
+        && obj["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
 }
 
 /// The object as a client sees it: its revision and the asked-for version.

@@ -1,7 +1,25 @@
-//! The resources the server serves, read from CustomResourceDefinitions.
+//! The resources the server serves: the built-in kinds the system needs, and custom
+//! resources read from CustomResourceDefinitions.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use serde_json::Value;
+use serde_json::{Value, json};
+
+/// How bodies of a resource are checked on the way in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// kubevirt.io kinds: strict typed parsing, conversion and validation (the api crate).
+    Kubevirt,
+    /// Everything else: a JSON object of the right kind with a valid name.
+    Generic,
+}
+
+/// JSONPaths (`.spec.replicas`) of a scale subresource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
+}
 
 /// One served resource type.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,9 +34,18 @@ pub struct Resource {
     pub categories: Vec<String>,
     pub namespaced: bool,
     pub status_subresource: bool,
-    pub scale_subresource: bool,
+    /// The `scale` subresource: where the replicas and the selector live.
+    pub scale: Option<ScalePaths>,
     /// `additionalPrinterColumns` of the storage version.
     pub columns: Vec<Value>,
+    /// Field selectors this resource accepts beyond `metadata.name` and
+    /// `metadata.namespace`.
+    pub fields: Vec<String>,
+    /// The `openAPIV3Schema` of the storage version.
+    pub schema: Option<Value>,
+    pub admission: Admission,
+    /// Built into Kubernetes: strategic merge patches are accepted (as merge patches).
+    pub builtin: bool,
 }
 
 impl Resource {
@@ -73,9 +100,14 @@ impl Resource {
             status_subresource: storage
                 .and_then(|v| v.subresources.as_ref())
                 .is_some_and(|s| s.status.is_some()),
-            scale_subresource: storage
+            scale: storage
                 .and_then(|v| v.subresources.as_ref())
-                .is_some_and(|s| s.scale.is_some()),
+                .and_then(|s| s.scale.as_ref())
+                .map(|s| ScalePaths {
+                    spec_replicas: s.spec_replicas_path.clone(),
+                    status_replicas: s.status_replicas_path.clone(),
+                    label_selector: s.label_selector_path.clone(),
+                }),
             columns: storage
                 .and_then(|v| v.additional_printer_columns.as_ref())
                 .map(|cols| {
@@ -84,8 +116,192 @@ impl Resource {
                         .collect()
                 })
                 .unwrap_or_default(),
+            fields: storage
+                .and_then(|v| v.selectable_fields.as_ref())
+                .map(|f| {
+                    f.iter()
+                        .map(|f| f.json_path.trim_start_matches('.').to_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            schema: storage
+                .and_then(|v| v.schema.as_ref())
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .and_then(|s| serde_json::to_value(s).ok()),
+            admission: if spec.group.ends_with("kubevirt.io") {
+                Admission::Kubevirt
+            } else {
+                Admission::Generic
+            },
+            builtin: false,
         }
     }
+
+    /// A built-in kind.
+    fn builtin(group: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
+        Self {
+            group: group.to_owned(),
+            versions: vec!["v1".to_owned()],
+            kind: kind.to_owned(),
+            plural: plural.to_owned(),
+            singular: kind.to_lowercase(),
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            namespaced,
+            status_subresource: false,
+            scale: None,
+            columns: Vec::new(),
+            fields: Vec::new(),
+            schema: None,
+            admission: Admission::Generic,
+            builtin: true,
+        }
+    }
+
+    fn short(mut self, names: &[&str]) -> Self {
+        self.short_names = names.iter().map(|n| (*n).to_owned()).collect();
+        self
+    }
+
+    fn with_status(mut self) -> Self {
+        self.status_subresource = true;
+        self
+    }
+
+    fn fields(mut self, fields: &[&str]) -> Self {
+        self.fields = fields.iter().map(|n| (*n).to_owned()).collect();
+        self
+    }
+
+    /// Printer columns as (name, type, JSONPath, priority).
+    fn columns(mut self, columns: &[(&str, &str, &str, u8)]) -> Self {
+        self.columns = columns
+            .iter()
+            .map(|(name, ty, path, priority)| {
+                json!({"name": name, "type": ty, "jsonPath": path, "priority": priority})
+            })
+            .collect();
+        self
+    }
+}
+
+const AGE: (&str, &str, &str, u8) = ("Age", "date", ".metadata.creationTimestamp", 0);
+
+/// The built-in kinds the system needs, with the columns `kubectl get` shows for them.
+pub fn builtins() -> Vec<Resource> {
+    vec![
+        Resource::builtin("", "Namespace", "namespaces", false)
+            .short(&["ns"])
+            .with_status()
+            .fields(&["status.phase"])
+            .columns(&[("Status", "string", ".status.phase", 0), AGE]),
+        Resource::builtin("", "Pod", "pods", true)
+            .short(&["po"])
+            .with_status()
+            .fields(&["spec.nodeName", "status.phase", "spec.serviceAccountName"])
+            .columns(&[
+                ("Status", "string", ".status.phase", 0),
+                AGE,
+                ("IP", "string", ".status.podIP", 1),
+                ("Node", "string", ".spec.nodeName", 1),
+            ]),
+        Resource::builtin("", "Node", "nodes", false)
+            .short(&["no"])
+            .with_status()
+            .columns(&[
+                (
+                    "Status",
+                    "string",
+                    ".status.conditions[?(@.type=='Ready')].reason",
+                    0,
+                ),
+                AGE,
+                ("Version", "string", ".status.nodeInfo.kubeletVersion", 0),
+                (
+                    "Internal-IP",
+                    "string",
+                    ".status.addresses[?(@.type=='InternalIP')].address",
+                    1,
+                ),
+            ]),
+        Resource::builtin("", "Event", "events", true)
+            .short(&["ev"])
+            .fields(&[
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ])
+            .columns(&[
+                ("Last Seen", "date", ".lastTimestamp", 0),
+                ("Type", "string", ".type", 0),
+                ("Reason", "string", ".reason", 0),
+                ("Object", "string", ".involvedObject.name", 0),
+                ("Message", "string", ".message", 0),
+            ]),
+        Resource::builtin("", "ConfigMap", "configmaps", true)
+            .short(&["cm"])
+            .columns(&[AGE]),
+        Resource::builtin("", "Secret", "secrets", true)
+            .fields(&["type"])
+            .columns(&[("Type", "string", ".type", 0), AGE]),
+        Resource::builtin("", "Service", "services", true)
+            .short(&["svc"])
+            .with_status()
+            .columns(&[
+                ("Type", "string", ".spec.type", 0),
+                ("Cluster-IP", "string", ".spec.clusterIP", 0),
+                AGE,
+                ("Selector", "string", ".spec.selector", 1),
+            ]),
+        Resource::builtin("", "ServiceAccount", "serviceaccounts", true)
+            .short(&["sa"])
+            .columns(&[AGE]),
+        Resource::builtin("coordination.k8s.io", "Lease", "leases", true)
+            .columns(&[("Holder", "string", ".spec.holderIdentity", 0), AGE]),
+        Resource::builtin(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        )
+        .short(&["crd", "crds"])
+        .with_status()
+        .columns(&[("Created At", "string", ".metadata.creationTimestamp", 0)]),
+        Resource::builtin(
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+            false,
+        )
+        .columns(&[AGE]),
+        Resource::builtin(
+            "admissionregistration.k8s.io",
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            false,
+        )
+        .columns(&[AGE]),
+        Resource::builtin("apiregistration.k8s.io", "APIService", "apiservices", false)
+            .with_status()
+            .columns(&[
+                ("Service", "string", ".spec.service.name", 0),
+                (
+                    "Available",
+                    "string",
+                    ".status.conditions[?(@.type=='Available')].status",
+                    0,
+                ),
+                AGE,
+            ]),
+    ]
 }
 
 /// Every served resource.
@@ -95,17 +311,25 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The kubevirt.io and instancetype.kubevirt.io resources from the api crate.
+    /// The built-in kinds plus the kubevirt.io and instancetype.kubevirt.io resources from
+    /// the api crate.
     pub fn kubevirt() -> Self {
-        Self {
-            resources: api::crd::all().iter().map(Resource::from_crd).collect(),
-        }
+        let mut resources = builtins();
+        resources.extend(api::crd::all().iter().map(Resource::from_crd));
+        Self { resources }
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| {
             r.group == group && r.plural == plural && r.versions.iter().any(|v| v == version)
         })
+    }
+
+    /// The resource whose objects live under `key`.
+    pub fn for_key(&self, key: &str) -> Option<&Resource> {
+        self.resources
+            .iter()
+            .find(|r| key.starts_with(&r.key(None, None)))
     }
 
     pub fn resources(&self) -> &[Resource] {

@@ -2,13 +2,15 @@
 //! `fieldSelector`.
 //!
 //! Labels: `key`, `!key`, `key=value`, `key==value`, `key!=value`, `key in (a,b)`,
-//! `key notin (a,b)`, comma-separated, all of which must hold. Fields: `metadata.name`
-//! and `metadata.namespace` with `=`, `==` or `!=`; any other field is refused, as the
-//! real server refuses fields a resource does not index.
+//! `key notin (a,b)`, comma-separated, all of which must hold. Fields: `metadata.name`,
+//! `metadata.namespace` and the fields the resource declares (`spec.nodeName` on pods,
+//! `involvedObject.uid` on events ...) with `=`, `==` or `!=`; any other field is refused,
+//! as the real server refuses fields a resource does not index. A missing field reads as
+//! the empty string.
 
 use serde_json::Value;
 
-use crate::ApiError;
+use crate::{ApiError, Resource};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
@@ -28,7 +30,11 @@ pub struct Selector {
 }
 
 impl Selector {
-    pub fn parse(labels: Option<&str>, fields: Option<&str>) -> Result<Self, ApiError> {
+    pub fn parse(
+        r: &Resource,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Result<Self, ApiError> {
         let mut s = Self::default();
         if let Some(text) = labels.filter(|t| !t.trim().is_empty()) {
             for part in split_top_level(text) {
@@ -43,7 +49,9 @@ impl Selector {
                         "invalid field selector: {part:?}"
                     )));
                 };
-                if !matches!(key.trim(), "metadata.name" | "metadata.namespace") {
+                let known = matches!(key.trim(), "metadata.name" | "metadata.namespace")
+                    || r.fields.iter().any(|f| f == key.trim());
+                if !known {
                     return Err(ApiError::bad_request(format!(
                         "field label not supported: {}",
                         key.trim()
@@ -72,9 +80,16 @@ impl Selector {
             Requirement::NotIn(k, vs) => label(k).is_none_or(|l| vs.iter().all(|v| v != l)),
         });
         let fields_ok = self.fields.iter().all(|(key, equal, value)| {
-            let field = key.strip_prefix("metadata.").unwrap_or(key);
-            let actual = obj["metadata"][field].as_str().unwrap_or_default();
-            (actual == value) == *equal
+            let actual = key
+                .split('.')
+                .try_fold(obj, |at, part| at.get(part))
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            (actual == *value) == *equal
         });
         labels_ok && fields_ok
     }
@@ -172,12 +187,24 @@ mod tests {
     use serde_json::json;
 
     fn obj() -> Value {
-        json!({"metadata": {"name": "vm-a", "namespace": "default", "labels": {"app": "web", "tier": "front"}}})
+        json!({"metadata": {"name": "vm-a", "namespace": "default", "labels": {"app": "web", "tier": "front"}},
+               "involvedObject": {"kind": "VirtualMachine", "uid": "u1"}})
+    }
+
+    fn events() -> Resource {
+        crate::registry::builtins()
+            .into_iter()
+            .find(|r| r.plural == "events")
+            .unwrap()
     }
 
     #[test]
     fn label_requirements() {
-        let m = |l: &str| Selector::parse(Some(l), None).unwrap().matches(&obj());
+        let m = |l: &str| {
+            Selector::parse(&events(), Some(l), None)
+                .unwrap()
+                .matches(&obj())
+        };
         assert!(m("app=web"));
         assert!(m("app==web,tier"));
         assert!(m("app in (db, web)"));
@@ -189,10 +216,19 @@ mod tests {
 
     #[test]
     fn field_requirements() {
-        let m = |f: &str| Selector::parse(None, Some(f)).unwrap().matches(&obj());
+        let m = |f: &str| {
+            Selector::parse(&events(), None, Some(f))
+                .unwrap()
+                .matches(&obj())
+        };
         assert!(m("metadata.name=vm-a"));
         assert!(m("metadata.namespace==default,metadata.name!=vm-b"));
         assert!(!m("metadata.name=vm-b"));
+        assert!(m(
+            "involvedObject.kind=VirtualMachine,involvedObject.uid=u1"
+        ));
+        assert!(m("involvedObject.namespace="));
+        assert!(!m("involvedObject.uid!=u1"));
     }
 
     #[test]
@@ -203,7 +239,7 @@ mod tests {
             (None, Some("spec.x=1")),
             (None, Some("metadata.name")),
         ] {
-            let e = Selector::parse(l, f).unwrap_err();
+            let e = Selector::parse(&events(), l, f).unwrap_err();
             assert_eq!(e.code, 400, "{l:?} {f:?}");
         }
     }

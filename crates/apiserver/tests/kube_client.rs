@@ -12,10 +12,7 @@ use kube::runtime::watcher;
 use kube::{Client, Config};
 
 async fn serve(store: Arc<dyn store::Store>) -> Client {
-    let state = apiserver::AppState {
-        store,
-        registry: Arc::new(apiserver::Registry::kubevirt()),
-    };
+    let state = apiserver::AppState::start(store).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, apiserver::router(state)).await });
@@ -324,10 +321,9 @@ async fn selectors_filter_lists_and_watches() {
 /// What `kubectl get` prints: upstream's columns, a human age, `-o wide` extras.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_prints_upstreams_columns() {
-    let state = apiserver::AppState {
-        store: Arc::new(store::MemStore::new()),
-        registry: Arc::new(apiserver::Registry::kubevirt()),
-    };
+    let state = apiserver::AppState::start(Arc::new(store::MemStore::new()))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, apiserver::router(state)).await });

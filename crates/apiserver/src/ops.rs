@@ -1,0 +1,292 @@
+//! Writes with Kubernetes' rules, shared by the HTTP handlers and the server's own
+//! controllers (garbage collector, namespace cleanup).
+//!
+//! Updates are compare-and-swap on the revision and retried on a lost race unless the
+//! caller's body names a `resourceVersion`, which is then a precondition (409 when stale).
+//! Deletion honours finalizers: an object that still has some gets `deletionTimestamp`
+//! and stays until an update removes the last one. `Foreground` and `Orphan` propagation
+//! add the `foregroundDeletion` and `orphan` finalizers the garbage collector acts on.
+//! Namespaces are never deleted directly: they turn `Terminating` and the collector
+//! empties them first.
+
+use serde_json::{Value, json};
+use store::{KeyValue, Rev, StoreError};
+
+use crate::objects::{self, Part};
+use crate::{ApiError, AppState, Resource};
+
+pub const FOREGROUND: &str = "foregroundDeletion";
+pub const ORPHAN: &str = "orphan";
+
+pub fn write_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
+    match e {
+        StoreError::AlreadyExists { .. } => ApiError::already_exists(&r.plural, name),
+        StoreError::NotFound { .. } => ApiError::not_found(&r.plural, name),
+        StoreError::Conflict { .. } => ApiError::conflict(&r.plural, name),
+        other => other.into(),
+    }
+}
+
+fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The namespace a new object goes into must exist and not be terminating.
+pub fn check_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
+    let Some(r) = state.registry.find("", "v1", "namespaces") else {
+        return Ok(());
+    };
+    let kv = state
+        .store
+        .get(&r.key(None, Some(ns)))?
+        .ok_or_else(|| ApiError::not_found("namespaces", ns))?;
+    if decode(&kv)?["metadata"].get("deletionTimestamp").is_some() {
+        return Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates `body` (in `version`) in `ns`.
+pub async fn create(
+    state: &AppState,
+    r: &Resource,
+    version: &str,
+    ns: Option<&str>,
+    body: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    if let Some(ns) = ns {
+        check_namespace(state, ns)?;
+    }
+    let obj = objects::for_create(r, version, ns, body)?;
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let key = r.key(ns, Some(&name));
+    if dry_run {
+        if state.store.get(&key)?.is_some() {
+            return Err(ApiError::already_exists(&r.plural, &name));
+        }
+        return Ok(obj);
+    }
+    let kv = state
+        .store
+        .create(&key, objects::to_bytes(&obj))
+        .await
+        .map_err(|e| write_error(e, r, &name))?;
+    objects::outgoing(r, version, &kv)
+}
+
+/// Reads an object in the client's version.
+pub fn get(
+    state: &AppState,
+    r: &Resource,
+    version: &str,
+    key: &str,
+) -> Result<(Value, Rev), ApiError> {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let kv = state
+        .store
+        .get(key)?
+        .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
+    Ok((objects::outgoing(r, version, &kv)?, kv.mod_rev))
+}
+
+/// Updates the object at `key` with what `mutate` makes of its current state (in
+/// `version`). A `resourceVersion` left in the result must be the current one.
+pub async fn update(
+    state: &AppState,
+    r: &Resource,
+    version: &str,
+    key: &str,
+    part: Part,
+    dry_run: bool,
+    mutate: impl Fn(Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    loop {
+        let kv = state
+            .store
+            .get(key)?
+            .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
+        let current = objects::outgoing(r, version, &kv)?;
+        let body = mutate(current)?;
+        if body["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                body["metadata"]["name"].as_str().unwrap_or_default()
+            )));
+        }
+        let expected =
+            match &body["metadata"]["resourceVersion"] {
+                Value::String(rv) => Some(rv.parse::<Rev>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+                _ => None,
+            };
+        if expected.is_some_and(|e| e != kv.mod_rev) {
+            return Err(ApiError::conflict(&r.plural, name));
+        }
+        let old = decode(&kv)?;
+        let obj = objects::for_update(r, version, &old, body, part)?;
+        if dry_run {
+            return Ok(obj);
+        }
+        let written = if objects::releasable(&obj) {
+            state.store.delete(key, Some(kv.mod_rev)).await
+        } else if obj == old {
+            return objects::outgoing(r, version, &kv);
+        } else {
+            state
+                .store
+                .update(key, objects::to_bytes(&obj), Some(kv.mod_rev))
+                .await
+        };
+        match written {
+            Ok(kv) => {
+                let mut out = objects::outgoing(r, version, &kv)?;
+                if objects::releasable(&obj) {
+                    out = obj;
+                    out["apiVersion"] = json!(r.api_version(version));
+                }
+                return Ok(out);
+            }
+            Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
+            Err(e) => return Err(write_error(e, r, name)),
+        }
+    }
+}
+
+/// What a DELETE asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// `Background` (the default), `Foreground` or `Orphan`.
+    pub propagation: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    /// From the DELETE body (a `DeleteOptions`) and the query.
+    pub fn parse(
+        body: &Value,
+        params: &std::collections::HashMap<String, String>,
+    ) -> Result<Self, ApiError> {
+        let propagation = body["propagationPolicy"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| params.get("propagationPolicy").cloned())
+            .or_else(|| {
+                (body["orphanDependents"].as_bool() == Some(true)
+                    || params.get("orphanDependents").is_some_and(|o| o == "true"))
+                .then(|| "Orphan".to_owned())
+            });
+        if let Some(p) = &propagation
+            && !matches!(p.as_str(), "Background" | "Foreground" | "Orphan")
+        {
+            return Err(ApiError::unprocessable(
+                "DeleteOptions",
+                "",
+                "propagationPolicy",
+                &format!(
+                    "Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                ),
+            ));
+        }
+        Ok(Self {
+            propagation,
+            uid: body["preconditions"]["uid"].as_str().map(str::to_owned),
+            resource_version: body["preconditions"]["resourceVersion"]
+                .as_str()
+                .map(str::to_owned),
+            dry_run: body["dryRun"].as_array().is_some_and(|d| !d.is_empty())
+                || params.get("dryRun").is_some_and(|d| d == "All"),
+        })
+    }
+}
+
+/// Deletes the object at `key`, or marks it for deletion while finalizers hold it.
+/// Returns the object as it was last seen.
+pub async fn delete(
+    state: &AppState,
+    r: &Resource,
+    version: &str,
+    key: &str,
+    opts: &DeleteOptions,
+) -> Result<Value, ApiError> {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    loop {
+        let kv = state
+            .store
+            .get(key)?
+            .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
+        let mut obj = decode(&kv)?;
+        let meta = &obj["metadata"];
+        if opts
+            .uid
+            .as_deref()
+            .is_some_and(|u| Some(u) != meta["uid"].as_str())
+            || opts
+                .resource_version
+                .as_deref()
+                .is_some_and(|rv| rv != kv.mod_rev.to_string())
+        {
+            return Err(ApiError::conflict(&r.plural, name));
+        }
+        let mut finalizers: Vec<Value> = meta["finalizers"].as_array().cloned().unwrap_or_default();
+        let extra = match opts.propagation.as_deref() {
+            Some("Foreground") => Some(FOREGROUND),
+            Some("Orphan") => Some(ORPHAN),
+            _ => None,
+        };
+        if let Some(f) = extra
+            && !finalizers.iter().any(|x| x == f)
+        {
+            finalizers.push(json!(f));
+        }
+        let namespace = r.builtin && r.plural == "namespaces";
+        let held = !finalizers.is_empty() || namespace;
+        if !held {
+            if opts.dry_run {
+                return objects::outgoing(r, version, &kv);
+            }
+            match state.store.delete(key, Some(kv.mod_rev)).await {
+                Ok(kv) => return objects::outgoing(r, version, &kv),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(write_error(e, r, name)),
+            }
+        }
+        let already = meta.get("deletionTimestamp").is_some();
+        let before: Vec<Value> = meta["finalizers"].as_array().cloned().unwrap_or_default();
+        if already && before == finalizers {
+            return objects::outgoing(r, version, &kv);
+        }
+        if !already {
+            obj["metadata"]["deletionTimestamp"] = json!(objects::now());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        }
+        if !finalizers.is_empty() {
+            obj["metadata"]["finalizers"] = Value::Array(finalizers);
+        }
+        if namespace {
+            obj["status"]["phase"] = json!("Terminating");
+        }
+        if opts.dry_run {
+            obj["apiVersion"] = json!(r.api_version(version));
+            return Ok(obj);
+        }
+        match state
+            .store
+            .update(key, objects::to_bytes(&obj), Some(kv.mod_rev))
+            .await
+        {
+            Ok(kv) => return objects::outgoing(r, version, &kv),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(write_error(e, r, name)),
+        }
+    }
+}
