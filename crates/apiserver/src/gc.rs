@@ -132,6 +132,14 @@ pub async fn sweep(state: &AppState) -> Result<usize, ApiError> {
     }
     let mut writes = 0;
     for e in &entries {
+        // The custom resources of a CRD that is gone.
+        if state.registry.for_key(&e.key).is_none() {
+            match state.store.delete(&e.key, None).await {
+                Ok(_) | Err(store::StoreError::NotFound { .. }) => writes += 1,
+                Err(err) => return Err(err.into()),
+            }
+            continue;
+        }
         let owners = e.owners();
         if !owners.is_empty() && !e.deleting() && owners.iter().all(|o| !uids.contains(o)) {
             writes += delete(state, &e.key).await?;
@@ -186,7 +194,7 @@ async fn delete(state: &AppState, key: &str) -> Result<usize, ApiError> {
         propagation: Some("Background".to_owned()),
         ..Default::default()
     };
-    match ops::delete(state, r, r.storage_version(), key, &opts).await {
+    match ops::delete(state, &r, r.storage_version(), key, &opts).await {
         Ok(_) => Ok(1),
         Err(e) if e.code == 404 => Ok(0),
         Err(e) => Err(e),
@@ -204,11 +212,11 @@ async fn edit_meta(
     };
     let result = ops::update(
         state,
-        r,
+        &r,
         r.storage_version(),
         key,
         Part::Main,
-        false,
+        ops::Write::default(),
         |mut obj| {
             edit(&mut obj["metadata"]);
             Ok(obj)

@@ -131,8 +131,14 @@ impl Req<'_> {
         self.r.key(self.ns(), Some(self.name()))
     }
 
-    fn dry_run(&self) -> bool {
-        self.params.get("dryRun").is_some_and(|d| d == "All")
+    fn how(&self) -> ops::Write {
+        ops::Write {
+            dry_run: self.params.get("dryRun").is_some_and(|d| d == "All"),
+            strict: self
+                .params
+                .get("fieldValidation")
+                .is_some_and(|v| v == "Strict"),
+        }
     }
 
     async fn create(&self) -> Result<Response, ApiError> {
@@ -143,7 +149,7 @@ impl Req<'_> {
             &self.t.version,
             self.ns(),
             body,
-            self.dry_run(),
+            self.how(),
         )
         .await?;
         Ok((StatusCode::CREATED, Json(obj)).into_response())
@@ -168,7 +174,7 @@ impl Req<'_> {
             &self.t.version,
             &self.key(),
             part,
-            self.dry_run(),
+            self.how(),
             |_| Ok(body.clone()),
         )
         .await?;
@@ -186,7 +192,7 @@ impl Req<'_> {
             &self.t.version,
             &key,
             part,
-            self.dry_run(),
+            self.how(),
             |current| patch::apply(kind, current, &p),
         )
         .await;
@@ -199,7 +205,7 @@ impl Req<'_> {
                     &self.t.version,
                     self.ns(),
                     p,
-                    self.dry_run(),
+                    self.how(),
                 )
                 .await?;
                 Ok((StatusCode::CREATED, Json(obj)).into_response())
@@ -322,7 +328,7 @@ impl Req<'_> {
             &self.t.version,
             &key,
             Part::Main,
-            self.dry_run(),
+            self.how(),
             |mut current| {
                 let mut at = &mut current;
                 for p in &spec_path {

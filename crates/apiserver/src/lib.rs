@@ -26,6 +26,7 @@ mod patch;
 mod protobuf;
 mod registry;
 mod request;
+mod schema;
 mod selectors;
 mod table;
 
@@ -33,6 +34,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{any, get};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use error::ApiError;
 pub use registry::{Registry, Resource};
@@ -59,8 +61,81 @@ impl AppState {
     pub async fn start(store: Arc<dyn store::Store>) -> Result<Self, ApiError> {
         let state = Self::new(store);
         state.bootstrap().await?;
+        state.install_crds().await?;
         tokio::spawn(gc::run(state.clone()));
         Ok(state)
+    }
+
+    /// Serves the CustomResourceDefinitions in the store (and only those) beside the
+    /// built-in kinds.
+    pub fn reload_crds(&self) {
+        let Some(r) = self
+            .registry
+            .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        else {
+            return;
+        };
+        let page = match self.store.list(&store::ListRequest {
+            prefix: r.key(None, None),
+            ..Default::default()
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the CustomResourceDefinitions");
+                return;
+            }
+        };
+        let crds: Vec<CustomResourceDefinition> = page
+            .items
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        self.registry.set_crds(&crds);
+    }
+
+    /// Stores the kubevirt CRDs from the api crate, replacing older definitions.
+    async fn install_crds(&self) -> Result<(), ApiError> {
+        let Some(r) = self
+            .registry
+            .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        else {
+            return Ok(());
+        };
+        for crd in api::crd::all() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let mut body =
+                serde_json::to_value(&crd).map_err(|e| ApiError::internal(e.to_string()))?;
+            body["apiVersion"] = serde_json::json!("apiextensions.k8s.io/v1");
+            body["kind"] = serde_json::json!("CustomResourceDefinition");
+            let key = r.key(None, Some(&name));
+            match self.store.get(&key)? {
+                None => {
+                    ops::create(self, &r, "v1", None, body, ops::Write::default()).await?;
+                }
+                Some(kv) => {
+                    let stored: serde_json::Value = serde_json::from_slice(&kv.value)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    if stored["spec"] != body["spec"] {
+                        let spec = body["spec"].clone();
+                        ops::update(
+                            self,
+                            &r,
+                            "v1",
+                            &key,
+                            objects::Part::Main,
+                            ops::Write::default(),
+                            |mut cur| {
+                                cur["spec"] = spec.clone();
+                                Ok(cur)
+                            },
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        self.reload_crds();
+        Ok(())
     }
 
     /// Creates the namespaces every cluster has.
@@ -70,7 +145,7 @@ impl AppState {
         };
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            match ops::create(self, r, "v1", None, body, false).await {
+            match ops::create(self, &r, "v1", None, body, ops::Write::default()).await {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {}
                 Err(e) => return Err(e),

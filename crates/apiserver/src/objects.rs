@@ -6,6 +6,7 @@
 //! namespace. Out: `resourceVersion` is the revision that wrote the object, and
 //! `apiVersion` the version the client asked for.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Value, json};
 
 use crate::registry::Admission;
@@ -57,7 +58,12 @@ fn name_problem(name: &str, label: bool) -> Option<String> {
 }
 
 /// Checks and converts a body for `resource`; returns it in the storage version.
-fn admit(resource: &Resource, version: &str, body: Value) -> Result<Value, ApiError> {
+fn admit(
+    resource: &Resource,
+    version: &str,
+    mut body: Value,
+    strict: bool,
+) -> Result<Value, ApiError> {
     if !body.is_object() {
         return Err(ApiError::bad_request(
             "the request body must be a JSON object",
@@ -75,7 +81,25 @@ fn admit(resource: &Resource, version: &str, body: Value) -> Result<Value, ApiEr
     if !body["metadata"].is_object() && !body["metadata"].is_null() {
         return Err(ApiError::bad_request("metadata must be an object"));
     }
+    if resource.builtin && resource.plural == "customresourcedefinitions" {
+        check_crd(&body)?;
+    }
     if resource.admission == Admission::Generic {
+        if let Some(schema) = resource.schema.as_deref().filter(|_| !resource.builtin) {
+            let report = crate::schema::check(&mut body, schema);
+            if strict && let Some(field) = report.unknown.first() {
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: unknown field \"{field}\""
+                )));
+            }
+            if !report.causes.is_empty() {
+                return Err(ApiError::invalid(
+                    &resource.kind,
+                    &name_of(&body),
+                    report.causes,
+                ));
+            }
+        }
         return Ok(body);
     }
     let object = api::parse::parse_object(body).map_err(|e| match e.field() {
@@ -118,8 +142,9 @@ pub fn for_create(
     version: &str,
     namespace: Option<&str>,
     body: Value,
+    strict: bool,
 ) -> Result<Value, ApiError> {
-    let mut obj = admit(resource, version, body)?;
+    let mut obj = admit(resource, version, body, strict)?;
     let meta = &mut obj["metadata"];
     if let (Some(ns), Some(given)) = (namespace, meta["namespace"].as_str())
         && ns != given
@@ -174,7 +199,81 @@ pub fn for_create(
         obj["spec"]["finalizers"] = json!(["kubernetes"]);
         obj["status"] = json!({"phase": "Active"});
     }
+    if resource.builtin && resource.plural == "customresourcedefinitions" {
+        obj["status"] = crd_status(&obj);
+    }
     Ok(obj)
+}
+
+/// A CRD is served as soon as it is stored: its names are accepted and it is established.
+fn crd_status(crd: &Value) -> Value {
+    let now = now();
+    let condition = |ty: &str, reason: &str, message: &str| json!({"type": ty, "status": "True", "lastTransitionTime": now, "reason": reason, "message": message});
+    let stored: Vec<&Value> = crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["storage"] == json!(true))
+        .map(|v| &v["name"])
+        .collect();
+    json!({
+        "acceptedNames": crd["spec"]["names"],
+        "conditions": [
+            condition("NamesAccepted", "NoConflicts", "no conflicts found"),
+            condition("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+        "storedVersions": stored,
+    })
+}
+
+/// The rules a CustomResourceDefinition must follow to be served.
+fn check_crd(body: &Value) -> Result<(), ApiError> {
+    let crd: CustomResourceDefinition = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid CustomResourceDefinition: {e}")))?;
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let spec = &crd.spec;
+    let mut causes = Vec::new();
+    let mut problem = |field: &str, message: String| {
+        causes.push(json!({"reason": "FieldValueInvalid", "field": field, "message": message}));
+    };
+    let expected = format!("{}.{}", spec.names.plural, spec.group);
+    if name != expected {
+        problem(
+            "metadata.name",
+            format!(
+                "Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group ({expected})"
+            ),
+        );
+    }
+    if !matches!(spec.scope.as_str(), "Namespaced" | "Cluster") {
+        problem(
+            "spec.scope",
+            format!(
+                "Unsupported value: {:?}: supported values: \"Cluster\", \"Namespaced\"",
+                spec.scope
+            ),
+        );
+    }
+    if spec.versions.is_empty() {
+        problem(
+            "spec.versions",
+            "Required value: must have at least one version".to_owned(),
+        );
+    }
+    if spec.versions.iter().filter(|v| v.storage).count() != 1 {
+        problem(
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version".to_owned(),
+        );
+    }
+    if spec.names.kind.is_empty() {
+        problem("spec.names.kind", "Required value".to_owned());
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("CustomResourceDefinition", &name, causes))
+    }
 }
 
 /// Which part of an object an update writes.
@@ -195,8 +294,9 @@ pub fn for_update(
     old: &Value,
     body: Value,
     part: Part,
+    strict: bool,
 ) -> Result<Value, ApiError> {
-    let mut obj = admit(resource, version, body)?;
+    let mut obj = admit(resource, version, body, strict)?;
     if part == Part::Status {
         let status = obj.get("status").cloned();
         obj = old.clone();

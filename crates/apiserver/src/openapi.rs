@@ -7,6 +7,8 @@
 //! explain` reads the schemas. Built-in kinds' schemas come from k8s-openapi; custom
 //! resources' from their CRD's `openAPIV3Schema`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::Uri;
@@ -75,11 +77,12 @@ fn builtin_schema(r: &Resource, generator: &mut SchemaGenerator) -> bool {
 
 /// The document of one group-version.
 fn document(state: &AppState, group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<&Resource> = state
+    let resources: Vec<Arc<Resource>> = state
         .registry
         .resources()
         .iter()
         .filter(|r| r.group == group && r.versions.iter().any(|v| v == version))
+        .cloned()
         .collect();
     if resources.is_empty() {
         return None;
@@ -88,7 +91,7 @@ fn document(state: &AppState, group: &str, version: &str) -> Option<Value> {
     let mut custom = Map::new();
     for r in &resources {
         if !builtin_schema(r, &mut generator) {
-            let mut schema = r.schema.clone().unwrap_or_else(
+            let mut schema = r.schema.as_deref().cloned().unwrap_or_else(
                 || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
             );
             if let Some(props) = schema["properties"].as_object_mut() {
@@ -233,8 +236,6 @@ pub async fn group_version(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]

@@ -48,6 +48,15 @@ pub fn check_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How a write is made: `dryRun=All` checks everything and stores nothing;
+/// `fieldValidation=Strict` makes fields a schema does not know an error instead of
+/// dropping them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Write {
+    pub dry_run: bool,
+    pub strict: bool,
+}
+
 /// Creates `body` (in `version`) in `ns`.
 pub async fn create(
     state: &AppState,
@@ -55,18 +64,18 @@ pub async fn create(
     version: &str,
     ns: Option<&str>,
     body: Value,
-    dry_run: bool,
+    how: Write,
 ) -> Result<Value, ApiError> {
     if let Some(ns) = ns {
         check_namespace(state, ns)?;
     }
-    let obj = objects::for_create(r, version, ns, body)?;
+    let obj = objects::for_create(r, version, ns, body, how.strict)?;
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     let key = r.key(ns, Some(&name));
-    if dry_run {
+    if how.dry_run {
         if state.store.get(&key)?.is_some() {
             return Err(ApiError::already_exists(&r.plural, &name));
         }
@@ -77,7 +86,15 @@ pub async fn create(
         .create(&key, objects::to_bytes(&obj))
         .await
         .map_err(|e| write_error(e, r, &name))?;
+    after_write(state, r);
     objects::outgoing(r, version, &kv)
+}
+
+/// After a write: a CustomResourceDefinition changes what the server serves.
+fn after_write(state: &AppState, r: &Resource) {
+    if r.builtin && r.plural == "customresourcedefinitions" {
+        state.reload_crds();
+    }
 }
 
 /// Reads an object in the client's version.
@@ -103,7 +120,7 @@ pub async fn update(
     version: &str,
     key: &str,
     part: Part,
-    dry_run: bool,
+    how: Write,
     mutate: impl Fn(Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
     let name = key.rsplit('/').next().unwrap_or_default();
@@ -131,8 +148,8 @@ pub async fn update(
             return Err(ApiError::conflict(&r.plural, name));
         }
         let old = decode(&kv)?;
-        let obj = objects::for_update(r, version, &old, body, part)?;
-        if dry_run {
+        let obj = objects::for_update(r, version, &old, body, part, how.strict)?;
+        if how.dry_run {
             return Ok(obj);
         }
         let written = if objects::releasable(&obj) {
@@ -147,6 +164,7 @@ pub async fn update(
         };
         match written {
             Ok(kv) => {
+                after_write(state, r);
                 let mut out = objects::outgoing(r, version, &kv)?;
                 if objects::releasable(&obj) {
                     out = obj;
@@ -255,7 +273,10 @@ pub async fn delete(
                 return objects::outgoing(r, version, &kv);
             }
             match state.store.delete(key, Some(kv.mod_rev)).await {
-                Ok(kv) => return objects::outgoing(r, version, &kv),
+                Ok(kv) => {
+                    after_write(state, r);
+                    return objects::outgoing(r, version, &kv);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(write_error(e, r, name)),
             }

@@ -2,6 +2,8 @@
 //! resources read from CustomResourceDefinitions.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use std::sync::{Arc, RwLock};
+
 use serde_json::{Value, json};
 
 /// How bodies of a resource are checked on the way in.
@@ -42,7 +44,7 @@ pub struct Resource {
     /// `metadata.namespace`.
     pub fields: Vec<String>,
     /// The `openAPIV3Schema` of the storage version.
-    pub schema: Option<Value>,
+    pub schema: Option<Arc<Value>>,
     pub admission: Admission,
     /// Built into Kubernetes: strategic merge patches are accepted (as merge patches).
     pub builtin: bool,
@@ -127,7 +129,8 @@ impl Resource {
             schema: storage
                 .and_then(|v| v.schema.as_ref())
                 .and_then(|s| s.open_api_v3_schema.as_ref())
-                .and_then(|s| serde_json::to_value(s).ok()),
+                .and_then(|s| serde_json::to_value(s).ok())
+                .map(Arc::new),
             admission: if spec.group.ends_with("kubevirt.io") {
                 Admission::Kubevirt
             } else {
@@ -304,42 +307,68 @@ pub fn builtins() -> Vec<Resource> {
     ]
 }
 
-/// Every served resource.
-#[derive(Debug, Clone, Default)]
+/// Every served resource: the built-in kinds, and one resource per established CRD. The
+/// CRD part changes while the server runs; readers get cheap shared snapshots.
+#[derive(Debug, Default)]
 pub struct Registry {
-    resources: Vec<Resource>,
+    resources: RwLock<Arc<Vec<Arc<Resource>>>>,
 }
 
 impl Registry {
+    /// The built-in kinds plus `crds`.
+    pub fn new(crds: &[CustomResourceDefinition]) -> Self {
+        let r = Self::default();
+        r.set_crds(crds);
+        r
+    }
+
     /// The built-in kinds plus the kubevirt.io and instancetype.kubevirt.io resources from
     /// the api crate.
     pub fn kubevirt() -> Self {
-        let mut resources = builtins();
-        resources.extend(api::crd::all().iter().map(Resource::from_crd));
-        Self { resources }
+        Self::new(&api::crd::all())
     }
 
-    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&Resource> {
-        self.resources.iter().find(|r| {
-            r.group == group && r.plural == plural && r.versions.iter().any(|v| v == version)
-        })
+    /// Serves `crds` (their served versions) beside the built-in kinds, and nothing else.
+    pub fn set_crds(&self, crds: &[CustomResourceDefinition]) {
+        let mut resources: Vec<Arc<Resource>> = builtins().into_iter().map(Arc::new).collect();
+        for crd in crds {
+            let r = Resource::from_crd(crd);
+            if !r.versions.is_empty() {
+                resources.push(Arc::new(r));
+            }
+        }
+        *self.resources.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(resources);
+    }
+
+    /// A snapshot of every served resource.
+    pub fn resources(&self) -> Arc<Vec<Arc<Resource>>> {
+        self.resources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Resource>> {
+        self.resources()
+            .iter()
+            .find(|r| {
+                r.group == group && r.plural == plural && r.versions.iter().any(|v| v == version)
+            })
+            .cloned()
     }
 
     /// The resource whose objects live under `key`.
-    pub fn for_key(&self, key: &str) -> Option<&Resource> {
-        self.resources
+    pub fn for_key(&self, key: &str) -> Option<Arc<Resource>> {
+        self.resources()
             .iter()
             .find(|r| key.starts_with(&r.key(None, None)))
-    }
-
-    pub fn resources(&self) -> &[Resource] {
-        &self.resources
+            .cloned()
     }
 
     /// Groups with their served versions, preferred (storage) first.
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {
         let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-        for r in &self.resources {
+        for r in self.resources().iter() {
             match groups.iter_mut().find(|(g, _)| *g == r.group) {
                 Some((_, versions)) => {
                     for v in &r.versions {

@@ -467,3 +467,84 @@ async fn namespaces_events_and_watches() {
     let err = c.fails(&["-n", "gone", "create", "configmap", "x"]).await;
     assert!(err.contains("namespaces \"gone\" not found"), "{err}");
 }
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Mode, type: string, jsonPath: .spec.mode}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+              mode: {type: string, enum: [fast, slow], default: slow}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crd_is_served_while_it_exists() {
+    let c = Cluster::start().await;
+    c.ok(&["apply", "-f", s(&c.write("crd.yaml", CRD))]).await;
+    c.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=10s",
+    ])
+    .await;
+    let widget =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n";
+    c.ok(&["apply", "-f", s(&c.write("w1.yaml", widget))]).await;
+    let table = c.ok(&["get", "wd"]).await;
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..3], ["w1", "3", "slow"], "{table}");
+
+    let invalid = widget.replace("size: 3", "size: 0\n  mode: warp");
+    let err = c
+        .fails(&[
+            "apply",
+            "-f",
+            s(&c.write("w2.yaml", &invalid.replace("w1", "w2"))),
+        ])
+        .await;
+    assert!(
+        err.contains("spec.size") && err.contains("spec.mode"),
+        "{err}"
+    );
+    let unknown = widget.replace("size: 3", "size: 3\n  colour: red");
+    let err = c
+        .fails(&[
+            "apply",
+            "-f",
+            s(&c.write("w3.yaml", &unknown.replace("w1", "w3"))),
+        ])
+        .await;
+    assert!(
+        err.contains("unknown field") && err.contains("spec.colour"),
+        "{err}"
+    );
+    let explained = c.ok(&["explain", "widget.spec.mode"]).await;
+    assert!(explained.contains("mode"), "{explained}");
+
+    c.ok(&["delete", "crd", "widgets.example.com"]).await;
+    let err = c.fails(&["get", "widgets.example.com"]).await;
+    assert!(err.contains("doesn't have a resource type"), "{err}");
+    // Recreated, it starts empty: the old objects went with it.
+    c.ok(&["apply", "-f", s(&c.write("crd.yaml", CRD))]).await;
+    c.eventually(&["get", "wd", "-o", "name"], |t| t.trim().is_empty())
+        .await;
+}
