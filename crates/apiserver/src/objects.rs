@@ -102,11 +102,27 @@ fn admit(
         }
         return Ok(body);
     }
-    let object = api::parse::parse_object(body).map_err(|e| match e.field() {
-        Some(field) if e.to_string().ends_with("unknown field") => {
+    let name = name_of(&body);
+    let object = api::parse::parse_object(body).map_err(|e| match &e {
+        api::parse::ParseError::Field { field, message, .. } if message == "unknown field" => {
             ApiError::bad_request(format!("strict decoding error: unknown field \"{field}\""))
         }
-        _ => ApiError::bad_request(e.to_string()),
+        // A value outside an enumeration is invalid (422), as upstream's validation says.
+        api::parse::ParseError::Field { field, message, .. }
+            if message.starts_with("unknown variant") =>
+        {
+            let supported = message.split("expected ").nth(1).unwrap_or_default();
+            ApiError::unprocessable(
+                &resource.kind,
+                &name,
+                field,
+                &format!("Unsupported value: supported values: {supported}"),
+            )
+        }
+        api::parse::ParseError::Field { field, message, .. } => {
+            ApiError::bad_request(format!("{field}: {message}"))
+        }
+        other => ApiError::bad_request(other.to_string()),
     })?;
     let causes = api::validate::validate(&object);
     let stored = object_json(&object)?;
