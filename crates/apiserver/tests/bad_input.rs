@@ -35,6 +35,9 @@ async fn send(app: &Router, method: &str, uri: &str, ct: &str, body: Vec<u8>) ->
     (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
+/// Method, URI, content type, body, expected code, and what the message must mention.
+type Case = (&'static str, String, &'static str, Vec<u8>, u16, &'static str);
+
 const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 
 fn vm(name: &str) -> Value {
@@ -67,7 +70,7 @@ async fn every_bad_request_is_a_4xx_status_and_nothing_is_lost() {
     assert_eq!(code, 201);
     let big = format!("{{\"data\": \"{}\"}}", "x".repeat(4 << 20));
     let wrong_kind = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}});
-    let cases: Vec<(&str, String, &str, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             VMS.into(),
