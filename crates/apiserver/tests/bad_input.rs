@@ -36,7 +36,14 @@ async fn send(app: &Router, method: &str, uri: &str, ct: &str, body: Vec<u8>) ->
 }
 
 /// Method, URI, content type, body, expected code, and what the message must mention.
-type Case = (&'static str, String, &'static str, Vec<u8>, u16, &'static str);
+type Case = (
+    &'static str,
+    String,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
 
 const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 
