@@ -10,17 +10,17 @@ use serde_json::{Value, json};
 #[error("{reason}: {message}")]
 pub struct ApiError {
     pub code: u16,
-    pub reason: &'static str,
+    pub reason: String,
     pub message: String,
     /// `details` of the Status (name, group, kind, causes).
     pub details: Option<Value>,
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
         Self {
             code,
-            reason,
+            reason: reason.to_owned(),
             message: message.into(),
             details: None,
         }
@@ -121,6 +121,20 @@ impl ApiError {
     }
     pub fn unprocessable_patch(message: &str) -> Self {
         Self::new(422, "Invalid", message)
+    }
+    /// An admission webhook's refusal, with the code it chose.
+    pub fn denied(code: u16, message: &str) -> Self {
+        let reason = match code {
+            403 => "Forbidden",
+            409 => "Conflict",
+            422 => "Invalid",
+            _ => "BadRequest",
+        };
+        Self::new(code, reason, message)
+    }
+    pub fn with_reason(mut self, reason: &str) -> Self {
+        self.reason = reason.to_owned();
+        self
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

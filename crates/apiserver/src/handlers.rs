@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -18,19 +19,27 @@ use crate::objects::Part;
 use crate::ops::{self, DeleteOptions};
 use crate::request::{Request, Target};
 use crate::selectors::Selector;
-use crate::{ApiError, AppState, Resource, body, discovery, objects, patch, table};
+use crate::{ApiError, AppState, Resource, User, body, discovery, objects, patch, table};
 
 type Params = HashMap<String, String>;
 
-/// Every request under `/api` and `/apis`.
-pub async fn dispatch(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match serve(&state, method, &uri, &headers, body).await {
+/// Every request under `/api` and `/apis`. Without an authenticated user (a router
+/// served without the authenticating layer, as in tests) the caller is
+/// `system:unsecured`, a cluster admin, as Kubernetes' old insecure port treated it.
+pub async fn dispatch(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let user = parts
+        .extensions
+        .get::<User>()
+        .cloned()
+        .unwrap_or_else(|| User {
+            name: "system:unsecured".to_owned(),
+            groups: vec![
+                "system:masters".to_owned(),
+                "system:authenticated".to_owned(),
+            ],
+        });
+    match serve(&state, parts.method, &parts.uri, &parts.headers, body, user).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -42,6 +51,7 @@ async fn serve(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    user: User,
 ) -> Result<Response, ApiError> {
     let target = match Request::parse(uri.path())? {
         Request::Target(t) => t,
@@ -74,6 +84,7 @@ async fn serve(
         params: &params,
         headers,
         body: &bytes,
+        user: Arc::new(user),
     };
     match (
         &method,
@@ -116,6 +127,7 @@ struct Req<'a> {
     params: &'a Params,
     headers: &'a HeaderMap,
     body: &'a [u8],
+    user: Arc<User>,
 }
 
 impl Req<'_> {
@@ -138,6 +150,7 @@ impl Req<'_> {
                 .params
                 .get("fieldValidation")
                 .is_some_and(|v| v == "Strict"),
+            user: Some(self.user.clone()),
         }
     }
 
@@ -226,7 +239,9 @@ impl Req<'_> {
         } else {
             body::decode(self.headers, self.body)?
         };
-        DeleteOptions::parse(&body, self.params)
+        let mut opts = DeleteOptions::parse(&body, self.params)?;
+        opts.user = Some(self.user.clone());
+        Ok(opts)
     }
 
     /// Deletes every selected object of the collection; answers with the list of them.

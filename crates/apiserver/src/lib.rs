@@ -14,6 +14,7 @@
 //! finalizers and garbage collection, admission, aggregation. Those arrive with
 //! the rest of the embedded server.
 
+mod admission;
 mod body;
 mod discovery;
 mod error;

@@ -292,6 +292,11 @@ fn check_crd(body: &Value) -> Result<(), ApiError> {
     }
 }
 
+/// An object a mutating webhook changed, checked again as the webhook left it.
+pub fn recheck(resource: &Resource, obj: Value, strict: bool) -> Result<Value, ApiError> {
+    admit(resource, resource.storage_version(), obj, strict)
+}
+
 /// Which part of an object an update writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {

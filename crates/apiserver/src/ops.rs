@@ -12,8 +12,11 @@
 use serde_json::{Value, json};
 use store::{KeyValue, Rev, StoreError};
 
+use std::sync::Arc;
+
+use crate::admission::{self, Attributes};
 use crate::objects::{self, Part};
-use crate::{ApiError, AppState, Resource};
+use crate::{ApiError, AppState, Resource, User};
 
 pub const FOREGROUND: &str = "foregroundDeletion";
 pub const ORPHAN: &str = "orphan";
@@ -51,10 +54,14 @@ pub fn check_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
 /// How a write is made: `dryRun=All` checks everything and stores nothing;
 /// `fieldValidation=Strict` makes fields a schema does not know an error instead of
 /// dropping them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// A write with a `user` goes through the admission webhooks; the server's own writes
+/// have none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Write {
     pub dry_run: bool,
     pub strict: bool,
+    pub user: Option<Arc<User>>,
 }
 
 /// Creates `body` (in `version`) in `ns`.
@@ -69,11 +76,28 @@ pub async fn create(
     if let Some(ns) = ns {
         check_namespace(state, ns)?;
     }
-    let obj = objects::for_create(r, version, ns, body, how.strict)?;
+    let mut obj = objects::for_create(r, version, ns, body, how.strict)?;
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    if let Some(user) = &how.user {
+        let a = Attributes {
+            resource: r,
+            version,
+            subresource: None,
+            operation: "CREATE",
+            namespace: ns,
+            name: &name,
+            user,
+            dry_run: how.dry_run,
+        };
+        let mutated = admission::mutate(state, &a, obj.clone(), None).await?;
+        if mutated != obj {
+            obj = objects::recheck(r, mutated, how.strict)?;
+        }
+        admission::validate(state, &a, Some(&obj), None).await?;
+    }
     let key = r.key(ns, Some(&name));
     if how.dry_run {
         if state.store.get(&key)?.is_some() {
@@ -148,7 +172,24 @@ pub async fn update(
             return Err(ApiError::conflict(&r.plural, name));
         }
         let old = decode(&kv)?;
-        let obj = objects::for_update(r, version, &old, body, part, how.strict)?;
+        let mut obj = objects::for_update(r, version, &old, body, part, how.strict)?;
+        if let Some(user) = &how.user {
+            let a = Attributes {
+                resource: r,
+                version,
+                subresource: (part == Part::Status).then_some("status"),
+                operation: "UPDATE",
+                namespace: old["metadata"]["namespace"].as_str(),
+                name,
+                user,
+                dry_run: how.dry_run,
+            };
+            let mutated = admission::mutate(state, &a, obj.clone(), Some(&old)).await?;
+            if mutated != obj {
+                obj = objects::recheck(r, mutated, how.strict)?;
+            }
+            admission::validate(state, &a, Some(&obj), Some(&old)).await?;
+        }
         if how.dry_run {
             return Ok(obj);
         }
@@ -186,6 +227,8 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub dry_run: bool,
+    /// Who asks: the deletion goes through the validating webhooks.
+    pub user: Option<Arc<User>>,
 }
 
 impl DeleteOptions {
@@ -223,6 +266,7 @@ impl DeleteOptions {
                 .map(str::to_owned),
             dry_run: body["dryRun"].as_array().is_some_and(|d| !d.is_empty())
                 || params.get("dryRun").is_some_and(|d| d == "All"),
+            user: None,
         })
     }
 }
@@ -255,6 +299,20 @@ pub async fn delete(
         {
             return Err(ApiError::conflict(&r.plural, name));
         }
+        if let Some(user) = &opts.user {
+            let a = Attributes {
+                resource: r,
+                version,
+                subresource: None,
+                operation: "DELETE",
+                namespace: meta["namespace"].as_str(),
+                name,
+                user,
+                dry_run: opts.dry_run,
+            };
+            admission::validate(state, &a, None, Some(&obj)).await?;
+        }
+        let meta = &obj["metadata"];
         let mut finalizers: Vec<Value> = meta["finalizers"].as_array().cloned().unwrap_or_default();
         let extra = match opts.propagation.as_deref() {
             Some("Foreground") => Some(FOREGROUND),
