@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::request::Request;
-use crate::{ApiError, AppState, Resource};
+use crate::{ApiError, AppState, Resource, aggregation};
 
 /// The Kubernetes version we speak (k8s-openapi's `v1_33`).
 pub async fn version() -> Json<Value> {
@@ -30,14 +30,18 @@ pub async fn healthy() -> &'static str {
 
 /// Answers a discovery request: legacy documents, or the aggregated v2 document when
 /// the client asks for one (as kubectl does), which saves it one request per group.
-pub fn serve(state: &AppState, req: Request, headers: &HeaderMap) -> Result<Response, ApiError> {
+pub async fn serve(
+    state: &AppState,
+    req: Request,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let aggregated = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"));
     match req {
-        Request::CoreVersions if aggregated => Ok(aggregated_list(state, true)),
-        Request::Groups if aggregated => Ok(aggregated_list(state, false)),
+        Request::CoreVersions if aggregated => Ok(aggregated_list(state, true).await),
+        Request::Groups if aggregated => Ok(aggregated_list(state, false).await),
         Request::CoreVersions => Ok(Json(json!({
             "kind": "APIVersions",
             "versions": ["v1"],
@@ -65,14 +69,23 @@ pub fn serve(state: &AppState, req: Request, headers: &HeaderMap) -> Result<Resp
     }
 }
 
-/// The non-core groups with their versions, preferred first.
+/// The non-core groups with their versions, preferred first: served here or by an
+/// aggregated server.
 fn groups(state: &AppState) -> Vec<(String, Vec<String>)> {
-    state
+    let mut groups: Vec<(String, Vec<String>)> = state
         .registry
         .groups()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
-        .collect()
+        .collect();
+    for (group, version) in aggregation::aggregated(state) {
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, versions)) if !versions.contains(&version) => versions.push(version),
+            Some(_) => {}
+            None => groups.push((group, vec![version])),
+        }
+    }
+    groups
 }
 
 fn group_json(group: &str, versions: &[String]) -> Value {
@@ -154,9 +167,61 @@ fn subresources(r: &Resource, version: &str) -> Vec<(&'static str, String, Strin
     subs
 }
 
+/// An aggregated server's APIResourceList as a v2 discovery version.
+fn version_from_list(group: &str, version: &str, list: &Value) -> Value {
+    let scope = |r: &Value| {
+        if r["namespaced"] == json!(true) {
+            "Namespaced"
+        } else {
+            "Cluster"
+        }
+    };
+    let list_of = |r: &Value, key: &str| {
+        r.get(key)
+            .filter(|v| v.is_array())
+            .cloned()
+            .unwrap_or(json!([]))
+    };
+    let mut resources: Vec<Value> = Vec::new();
+    for r in list["resources"].as_array().into_iter().flatten() {
+        let name = r["name"].as_str().unwrap_or_default();
+        let kind = json!({"group": group, "version": version, "kind": r["kind"]});
+        let Some((parent, sub)) = name.split_once('/') else {
+            resources.push(json!({
+                "resource": name, "responseKind": kind, "scope": scope(r),
+                "singularResource": r["singularName"], "verbs": list_of(r, "verbs"),
+                "shortNames": list_of(r, "shortNames"), "categories": list_of(r, "categories"), "subresources": [],
+            }));
+            continue;
+        };
+        let entry = json!({"subresource": sub, "responseKind": kind, "verbs": list_of(r, "verbs")});
+        match resources.iter_mut().find(|p| p["resource"] == parent) {
+            Some(p) => {
+                if let Some(subs) = p["subresources"].as_array_mut() {
+                    subs.push(entry);
+                }
+            }
+            None => resources.push(json!({
+                "resource": parent, "responseKind": kind, "scope": scope(r),
+                "verbs": [], "subresources": [entry],
+            })),
+        }
+    }
+    json!({"version": version, "resources": resources, "freshness": "Current"})
+}
+
 /// `apidiscovery.k8s.io/v2` APIGroupDiscoveryList for `/api` (core) or `/apis`.
-fn aggregated_list(state: &AppState, core: bool) -> Response {
+async fn aggregated_list(state: &AppState, core: bool) -> Response {
     let mut items = Vec::new();
+    if !core {
+        for (group, version) in aggregation::aggregated(state) {
+            let doc = match aggregation::resources(state, &group, &version).await {
+                Some(list) => version_from_list(&group, &version, &list),
+                None => json!({"version": version, "resources": [], "freshness": "Stale"}),
+            };
+            items.push(json!({"metadata": {"name": group}, "versions": [doc]}));
+        }
+    }
     for (group, versions) in state.registry.groups() {
         if group.is_empty() != core {
             continue;

@@ -136,6 +136,9 @@ impl ApiError {
         self.reason = reason.to_owned();
         self
     }
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }

@@ -19,7 +19,9 @@ use crate::objects::Part;
 use crate::ops::{self, DeleteOptions};
 use crate::request::{Request, Target};
 use crate::selectors::Selector;
-use crate::{ApiError, AppState, Resource, User, body, discovery, objects, patch, table};
+use crate::{
+    ApiError, AppState, Resource, User, aggregation, body, discovery, objects, patch, table,
+};
 
 type Params = HashMap<String, String>;
 
@@ -27,9 +29,8 @@ type Params = HashMap<String, String>;
 /// served without the authenticating layer, as in tests) the caller is
 /// `system:unsecured`, a cluster admin, as Kubernetes' old insecure port treated it.
 pub async fn dispatch(State(state): State<AppState>, req: axum::extract::Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let user = parts
-        .extensions
+    let user = req
+        .extensions()
         .get::<User>()
         .cloned()
         .unwrap_or_else(|| User {
@@ -39,6 +40,17 @@ pub async fn dispatch(State(state): State<AppState>, req: axum::extract::Request
                 "system:authenticated".to_owned(),
             ],
         });
+    let mut segments = req.uri().path().trim_start_matches('/').split('/');
+    if let (Some("apis"), Some(group), Some(version)) =
+        (segments.next(), segments.next(), segments.next())
+        && let Some(apiservice) = aggregation::service_for(&state, group, version)
+    {
+        return match aggregation::proxy(&state, &apiservice, req, &user).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
+    let (parts, body) = req.into_parts();
     match serve(&state, parts.method, &parts.uri, &parts.headers, body, user).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -59,7 +71,7 @@ async fn serve(
             if method != Method::GET {
                 return Err(ApiError::method_not_allowed());
             }
-            return discovery::serve(state, discovery_request, headers);
+            return discovery::serve(state, discovery_request, headers).await;
         }
     };
     let params: Params = Query::<Params>::try_from_uri(uri)

@@ -15,6 +15,7 @@
 //! the rest of the embedded server.
 
 mod admission;
+mod aggregation;
 mod body;
 mod discovery;
 mod error;
@@ -37,6 +38,7 @@ use axum::Router;
 use axum::routing::{any, get};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
+pub use aggregation::ProxyIdentity;
 pub use error::ApiError;
 pub use registry::{Registry, Resource};
 
@@ -45,6 +47,8 @@ pub use registry::{Registry, Resource};
 pub struct AppState {
     pub store: Arc<dyn store::Store>,
     pub registry: Arc<Registry>,
+    /// The client certificate presented to aggregated API servers.
+    pub proxy_identity: Option<Arc<ProxyIdentity>>,
 }
 
 impl AppState {
@@ -54,6 +58,7 @@ impl AppState {
         Self {
             store,
             registry: Arc::new(Registry::kubevirt()),
+            proxy_identity: None,
         }
     }
 

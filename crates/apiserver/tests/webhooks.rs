@@ -12,20 +12,10 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-/// The test webhook: HTTPS on a free port; returns (URL, CA bundle PEM, received reviews).
-async fn webhook() -> (String, String, Arc<Mutex<Vec<Value>>>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+mod common;
 
+/// The test webhook; returns its URL, its CA bundle and the reviews it received.
+async fn webhook() -> (String, String, Arc<Mutex<Vec<Value>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     let answer = move |path: &'static str| {
@@ -57,40 +47,8 @@ async fn webhook() -> (String, String, Arc<Mutex<Vec<Value>>>) {
     let app = Router::new()
         .route("/mutate", axum::routing::post(answer("mutate")))
         .route("/validate", axum::routing::post(answer("validate")));
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-            });
-        }
-    });
-    (url, ca_pem, seen)
+    let (port, ca_pem) = common::https(app, &[]).await;
+    (format!("https://127.0.0.1:{port}"), ca_pem, seen)
 }
 
 async fn send(app: &Router, method: &str, uri: &str, body: Value) -> (u16, Value) {

@@ -1,0 +1,217 @@
+//! `kubevirt-rs`, the all-in-one binary: `kubevirt-rs server` serves the embedded API
+//! server ([`apiserver`]) over HTTPS, authenticated, with its state in one data directory.
+//!
+//! Owns: the data directory and its lock, the PKI (CA, serving and admin certificates),
+//! the admin token and kubeconfig, TLS and HTTP/1.1 + HTTP/2 serving, authentication
+//! (client certificates and the admin bearer token), and the process lifecycle (start,
+//! SIGTERM/SIGINT, drain).
+//!
+//! Does not own: the API itself (routes, wire formats, watch semantics: [`apiserver`]),
+//! storage ([`store`]), authorization (every authenticated user may do everything for
+//! now), controllers and the node agent (to come, started from here).
+//!
+//! A start, step by step:
+//! 1. Lock `DIR/lock` (another server on the same directory fails at once, naming it).
+//! 2. Bind the listener, so a port taken is reported before anything is written.
+//! 3. Load or create the PKI in `DIR/tls` and the token in `DIR/token`.
+//! 4. Open the store at `DIR/db/state.sqlite`, create the system namespaces (`default`,
+//!    `kube-system`, ...) if missing, start the garbage collector and the compactor.
+//! 5. Write `DIR/kubeconfig` for the bound address, log the URL, serve until told to
+//!    stop, drain, close the store.
+
+pub mod auth;
+pub mod cli;
+pub mod datadir;
+pub mod files;
+pub mod kubeconfig;
+pub mod pki;
+pub mod serve;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::cli::ServerArgs;
+use crate::datadir::DataDir;
+use crate::kubeconfig::{AdminCredentials, Kubeconfig};
+use crate::pki::ServerNames;
+
+/// History the compactor keeps, in revisions, and how often it runs.
+const COMPACT_WINDOW: store::Rev = 10_000;
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+    #[error("listening on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificates")]
+    Pki(#[from] pki::PkiError),
+    #[error("admin token")]
+    Token(#[from] auth::TokenError),
+    #[error(transparent)]
+    Tls(#[from] serve::TlsConfigError),
+    #[error("opening the store at {}", path.display())]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: store::StoreError,
+    },
+    #[error("creating the system namespaces")]
+    Bootstrap(#[source] apiserver::ApiError),
+    #[error("writing the kubeconfig")]
+    Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    #[error(transparent)]
+    File(#[from] files::FileError),
+}
+
+/// Runs the server until `shutdown` completes, then drains and closes the store.
+pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let dir = DataDir::lock(&args.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+
+    let names = server_names(args, local.ip());
+    let pki = pki::ensure(&dir.tls(), &names, time::OffsetDateTime::now_utc())?;
+    if !pki.issued.is_empty() {
+        info!(issued = ?pki.issued, dir = %dir.tls().display(), "issued certificates");
+    }
+    let token = auth::load_or_create_token(&dir.token())?;
+    let tls = serve::tls_config(&pki)?;
+
+    let db = dir.database()?;
+    let store: Arc<dyn store::Store> = Arc::new(
+        store::SqliteStore::open(&db).map_err(|source| ServerError::Store { path: db, source })?,
+    );
+    let state = apiserver::AppState::start(store.clone())
+        .await
+        .map_err(ServerError::Bootstrap)?;
+    let compactor = tokio::spawn(store::run_compactor(
+        store.clone(),
+        COMPACT_WINDOW,
+        COMPACT_EVERY,
+    ));
+
+    let url = format!("https://{}", client_address(local));
+    let kubeconfig_path = dir.kubeconfig();
+    Kubeconfig::admin(
+        &url,
+        AdminCredentials {
+            ca_pem: &pki.ca_pem,
+            token: &token,
+            cert_pem: &pki.admin_cert_pem,
+            key_pem: &pki.admin_key_pem,
+        },
+    )
+    .write(&kubeconfig_path)?;
+
+    info!(%url, kubeconfig = %kubeconfig_path.display(), "serving");
+    let app = apiserver::router(state);
+    serve::serve(
+        listener,
+        tls,
+        app,
+        auth::Authenticator::new(token),
+        shutdown,
+    )
+    .await;
+
+    // The store closes when its last handle goes: acknowledged writes are already durable.
+    compactor.abort();
+    let _ = compactor.await;
+    drop(store);
+    info!("stopped");
+    Ok(())
+}
+
+/// The names the serving certificate carries for this start.
+fn server_names(args: &ServerArgs, listen: IpAddr) -> ServerNames {
+    let mut names = ServerNames::local();
+    if let Some(host) = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+    {
+        names.add(&host);
+    }
+    if !listen.is_unspecified() && !listen.is_loopback() {
+        names.add(&listen.to_string());
+    }
+    if let Some(host) = &args.advertise_host {
+        names.add(host);
+    }
+    names
+}
+
+/// Where a client on this machine reaches a listener bound to `local`: loopback for a
+/// wildcard or loopback bind, the bound address otherwise.
+fn client_address(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() || ip.is_loopback() => {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() || ip.is_loopback() => {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_use_loopback_unless_bound_elsewhere() {
+        for (bound, want) in [
+            ("0.0.0.0:6443", "127.0.0.1:6443"),
+            ("127.0.0.2:6443", "127.0.0.1:6443"),
+            ("[::]:6443", "[::1]:6443"),
+            ("10.0.0.5:7443", "10.0.0.5:7443"),
+        ] {
+            let got = client_address(bound.parse().unwrap());
+            assert_eq!(got.to_string(), want, "bound to {bound}");
+        }
+    }
+
+    #[test]
+    fn the_certificate_names_the_listen_and_advertised_hosts() {
+        let args = ServerArgs {
+            data_dir: "/unused".into(),
+            listen: "10.0.0.5:6443".parse().unwrap(),
+            advertise_host: Some("vms.example.org".into()),
+        };
+        let names = server_names(&args, args.listen.ip());
+        assert!(names.ips.contains(&"10.0.0.5".parse().unwrap()));
+        assert!(names.ips.contains(&"::1".parse().unwrap()));
+        assert!(names.dns.contains("vms.example.org"));
+        assert!(names.dns.contains("localhost"));
+        let wildcard = server_names(
+            &ServerArgs {
+                listen: "0.0.0.0:6443".parse().unwrap(),
+                advertise_host: None,
+                ..args
+            },
+            "0.0.0.0".parse().unwrap(),
+        );
+        assert!(!wildcard.ips.contains(&"0.0.0.0".parse().unwrap()));
+    }
+}

@@ -1,0 +1,10 @@
+//! The `kubevirt-rs` binary as its users meet it: kubectl, kube-rs and a plain HTTPS client
+//! against a real server process on a temporary data directory.
+
+#![allow(clippy::unwrap_used)]
+
+mod https;
+mod kubectl;
+mod kubers;
+mod lifecycle;
+mod support;

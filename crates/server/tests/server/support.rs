@@ -1,0 +1,273 @@
+//! A real `kubevirt-rs server` process on a temporary data directory and a free port, and
+//! the clients that talk to it.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use server::kubeconfig::Kubeconfig;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kubevirt-rs");
+/// How long a start may take on a loaded machine before the test gives up.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a signalled server may take to exit: the drain bound and some slack.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(8);
+const POLL: Duration = Duration::from_millis(20);
+
+/// A temporary directory holding the data directory, logs and kubectl's cache.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A running server. Killed when dropped, if still running.
+pub struct Server {
+    pub child: Child,
+    pub data: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    /// From spawn to the first successful /readyz.
+    pub ready_after: Duration,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Spawns the binary on `data`, logging to `log`.
+pub fn spawn(data: &Path, port: u16, log: &Path) -> Child {
+    let log = File::options().create(true).append(true).open(log).unwrap();
+    Command::new(BIN)
+        .args(["server", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .env_remove("KUBEVIRT_RS_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+impl Server {
+    /// Starts a server on `scratch`'s data directory and waits until it is ready.
+    pub async fn start(scratch: &Scratch) -> Self {
+        let port = free_port();
+        let log = scratch.path("server.log");
+        let started = Instant::now();
+        let child = spawn(&scratch.data(), port, &log);
+        let mut server = Self {
+            child,
+            data: scratch.data(),
+            port,
+            log,
+            ready_after: Duration::ZERO,
+        };
+        server.wait_ready().await;
+        server.ready_after = started.elapsed();
+        server
+    }
+
+    /// Polls /readyz (once the CA exists) until it answers 200.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "server exited before ready ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(ca) = std::fs::read(self.data.join("tls/ca.crt")) {
+                let client = https_client(&ca, Tls::default());
+                if let Ok(r) = client.get(self.url("/readyz")).send().await
+                    && r.status() == 200
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready after {START_DEADLINE:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.data.join("kubeconfig")
+    }
+
+    pub fn kubeconfig(&self) -> Kubeconfig {
+        serde_saphyr::from_str(&std::fs::read_to_string(self.kubeconfig_path()).unwrap()).unwrap()
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data.join("tls/ca.crt")).unwrap()
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits for the exit; returns the status and how long it took.
+    pub fn stop(&mut self, signal: Signal) -> (ExitStatus, Duration) {
+        let sent = Instant::now();
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, sent.elapsed());
+            }
+            assert!(
+                sent.elapsed() < STOP_DEADLINE,
+                "still running {STOP_DEADLINE:?} after {signal}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a test client presents in TLS.
+#[derive(Default)]
+pub struct Tls<'a> {
+    /// A client certificate and key, PEM.
+    pub identity: Option<(&'a str, &'a str)>,
+    pub http1_only: bool,
+}
+
+/// An HTTPS client trusting only `ca_pem`, on ring.
+pub fn https_client(ca_pem: &[u8], tls: Tls<'_>) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match tls.identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = if tls.http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
+    let mut client = reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(Duration::from_secs(10));
+    if tls.http1_only {
+        client = client.http1_only();
+    }
+    client.build().unwrap()
+}
+
+/// Runs kubectl with `kubeconfig` and a private discovery cache.
+pub fn kubectl(kubeconfig: &Path, scratch: &Scratch, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(scratch.path("kube-cache"))
+        .args(["--request-timeout", "20s"])
+        .args(args)
+        .output()
+        .expect("kubectl on PATH")
+}
+
+/// kubectl's output, asserting it succeeded.
+pub fn kubectl_ok(kubeconfig: &Path, scratch: &Scratch, args: &[&str]) -> String {
+    let out = kubectl(kubeconfig, scratch, args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn cirros_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream-examples/vm-cirros.yaml")
+}
+
+pub fn cirros_vm() -> api::v1::VirtualMachine {
+    let text = std::fs::read_to_string(cirros_manifest()).unwrap();
+    match api::parse_documents(&text).unwrap().remove(0) {
+        api::Object::VirtualMachine(vm) => vm,
+        _ => unreachable!("vm-cirros.yaml holds a VirtualMachine"),
+    }
+}
+
+/// A kube-rs client from a kubeconfig file.
+pub async fn kube_client(kubeconfig: &Path) -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
