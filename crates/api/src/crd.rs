@@ -45,6 +45,61 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     crds
 }
 
+/// `deploy/crds/`, compiled in, in the order of [`all`]: what a server installs. Reading
+/// these costs a YAML parse; generating the schemas ([`all`]) costs far more, and a test
+/// keeps the two equal.
+const MANIFESTS: [&str; 9] = [
+    include_str!("../../../deploy/crds/virtualmachines.kubevirt.io.yaml"),
+    include_str!("../../../deploy/crds/virtualmachineinstances.kubevirt.io.yaml"),
+    include_str!("../../../deploy/crds/virtualmachineinstancereplicasets.kubevirt.io.yaml"),
+    include_str!("../../../deploy/crds/virtualmachineinstancepresets.kubevirt.io.yaml"),
+    include_str!("../../../deploy/crds/virtualmachineinstancemigrations.kubevirt.io.yaml"),
+    include_str!("../../../deploy/crds/virtualmachineinstancetypes.instancetype.kubevirt.io.yaml"),
+    include_str!(
+        "../../../deploy/crds/virtualmachineclusterinstancetypes.instancetype.kubevirt.io.yaml"
+    ),
+    include_str!("../../../deploy/crds/virtualmachinepreferences.instancetype.kubevirt.io.yaml"),
+    include_str!(
+        "../../../deploy/crds/virtualmachineclusterpreferences.instancetype.kubevirt.io.yaml"
+    ),
+];
+
+/// The names of the compiled-in CRDs, in the same order.
+pub const NAMES: [&str; 9] = [
+    "virtualmachines.kubevirt.io",
+    "virtualmachineinstances.kubevirt.io",
+    "virtualmachineinstancereplicasets.kubevirt.io",
+    "virtualmachineinstancepresets.kubevirt.io",
+    "virtualmachineinstancemigrations.kubevirt.io",
+    "virtualmachineinstancetypes.instancetype.kubevirt.io",
+    "virtualmachineclusterinstancetypes.instancetype.kubevirt.io",
+    "virtualmachinepreferences.instancetype.kubevirt.io",
+    "virtualmachineclusterpreferences.instancetype.kubevirt.io",
+];
+
+/// The CRDs a server installs, read from the compiled-in manifests.
+pub fn installed() -> Vec<CustomResourceDefinition> {
+    MANIFESTS
+        .iter()
+        .filter_map(|m| serde_saphyr::from_str(m).ok())
+        .collect()
+}
+
+/// A short fingerprint of the compiled-in manifests: a server compares it with what it
+/// stored to know whether its CRDs are current without reading them.
+pub fn fingerprint() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for m in MANIFESTS {
+        hash.update(m.as_bytes());
+    }
+    hash.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The file name a CRD is written to under `deploy/crds/`.
 pub fn file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
@@ -97,6 +152,18 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn compiled_in_manifests_are_the_generated_crds() {
+        let crds = installed();
+        assert_eq!(crds, all());
+        let names: Vec<&str> = crds
+            .iter()
+            .filter_map(|c| c.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, NAMES);
+        assert_eq!(fingerprint().len(), 16);
     }
 
     #[test]

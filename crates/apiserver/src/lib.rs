@@ -65,7 +65,11 @@ impl AppState {
     /// [`AppState::new`], with the system namespaces created (if missing) and the garbage
     /// collector running on the current tokio runtime until the store closes.
     pub async fn start(store: Arc<dyn store::Store>) -> Result<Self, ApiError> {
-        let state = Self::new(store);
+        let state = Self {
+            store,
+            registry: Arc::new(Registry::new(&[])),
+            proxy_identity: None,
+        };
         state.bootstrap().await?;
         state.install_crds().await?;
         tokio::spawn(gc::run(state.clone()));
@@ -99,43 +103,54 @@ impl AppState {
         self.registry.set_crds(&crds);
     }
 
-    /// Stores the kubevirt CRDs from the api crate, replacing older definitions.
+    /// Stores the kubevirt CRDs compiled into the api crate, replacing older definitions.
+    /// Each carries the manifests' fingerprint, so a restart with current CRDs reads
+    /// nothing but the store.
     async fn install_crds(&self) -> Result<(), ApiError> {
+        use serde_json::{Value, json};
+        const FINGERPRINT: &str = "kubevirt-rs.io/manifests";
         let Some(r) = self
             .registry
             .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         else {
             return Ok(());
         };
-        for crd in api::crd::all() {
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            let mut body =
-                serde_json::to_value(&crd).map_err(|e| ApiError::internal(e.to_string()))?;
-            body["apiVersion"] = serde_json::json!("apiextensions.k8s.io/v1");
-            body["kind"] = serde_json::json!("CustomResourceDefinition");
-            let key = r.key(None, Some(&name));
-            match self.store.get(&key)? {
-                None => {
-                    ops::create(self, &r, "v1", None, body, ops::Write::default()).await?;
-                }
-                Some(kv) => {
-                    let stored: serde_json::Value = serde_json::from_slice(&kv.value)
-                        .map_err(|e| ApiError::internal(e.to_string()))?;
-                    if stored["spec"] != body["spec"] {
-                        let spec = body["spec"].clone();
-                        ops::update(
-                            self,
-                            &r,
-                            "v1",
-                            &key,
-                            objects::Part::Main,
-                            ops::Write::default(),
-                            |mut cur| {
-                                cur["spec"] = spec.clone();
-                                Ok(cur)
-                            },
-                        )
-                        .await?;
+        let fingerprint = api::crd::fingerprint();
+        let current = |name: &str| -> Result<Option<(store::KeyValue, Value)>, ApiError> {
+            let Some(kv) = self.store.get(&r.key(None, Some(name)))? else {
+                return Ok(None);
+            };
+            let value =
+                serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(Some((kv, value)))
+        };
+        let mut up_to_date = true;
+        for name in api::crd::NAMES {
+            let stored = current(name)?;
+            up_to_date &= stored.is_some_and(|(_, v)| {
+                v["metadata"]["annotations"][FINGERPRINT] == fingerprint.as_str()
+            });
+        }
+        if !up_to_date {
+            for crd in api::crd::installed() {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                let mut body =
+                    serde_json::to_value(&crd).map_err(|e| ApiError::internal(e.to_string()))?;
+                body["apiVersion"] = json!("apiextensions.k8s.io/v1");
+                body["kind"] = json!("CustomResourceDefinition");
+                body["metadata"]["annotations"][FINGERPRINT] = json!(fingerprint);
+                let key = r.key(None, Some(&name));
+                match current(&name)? {
+                    None => {
+                        let obj = objects::for_create(&r, "v1", None, body, false)?;
+                        self.store.create(&key, objects::to_bytes(&obj)).await?;
+                    }
+                    Some((kv, mut stored)) => {
+                        stored["spec"] = body["spec"].take();
+                        stored["metadata"]["annotations"][FINGERPRINT] = json!(fingerprint);
+                        self.store
+                            .update(&key, objects::to_bytes(&stored), Some(kv.mod_rev))
+                            .await?;
                     }
                 }
             }

@@ -325,7 +325,7 @@ impl Registry {
     /// The built-in kinds plus the kubevirt.io and instancetype.kubevirt.io resources from
     /// the api crate.
     pub fn kubevirt() -> Self {
-        Self::new(&api::crd::all())
+        Self::new(&api::crd::installed())
     }
 
     /// Serves `crds` (their served versions) beside the built-in kinds, and nothing else.
