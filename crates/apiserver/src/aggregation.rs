@@ -110,18 +110,24 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
     }
 }
 
-fn tls_config(state: &AppState, apiservice: &Value) -> Result<rustls::ClientConfig, String> {
+/// A client TLS configuration: trusting `ca_bundle` (base64 PEM), or anything when
+/// `insecure`, presenting the server's proxy identity when it has one.
+pub(crate) fn tls_config(
+    state: &AppState,
+    ca_bundle: Option<&str>,
+    insecure: bool,
+) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = if apiservice["spec"]["insecureSkipTLSVerify"] == Value::Bool(true) {
+    let builder = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        if let Some(bundle) = apiservice["spec"]["caBundle"].as_str() {
+        if let Some(bundle) = ca_bundle {
             let pem = base64::engine::general_purpose::STANDARD
                 .decode(bundle)
                 .map_err(|e| format!("caBundle is not base64: {e}"))?;
@@ -173,16 +179,26 @@ async fn connect(
         .ok_or_else(|| format!("service \"{ns}/{name}\" has no cluster IP"))?
         .to_owned();
     let port = u16::try_from(svc["port"].as_u64().unwrap_or(443)).map_err(|e| e.to_string())?;
-    let config = tls_config(state, apiservice)?;
-    let server_name =
-        ServerName::try_from(format!("{name}.{ns}.svc")).map_err(|e| e.to_string())?;
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect((ip.as_str(), port)),
-    )
-    .await
-    .map_err(|_| format!("connecting to {ip}:{port} timed out"))?
-    .map_err(|e| format!("connecting to {ip}:{port}: {e}"))?;
+    let config = tls_config(
+        state,
+        apiservice["spec"]["caBundle"].as_str(),
+        apiservice["spec"]["insecureSkipTLSVerify"] == Value::Bool(true),
+    )?;
+    dial(&ip, port, &format!("{name}.{ns}.svc"), config).await
+}
+
+/// An HTTP/1.1 connection over TLS to `ip:port`, verified for `server_name`.
+pub(crate) async fn dial(
+    ip: &str,
+    port: u16,
+    server_name: &str,
+    config: rustls::ClientConfig,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, String> {
+    let server_name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((ip, port)))
+        .await
+        .map_err(|_| format!("connecting to {ip}:{port} timed out"))?
+        .map_err(|e| format!("connecting to {ip}:{port}: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await

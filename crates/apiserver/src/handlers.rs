@@ -20,7 +20,7 @@ use crate::ops::{self, DeleteOptions};
 use crate::request::{Request, Target};
 use crate::selectors::Selector;
 use crate::{
-    ApiError, AppState, Resource, User, aggregation, body, discovery, objects, patch, table,
+    ApiError, AppState, Resource, User, aggregation, body, discovery, nodes, objects, patch, table,
 };
 
 type Params = HashMap<String, String>;
@@ -117,13 +117,17 @@ async fn serve(
         (&Method::PATCH, true, Some("status")) if r.status_subresource => {
             req.patch(Part::Status).await
         }
+        (&Method::GET, true, Some("log")) if r.builtin && r.plural == "pods" => {
+            let (pod, _) = ops::get(state, &r, &target.version, &req.key())?;
+            nodes::pod_log(state, &pod, &params).await
+        }
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale"))
             if r.scale.is_some() =>
         {
             req.scale(&method).await
         }
         (_, true, Some(_))
-            if !matches!(target.subresource.as_deref(), Some("status" | "scale")) =>
+            if !matches!(target.subresource.as_deref(), Some("status" | "scale" | "log")) =>
         {
             Err(ApiError::not_found_path(uri.path()))
         }

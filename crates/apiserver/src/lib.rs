@@ -21,6 +21,7 @@ mod discovery;
 mod error;
 mod gc;
 mod handlers;
+mod nodes;
 mod objects;
 mod openapi;
 mod ops;

@@ -8,6 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 struct Cluster {
     url: String,
     dir: tempfile::TempDir,
@@ -547,4 +549,39 @@ async fn a_crd_is_served_while_it_exists() {
     c.ok(&["apply", "-f", s(&c.write("crd.yaml", CRD))]).await;
     c.eventually(&["get", "wd", "-o", "name"], |t| t.trim().is_empty())
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_logs_come_from_the_node_agent_and_wide_shows_more() {
+    // A stand-in node agent serving one container's log.
+    let agent = axum::Router::new().route(
+        "/containerLogs/default/web/main",
+        axum::routing::get(|q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+            let lines = ["first line", "second line", "third line"];
+            let tail = q.get("tailLines").and_then(|t| t.parse().ok()).unwrap_or(lines.len());
+            lines[lines.len() - tail..].iter().map(|l| format!("{l}\n")).collect::<String>()
+        }),
+    );
+    let (port, _) = common::https(agent, &["node-1"]).await;
+    let c = Cluster::start().await;
+    // Status is the node's and the pod's own to report: written through /status.
+    c.ok(&["create", "-f", s(&c.write("node.yaml", "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n"))]).await;
+    let status = format!(
+        r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"127.0.0.1"}}],"daemonEndpoints":{{"kubeletEndpoint":{{"Port":{port}}}}}}}}}"#
+    );
+    c.ok(&["patch", "node", "node-1", "--subresource=status", "--type=merge", "-p", &status]).await;
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  nodeName: node-1\n  containers:\n  - {name: main, image: example}\n";
+    c.ok(&["apply", "-f", s(&c.write("pod.yaml", pod))]).await;
+    c.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running","podIP":"10.0.0.7"}}"#]).await;
+    assert_eq!(c.ok(&["logs", "web"]).await, "first line\nsecond line\nthird line\n");
+    assert_eq!(c.ok(&["logs", "web", "--tail=1"]).await, "third line\n");
+    let err = c.fails(&["logs", "web", "-c", "sidecar"]).await;
+    assert!(err.contains("container sidecar is not valid"), "{err}");
+
+    let wide = c.ok(&["get", "pods", "-o", "wide"]).await;
+    let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "AGE", "IP", "NODE"], "{wide}");
+    assert!(wide.contains("10.0.0.7") && wide.contains("node-1"), "{wide}");
+    let narrow = c.ok(&["get", "pods"]).await;
+    assert!(!narrow.contains("10.0.0.7"), "{narrow}");
 }
