@@ -195,10 +195,13 @@ pub(crate) async fn dial(
     config: rustls::ClientConfig,
 ) -> Result<hyper::client::conn::http1::SendRequest<Body>, String> {
     let server_name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((ip, port)))
-        .await
-        .map_err(|_| format!("connecting to {ip}:{port} timed out"))?
-        .map_err(|e| format!("connecting to {ip}:{port}: {e}"))?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((ip, port)),
+    )
+    .await
+    .map_err(|_| format!("connecting to {ip}:{port} timed out"))?
+    .map_err(|e| format!("connecting to {ip}:{port}: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await

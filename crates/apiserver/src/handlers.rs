@@ -127,7 +127,10 @@ async fn serve(
             req.scale(&method).await
         }
         (_, true, Some(_))
-            if !matches!(target.subresource.as_deref(), Some("status" | "scale" | "log")) =>
+            if !matches!(
+                target.subresource.as_deref(),
+                Some("status" | "scale" | "log")
+            ) =>
         {
             Err(ApiError::not_found_path(uri.path()))
         }

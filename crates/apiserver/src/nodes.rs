@@ -24,7 +24,9 @@ fn agent(state: &AppState, name: &str) -> Result<(String, u16), ApiError> {
         .flatten()
         .find(|a| a["type"] == "InternalIP")
         .and_then(|a| a["address"].as_str())
-        .ok_or_else(|| ApiError::bad_request(format!("node \"{name}\" has no InternalIP address")))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("node \"{name}\" has no InternalIP address"))
+        })?;
     let port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
@@ -65,16 +67,27 @@ pub async fn pod_log(
     let node = pod["spec"]["nodeName"]
         .as_str()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request(format!("pod {name} is not scheduled to a node yet")))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} is not scheduled to a node yet"))
+        })?;
     let (ip, port) = agent(state, node)?;
-    let unavailable = |why: String| ApiError::service_unavailable(format!("the node agent of {node} is unavailable: {why}"));
+    let unavailable = |why: String| {
+        ApiError::service_unavailable(format!("the node agent of {node} is unavailable: {why}"))
+    };
     let config = tls_config(state, None, true).map_err(unavailable)?;
     let mut send = dial(&ip, port, node, config).await.map_err(unavailable)?;
     let mut path = format!("/containerLogs/{ns}/{name}/{container}");
-    let passed: Vec<String> = ["follow", "tailLines", "timestamps", "previous", "sinceSeconds", "limitBytes"]
-        .iter()
-        .filter_map(|k| query.get(*k).map(|v| format!("{k}={v}")))
-        .collect();
+    let passed: Vec<String> = [
+        "follow",
+        "tailLines",
+        "timestamps",
+        "previous",
+        "sinceSeconds",
+        "limitBytes",
+    ]
+    .iter()
+    .filter_map(|k| query.get(*k).map(|v| format!("{k}={v}")))
+    .collect();
     if !passed.is_empty() {
         path = format!("{path}?{}", passed.join("&"));
     }
@@ -82,9 +95,15 @@ pub async fn pod_log(
         .header(header::HOST, node)
         .body(Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let resp = send.send_request(req).await.map_err(|e| unavailable(e.to_string()))?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
     let (mut parts, body) = resp.into_parts();
-    parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
     parts.headers.remove(header::TRANSFER_ENCODING);
     Ok(Response::from_parts(parts, Body::new(body)))
 }

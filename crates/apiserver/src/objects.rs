@@ -391,10 +391,15 @@ pub fn for_update(
 }
 
 /// Whether an object is being deleted and nothing holds it any more.
-/// (A namespace is released by the server's namespace cleanup instead.)
+/// (A namespace is released by the server's namespace cleanup instead, and a pod in its
+/// grace period by its node.)
 pub fn releasable(obj: &Value) -> bool {
     obj["metadata"].get("deletionTimestamp").is_some()
         && obj["kind"] != "Namespace"
+        && obj["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(0)
+            == 0
         && obj["metadata"]["finalizers"]
             .as_array()
             .is_none_or(Vec::is_empty)

@@ -227,8 +227,29 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: for pods on a node, how long they get to stop.
+    pub grace_period: Option<i64>,
     /// Who asks: the deletion goes through the validating webhooks.
     pub user: Option<Arc<User>>,
+}
+
+/// The grace period a pod's deletion waits for: none for a pod not on a node or already
+/// finished, else the request's or the pod's `terminationGracePeriodSeconds` (30).
+fn pod_grace(r: &Resource, pod: &Value, requested: Option<i64>) -> i64 {
+    let on_node = pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    if !(r.builtin && r.plural == "pods") || !on_node || finished {
+        return 0;
+    }
+    requested
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30)
+        .max(0)
 }
 
 impl DeleteOptions {
@@ -266,6 +287,11 @@ impl DeleteOptions {
                 .map(str::to_owned),
             dry_run: body["dryRun"].as_array().is_some_and(|d| !d.is_empty())
                 || params.get("dryRun").is_some_and(|d| d == "All"),
+            grace_period: body["gracePeriodSeconds"].as_i64().or_else(|| {
+                params
+                    .get("gracePeriodSeconds")
+                    .and_then(|g| g.parse().ok())
+            }),
             user: None,
         })
     }
@@ -325,7 +351,10 @@ pub async fn delete(
             finalizers.push(json!(f));
         }
         let namespace = r.builtin && r.plural == "namespaces";
-        let held = !finalizers.is_empty() || namespace;
+        // A pod on a node is stopped there first: it keeps a deletionTimestamp for its
+        // grace period until its node deletes it with grace 0 (or someone forces it).
+        let grace = pod_grace(r, &obj, opts.grace_period);
+        let held = !finalizers.is_empty() || namespace || grace > 0;
         if !held {
             if opts.dry_run {
                 return objects::outgoing(r, version, &kv);
@@ -341,12 +370,21 @@ pub async fn delete(
         }
         let already = meta.get("deletionTimestamp").is_some();
         let before: Vec<Value> = meta["finalizers"].as_array().cloned().unwrap_or_default();
-        if already && before == finalizers {
+        let current_grace = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0);
+        let shorter = already && grace < current_grace;
+        if already && before == finalizers && !shorter {
             return objects::outgoing(r, version, &kv);
         }
-        if !already {
-            obj["metadata"]["deletionTimestamp"] = json!(objects::now());
-            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        if !already || shorter {
+            let at = k8s_openapi::jiff::Timestamp::now()
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(grace))
+                .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+            obj["metadata"]["deletionTimestamp"] = json!(
+                at.round(k8s_openapi::jiff::Unit::Second)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            );
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         }
         if !finalizers.is_empty() {
             obj["metadata"]["finalizers"] = Value::Array(finalizers);

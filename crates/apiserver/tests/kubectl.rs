@@ -556,24 +556,61 @@ async fn pod_logs_come_from_the_node_agent_and_wide_shows_more() {
     // A stand-in node agent serving one container's log.
     let agent = axum::Router::new().route(
         "/containerLogs/default/web/main",
-        axum::routing::get(|q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
-            let lines = ["first line", "second line", "third line"];
-            let tail = q.get("tailLines").and_then(|t| t.parse().ok()).unwrap_or(lines.len());
-            lines[lines.len() - tail..].iter().map(|l| format!("{l}\n")).collect::<String>()
-        }),
+        axum::routing::get(
+            |q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+                let lines = ["first line", "second line", "third line"];
+                let tail = q
+                    .get("tailLines")
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(lines.len());
+                lines[lines.len() - tail..]
+                    .iter()
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>()
+            },
+        ),
     );
     let (port, _) = common::https(agent, &["node-1"]).await;
     let c = Cluster::start().await;
     // Status is the node's and the pod's own to report: written through /status.
-    c.ok(&["create", "-f", s(&c.write("node.yaml", "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n"))]).await;
+    c.ok(&[
+        "create",
+        "-f",
+        s(&c.write(
+            "node.yaml",
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n",
+        )),
+    ])
+    .await;
     let status = format!(
         r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"127.0.0.1"}}],"daemonEndpoints":{{"kubeletEndpoint":{{"Port":{port}}}}}}}}}"#
     );
-    c.ok(&["patch", "node", "node-1", "--subresource=status", "--type=merge", "-p", &status]).await;
+    c.ok(&[
+        "patch",
+        "node",
+        "node-1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ])
+    .await;
     let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  nodeName: node-1\n  containers:\n  - {name: main, image: example}\n";
     c.ok(&["apply", "-f", s(&c.write("pod.yaml", pod))]).await;
-    c.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running","podIP":"10.0.0.7"}}"#]).await;
-    assert_eq!(c.ok(&["logs", "web"]).await, "first line\nsecond line\nthird line\n");
+    c.ok(&[
+        "patch",
+        "pod",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running","podIP":"10.0.0.7"}}"#,
+    ])
+    .await;
+    assert_eq!(
+        c.ok(&["logs", "web"]).await,
+        "first line\nsecond line\nthird line\n"
+    );
     assert_eq!(c.ok(&["logs", "web", "--tail=1"]).await, "third line\n");
     let err = c.fails(&["logs", "web", "-c", "sidecar"]).await;
     assert!(err.contains("container sidecar is not valid"), "{err}");
@@ -581,7 +618,33 @@ async fn pod_logs_come_from_the_node_agent_and_wide_shows_more() {
     let wide = c.ok(&["get", "pods", "-o", "wide"]).await;
     let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "STATUS", "AGE", "IP", "NODE"], "{wide}");
-    assert!(wide.contains("10.0.0.7") && wide.contains("node-1"), "{wide}");
+    assert!(
+        wide.contains("10.0.0.7") && wide.contains("node-1"),
+        "{wide}"
+    );
     let narrow = c.ok(&["get", "pods"]).await;
     assert!(!narrow.contains("10.0.0.7"), "{narrow}");
+
+    // A pod on a node gets its grace period; forcing ends it; a pod on no node just goes.
+    c.ok(&["delete", "pod", "web", "--wait=false"]).await;
+    let grace = c
+        .ok(&[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.metadata.deletionGracePeriodSeconds}",
+        ])
+        .await;
+    assert_eq!(grace, "30");
+    c.ok(&["delete", "pod", "web", "--grace-period=0", "--force"])
+        .await;
+    assert!(c.fails(&["get", "pod", "web"]).await.contains("not found"));
+    let unbound = pod
+        .replace("  nodeName: node-1\n", "")
+        .replace("web", "idle");
+    c.ok(&["apply", "-f", s(&c.write("idle.yaml", &unbound))])
+        .await;
+    c.ok(&["delete", "pod", "idle", "--wait=false"]).await;
+    assert!(c.fails(&["get", "pod", "idle"]).await.contains("not found"));
 }
