@@ -243,7 +243,8 @@ fn pod_grace(r: &Resource, pod: &Value, requested: Option<i64>) -> i64 {
         pod["status"]["phase"].as_str(),
         Some("Succeeded" | "Failed")
     );
-    if !(r.builtin && r.plural == "pods") || !on_node || finished {
+    let is_pod = r.builtin && r.plural == "pods";
+    if !is_pod || !on_node || finished {
         return 0;
     }
     requested
