@@ -13,14 +13,13 @@
 //! Requests the server makes itself (garbage collection, namespace cleanup) carry no user
 //! and are not sent to webhooks.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
 use store::ListRequest;
 
-use crate::{ApiError, AppState, Resource, User};
+use crate::{ApiError, AppState, Resource, User, aggregation};
 
 /// What is being admitted.
 #[derive(Debug)]
@@ -165,25 +164,12 @@ fn applies(
         || old.is_some_and(|o| label_selector_matches(selector, &o["metadata"]["labels"]))
 }
 
-fn https_client(ca_bundle: Option<&str>, timeout: Duration) -> Result<reqwest::Client, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(bundle) = ca_bundle {
-        let pem = base64::engine::general_purpose::STANDARD
-            .decode(bundle)
-            .map_err(|e| format!("caBundle is not base64: {e}"))?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("caBundle: {e}"))?;
-            roots.add(cert).map_err(|e| format!("caBundle: {e}"))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+fn https_client(
+    state: &AppState,
+    ca_bundle: Option<&str>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let config = aggregation::tls_config(state, ca_bundle, false)?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(config)
         .timeout(timeout)
@@ -197,20 +183,11 @@ fn url_of(state: &AppState, hook: &Value) -> Result<String, String> {
         return Ok(url.to_owned());
     }
     let svc = &cc["service"];
-    let (ns, name) = (
+    let ip = aggregation::service_ip(
+        state,
         svc["namespace"].as_str().unwrap_or_default(),
         svc["name"].as_str().unwrap_or_default(),
-    );
-    let service: Value = state
-        .store
-        .get(&format!("/core/services/{ns}/{name}"))
-        .map_err(|e| e.to_string())?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
-        .ok_or_else(|| format!("service \"{ns}/{name}\" not found"))?;
-    let ip = service["spec"]["clusterIP"]
-        .as_str()
-        .filter(|ip| !ip.is_empty() && *ip != "None")
-        .ok_or_else(|| format!("service \"{ns}/{name}\" has no cluster IP"))?;
+    )?;
     let port = svc["port"].as_u64().unwrap_or(443);
     let path = svc["path"].as_str().unwrap_or("/");
     Ok(format!("https://{ip}:{port}{path}"))
@@ -220,7 +197,7 @@ fn url_of(state: &AppState, hook: &Value) -> Result<String, String> {
 async fn call(state: &AppState, hook: &Value, review: &Value) -> Result<Value, String> {
     let url = url_of(state, hook)?;
     let timeout = Duration::from_secs(hook["timeoutSeconds"].as_u64().unwrap_or(10).clamp(1, 30));
-    let client = https_client(hook["clientConfig"]["caBundle"].as_str(), timeout)?;
+    let client = https_client(state, hook["clientConfig"]["caBundle"].as_str(), timeout)?;
     let resp = client
         .post(&url)
         .header("content-type", "application/json")

@@ -157,6 +157,22 @@ pub(crate) fn tls_config(
     Ok(config)
 }
 
+/// The cluster IP of the Service `ns/name`: where the server reaches webhooks and
+/// aggregated APIs named by a service reference.
+pub(crate) fn service_ip(state: &AppState, ns: &str, name: &str) -> Result<String, String> {
+    let service: Value = state
+        .store
+        .get(&format!("/core/services/{ns}/{name}"))
+        .map_err(|e| e.to_string())?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .ok_or_else(|| format!("service \"{ns}/{name}\" not found"))?;
+    service["spec"]["clusterIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .map(str::to_owned)
+        .ok_or_else(|| format!("service \"{ns}/{name}\" has no cluster IP"))
+}
+
 /// A connection to the APIService's backing server.
 async fn connect(
     state: &AppState,
@@ -167,17 +183,7 @@ async fn connect(
         svc["namespace"].as_str().unwrap_or_default(),
         svc["name"].as_str().unwrap_or_default(),
     );
-    let service: Value = state
-        .store
-        .get(&format!("/core/services/{ns}/{name}"))
-        .map_err(|e| e.to_string())?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
-        .ok_or_else(|| format!("service \"{ns}/{name}\" not found"))?;
-    let ip = service["spec"]["clusterIP"]
-        .as_str()
-        .filter(|ip| !ip.is_empty() && *ip != "None")
-        .ok_or_else(|| format!("service \"{ns}/{name}\" has no cluster IP"))?
-        .to_owned();
+    let ip = service_ip(state, ns, name)?;
     let port = u16::try_from(svc["port"].as_u64().unwrap_or(443)).map_err(|e| e.to_string())?;
     let config = tls_config(
         state,

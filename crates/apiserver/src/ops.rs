@@ -30,6 +30,15 @@ pub fn write_error(e: StoreError, r: &Resource, name: &str) -> ApiError {
     }
 }
 
+/// The stored row of `key`, or 404.
+fn current(state: &AppState, r: &Resource, key: &str) -> Result<KeyValue, ApiError> {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    state
+        .store
+        .get(key)?
+        .ok_or_else(|| ApiError::not_found(&r.plural, name))
+}
+
 fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))
 }
@@ -128,11 +137,7 @@ pub fn get(
     version: &str,
     key: &str,
 ) -> Result<(Value, Rev), ApiError> {
-    let name = key.rsplit('/').next().unwrap_or_default();
-    let kv = state
-        .store
-        .get(key)?
-        .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
+    let kv = current(state, r, key)?;
     Ok((objects::outgoing(r, version, &kv)?, kv.mod_rev))
 }
 
@@ -149,10 +154,7 @@ pub async fn update(
 ) -> Result<Value, ApiError> {
     let name = key.rsplit('/').next().unwrap_or_default();
     loop {
-        let kv = state
-            .store
-            .get(key)?
-            .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
+        let kv = current(state, r, key)?;
         let current = objects::outgoing(r, version, &kv)?;
         let body = mutate(current)?;
         if body["metadata"]["name"].as_str().is_some_and(|n| n != name) {
@@ -309,10 +311,7 @@ pub async fn delete(
 ) -> Result<Value, ApiError> {
     let name = key.rsplit('/').next().unwrap_or_default();
     loop {
-        let kv = state
-            .store
-            .get(key)?
-            .ok_or_else(|| ApiError::not_found(&r.plural, name))?;
+        let kv = current(state, r, key)?;
         let mut obj = decode(&kv)?;
         let meta = &obj["metadata"];
         if opts

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::Request;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -20,20 +20,9 @@ async fn server() -> Router {
     apiserver::router(state)
 }
 
-async fn send(app: &Router, method: &str, uri: &str, ct: &str, body: Vec<u8>) -> (u16, Value) {
-    let req = Request::builder()
-        .method(Method::from_bytes(method.as_bytes()).unwrap())
-        .uri(uri)
-        .header("content-type", ct)
-        .body(Body::from(body))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let code = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
+use common::send;
+
+mod common;
 
 /// Method, URI, content type, body, expected code, and what the message must mention.
 type Case = (

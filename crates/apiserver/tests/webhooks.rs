@@ -6,11 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
 use base64::Engine;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 mod common;
 
@@ -52,18 +49,14 @@ async fn webhook() -> (String, String, Arc<Mutex<Vec<Value>>>) {
 }
 
 async fn send(app: &Router, method: &str, uri: &str, body: Value) -> (u16, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let code = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    common::send(
+        app,
+        method,
+        uri,
+        "application/json",
+        body.to_string().into_bytes(),
+    )
+    .await
 }
 
 fn vm(name: &str, labels: Value) -> Value {

@@ -5,6 +5,33 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// One request straight into the router; the status code and the JSON body (null when
+/// the body is not JSON).
+pub async fn send(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(uri)
+        .header("content-type", content_type)
+        .body(Body::from(body))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let code = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
 
 /// Serves `app` over HTTPS (HTTP/1.1 with upgrades, and HTTP/2) on a free loopback port,
 /// with a certificate for 127.0.0.1 and `names`. Returns the port and the CA's PEM.
