@@ -515,30 +515,20 @@ async fn a_crd_is_served_while_it_exists() {
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[..3], ["w1", "3", "slow"], "{table}");
 
-    let invalid = widget.replace("size: 3", "size: 0\n  mode: warp");
-    let err = c
-        .fails(&[
-            "apply",
-            "-f",
-            s(&c.write("w2.yaml", &invalid.replace("w1", "w2"))),
-        ])
-        .await;
-    assert!(
-        err.contains("spec.size") && err.contains("spec.mode"),
-        "{err}"
-    );
-    let unknown = widget.replace("size: 3", "size: 3\n  colour: red");
-    let err = c
-        .fails(&[
-            "apply",
-            "-f",
-            s(&c.write("w3.yaml", &unknown.replace("w1", "w3"))),
-        ])
-        .await;
-    assert!(
-        err.contains("unknown field") && err.contains("spec.colour"),
-        "{err}"
-    );
+    // Refused with every problem named: out of range, not in the enum, unknown.
+    for (name, change, mentions) in [
+        ("w2", "size: 0\n  mode: warp", ["spec.size", "spec.mode"]),
+        (
+            "w3",
+            "size: 3\n  colour: red",
+            ["unknown field", "spec.colour"],
+        ),
+    ] {
+        let text = widget.replace("size: 3", change).replace("w1", name);
+        let file = c.write(&format!("{name}.yaml"), &text);
+        let err = c.fails(&["apply", "-f", s(&file)]).await;
+        assert!(mentions.iter().all(|m| err.contains(m)), "{err}");
+    }
     let explained = c.ok(&["explain", "widget.spec.mode"]).await;
     assert!(explained.contains("mode"), "{explained}");
 
