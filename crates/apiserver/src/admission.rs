@@ -193,10 +193,15 @@ fn url_of(state: &AppState, hook: &Value) -> Result<String, String> {
     Ok(format!("https://{ip}:{port}{path}"))
 }
 
-/// Calls one webhook; its AdmissionReview `response`.
-async fn call(state: &AppState, hook: &Value, review: &Value) -> Result<Value, String> {
+/// POSTs a review (admission or conversion) to the webhook a `clientConfig` names; the
+/// answer.
+pub(crate) async fn post_review(
+    state: &AppState,
+    hook: &Value,
+    timeout: Duration,
+    review: &Value,
+) -> Result<Value, String> {
     let url = url_of(state, hook)?;
-    let timeout = Duration::from_secs(hook["timeoutSeconds"].as_u64().unwrap_or(10).clamp(1, 30));
     let client = https_client(state, hook["clientConfig"]["caBundle"].as_str(), timeout)?;
     let resp = client
         .post(&url)
@@ -212,8 +217,13 @@ async fn call(state: &AppState, hook: &Value, review: &Value) -> Result<Value, S
         .bytes()
         .await
         .map_err(|e| format!("failed reading the webhook's answer: {e}"))?;
-    let answer: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("webhook answer is not an AdmissionReview: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("the webhook's answer is not a review: {e}"))
+}
+
+/// Calls one webhook; its AdmissionReview `response`.
+async fn call(state: &AppState, hook: &Value, review: &Value) -> Result<Value, String> {
+    let timeout = Duration::from_secs(hook["timeoutSeconds"].as_u64().unwrap_or(10).clamp(1, 30));
+    let answer = post_review(state, hook, timeout, review).await?;
     let response = answer["response"].clone();
     if response["uid"] != review["request"]["uid"] {
         return Err("webhook answered with the wrong uid".to_owned());

@@ -20,7 +20,8 @@ use crate::ops::{self, DeleteOptions};
 use crate::request::{Request, Target};
 use crate::selectors::Selector;
 use crate::{
-    ApiError, AppState, Resource, User, aggregation, body, discovery, nodes, objects, patch, table,
+    ApiError, AppState, Resource, User, aggregation, body, convert, discovery, nodes, objects,
+    patch, table,
 };
 
 type Params = HashMap<String, String>;
@@ -106,11 +107,11 @@ async fn serve(
         (&Method::GET, false, None) => req.list().await,
         (&Method::POST, false, None) => req.create().await,
         (&Method::DELETE, false, None) => req.delete_collection().await,
-        (&Method::GET, true, None) => req.get(),
+        (&Method::GET, true, None) => req.get().await,
         (&Method::PUT, true, None) => req.replace(Part::Main).await,
         (&Method::PATCH, true, None) => req.patch(Part::Main).await,
         (&Method::DELETE, true, None) => req.delete().await,
-        (&Method::GET, true, Some("status")) if r.status_subresource => req.get(),
+        (&Method::GET, true, Some("status")) if r.status_subresource => req.get().await,
         (&Method::PUT, true, Some("status")) if r.status_subresource => {
             req.replace(Part::Status).await
         }
@@ -118,7 +119,7 @@ async fn serve(
             req.patch(Part::Status).await
         }
         (&Method::GET, true, Some("log")) if r.builtin && r.plural == "pods" => {
-            let (pod, _) = ops::get(state, &r, &target.version, &req.key())?;
+            let (pod, _) = ops::get(state, &r, &target.version, &req.key()).await?;
             nodes::pod_log(state, &pod, &params).await
         }
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale"))
@@ -188,8 +189,8 @@ impl Req<'_> {
     }
 
     /// One object; a one-row Table when the client asked for tables.
-    fn get(&self) -> Result<Response, ApiError> {
-        let (obj, _) = ops::get(self.state, self.r, &self.t.version, &self.key())?;
+    async fn get(&self) -> Result<Response, ApiError> {
+        let (obj, _) = ops::get(self.state, self.r, &self.t.version, &self.key()).await?;
         if !table::wanted(accept(self.headers)) {
             return Ok(Json(obj).into_response());
         }
@@ -322,7 +323,7 @@ impl Req<'_> {
         };
         let key = self.key();
         if method == Method::GET {
-            let (obj, _) = ops::get(self.state, self.r, &self.t.version, &key)?;
+            let (obj, _) = ops::get(self.state, self.r, &self.t.version, &key).await?;
             return Ok(Json(as_scale(&obj)).into_response());
         }
         let body = if method == Method::PUT {
@@ -330,7 +331,7 @@ impl Req<'_> {
         } else {
             let kind = patch::Kind::from_content_type(body::content_type(self.headers), true)?;
             let p = patch::parse(kind, self.body)?;
-            let (obj, _) = ops::get(self.state, self.r, &self.t.version, &key)?;
+            let (obj, _) = ops::get(self.state, self.r, &self.t.version, &key).await?;
             patch::apply(kind, as_scale(&obj), &p)?
         };
         let replicas = body["spec"]["replicas"].as_i64().ok_or_else(|| {
@@ -488,6 +489,7 @@ async fn list_or_watch(
             items.push(obj);
         }
     }
+    let items = convert::to_version(state, &r, version, items).await?;
     let mut metadata = json!({"resourceVersion": page.rev.to_string()});
     if page.more
         && let Some(last) = page.items.last()
@@ -541,7 +543,12 @@ impl Encoder {
 
     /// What a watcher with a selector sees of one change: an object moving into the
     /// selection is ADDED, one moving out is DELETED, as the real server reports them.
-    fn event(&self, selector: &Selector, ev: &store::Event) -> Result<Option<Bytes>, ApiError> {
+    async fn event(
+        &self,
+        state: &AppState,
+        selector: &Selector,
+        ev: &store::Event,
+    ) -> Result<Option<Bytes>, ApiError> {
         let cur = objects::outgoing(&self.r, &self.version, &ev.kv)?;
         let now = selector.matches(&cur);
         let before = match &ev.prev {
@@ -559,6 +566,7 @@ impl Encoder {
             (EventKind::Modified, true, false) => "DELETED",
             _ => return Ok(None),
         };
+        let cur = convert::one(state, &self.r, &self.version, cur).await?;
         Ok(Some(self.line(kind, cur)))
     }
 }
@@ -595,13 +603,15 @@ async fn watch(
                 prefix: prefix.clone(),
                 ..Default::default()
             })?;
-            let mut lines = Vec::new();
+            let mut objects = Vec::new();
             for kv in &page.items {
                 let obj = objects::outgoing(&enc.r, &enc.version, kv)?;
                 if selector.matches(&obj) {
-                    lines.push(enc.line("ADDED", obj));
+                    objects.push(obj);
                 }
             }
+            let objects = convert::to_version(state, &enc.r, &enc.version, objects).await?;
+            let mut lines: Vec<Bytes> = objects.into_iter().map(|o| enc.line("ADDED", o)).collect();
             if send_initial == Some(true) {
                 lines.push(enc.bookmark(page.rev, true));
             }
@@ -622,29 +632,36 @@ async fn watch(
                 BOOKMARK_EVERY,
             );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let state = state.clone();
             let live = futures_util::stream::unfold(
                 (w, enc, selector, from, tick),
-                move |(mut w, enc, selector, mut last, mut tick)| async move {
-                    loop {
-                        let next = tokio::select! {
-                            next = tokio::time::timeout_at(deadline, w.next()) => next.ok()??,
-                            _ = tick.tick(), if bookmarks => {
-                                let line = enc.bookmark(last, false);
-                                return Some((Ok::<_, Infallible>(line), (w, enc, selector, last, tick)));
-                            }
-                        };
-                        let line = match next {
-                            Ok(ev) => {
-                                last = ev.rev();
-                                match enc.event(&selector, &ev) {
-                                    Ok(Some(line)) => line,
-                                    Ok(None) => continue,
-                                    Err(e) => event_line("ERROR", e.status()),
+                move |(mut w, enc, selector, mut last, mut tick)| {
+                    let state = state.clone();
+                    async move {
+                        loop {
+                            let next = tokio::select! {
+                                next = tokio::time::timeout_at(deadline, w.next()) => next.ok()??,
+                                _ = tick.tick(), if bookmarks => {
+                                    let line = enc.bookmark(last, false);
+                                    return Some((Ok::<_, Infallible>(line), (w, enc, selector, last, tick)));
                                 }
-                            }
-                            Err(e) => event_line("ERROR", ApiError::from(e).status()),
-                        };
-                        return Some((Ok::<_, Infallible>(line), (w, enc, selector, last, tick)));
+                            };
+                            let line = match next {
+                                Ok(ev) => {
+                                    last = ev.rev();
+                                    match enc.event(&state, &selector, &ev).await {
+                                        Ok(Some(line)) => line,
+                                        Ok(None) => continue,
+                                        Err(e) => event_line("ERROR", e.status()),
+                                    }
+                                }
+                                Err(e) => event_line("ERROR", ApiError::from(e).status()),
+                            };
+                            return Some((
+                                Ok::<_, Infallible>(line),
+                                (w, enc, selector, last, tick),
+                            ));
+                        }
                     }
                 },
             );

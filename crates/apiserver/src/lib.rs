@@ -17,6 +17,7 @@
 mod admission;
 mod aggregation;
 mod body;
+mod convert;
 mod discovery;
 mod error;
 mod gc;

@@ -405,7 +405,8 @@ pub fn releasable(obj: &Value) -> bool {
             .is_none_or(Vec::is_empty)
 }
 
-/// The object as a client sees it: its revision and the asked-for version.
+/// The object as a client sees it: its revision and the asked-for version (still the
+/// stored one for a resource with a conversion webhook: [`crate::convert`] does that).
 pub fn outgoing(
     resource: &Resource,
     version: &str,
@@ -413,7 +414,9 @@ pub fn outgoing(
 ) -> Result<Value, ApiError> {
     let mut obj: Value =
         serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
-    obj["apiVersion"] = json!(resource.api_version(version));
+    if resource.conversion.is_none() {
+        obj["apiVersion"] = json!(resource.api_version(version));
+    }
     obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
     Ok(obj)
 }

@@ -15,6 +15,7 @@ use store::{KeyValue, Rev, StoreError};
 use std::sync::Arc;
 
 use crate::admission::{self, Attributes};
+use crate::convert;
 use crate::objects::{self, Part};
 use crate::{ApiError, AppState, Resource, User};
 
@@ -37,6 +38,16 @@ fn current(state: &AppState, r: &Resource, key: &str) -> Result<KeyValue, ApiErr
         .store
         .get(key)?
         .ok_or_else(|| ApiError::not_found(&r.plural, name))
+}
+
+/// A stored object as the client asked for it.
+async fn out(
+    state: &AppState,
+    r: &Resource,
+    version: &str,
+    kv: &KeyValue,
+) -> Result<Value, ApiError> {
+    convert::one(state, r, version, objects::outgoing(r, version, kv)?).await
 }
 
 fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
@@ -85,7 +96,8 @@ pub async fn create(
     if let Some(ns) = ns {
         check_namespace(state, ns)?;
     }
-    let mut obj = objects::for_create(r, version, ns, body, how.strict)?;
+    let (body, written) = convert::incoming(state, r, version, body).await?;
+    let mut obj = objects::for_create(r, &written, ns, body, how.strict)?;
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -120,7 +132,7 @@ pub async fn create(
         .await
         .map_err(|e| write_error(e, r, &name))?;
     after_write(state, r);
-    objects::outgoing(r, version, &kv)
+    out(state, r, version, &kv).await
 }
 
 /// After a write: a CustomResourceDefinition changes what the server serves.
@@ -131,14 +143,14 @@ fn after_write(state: &AppState, r: &Resource) {
 }
 
 /// Reads an object in the client's version.
-pub fn get(
+pub async fn get(
     state: &AppState,
     r: &Resource,
     version: &str,
     key: &str,
 ) -> Result<(Value, Rev), ApiError> {
     let kv = current(state, r, key)?;
-    Ok((objects::outgoing(r, version, &kv)?, kv.mod_rev))
+    Ok((out(state, r, version, &kv).await?, kv.mod_rev))
 }
 
 /// Updates the object at `key` with what `mutate` makes of its current state (in
@@ -155,7 +167,7 @@ pub async fn update(
     let name = key.rsplit('/').next().unwrap_or_default();
     loop {
         let kv = current(state, r, key)?;
-        let current = objects::outgoing(r, version, &kv)?;
+        let current = out(state, r, version, &kv).await?;
         let body = mutate(current)?;
         if body["metadata"]["name"].as_str().is_some_and(|n| n != name) {
             return Err(ApiError::bad_request(format!(
@@ -174,7 +186,8 @@ pub async fn update(
             return Err(ApiError::conflict(&r.plural, name));
         }
         let old = decode(&kv)?;
-        let mut obj = objects::for_update(r, version, &old, body, part, how.strict)?;
+        let (body, written) = convert::incoming(state, r, version, body).await?;
+        let mut obj = objects::for_update(r, &written, &old, body, part, how.strict)?;
         if let Some(user) = &how.user {
             let a = Attributes {
                 resource: r,
@@ -198,7 +211,7 @@ pub async fn update(
         let written = if objects::releasable(&obj) {
             state.store.delete(key, Some(kv.mod_rev)).await
         } else if obj == old {
-            return objects::outgoing(r, version, &kv);
+            return out(state, r, version, &kv).await;
         } else {
             state
                 .store
@@ -208,10 +221,9 @@ pub async fn update(
         match written {
             Ok(kv) => {
                 after_write(state, r);
-                let mut out = objects::outgoing(r, version, &kv)?;
+                let mut out = out(state, r, version, &kv).await?;
                 if objects::releasable(&obj) {
-                    out = obj;
-                    out["apiVersion"] = json!(r.api_version(version));
+                    out = convert::one(state, r, version, obj).await?;
                 }
                 return Ok(out);
             }
@@ -357,12 +369,12 @@ pub async fn delete(
         let held = !finalizers.is_empty() || namespace || grace > 0;
         if !held {
             if opts.dry_run {
-                return objects::outgoing(r, version, &kv);
+                return out(state, r, version, &kv).await;
             }
             match state.store.delete(key, Some(kv.mod_rev)).await {
                 Ok(kv) => {
                     after_write(state, r);
-                    return objects::outgoing(r, version, &kv);
+                    return out(state, r, version, &kv).await;
                 }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(write_error(e, r, name)),
@@ -373,7 +385,7 @@ pub async fn delete(
         let current_grace = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0);
         let shorter = already && grace < current_grace;
         if already && before == finalizers && !shorter {
-            return objects::outgoing(r, version, &kv);
+            return out(state, r, version, &kv).await;
         }
         if !already || shorter {
             let at = k8s_openapi::jiff::Timestamp::now()
@@ -393,15 +405,14 @@ pub async fn delete(
             obj["status"]["phase"] = json!("Terminating");
         }
         if opts.dry_run {
-            obj["apiVersion"] = json!(r.api_version(version));
-            return Ok(obj);
+            return convert::one(state, r, version, obj).await;
         }
         match state
             .store
             .update(key, objects::to_bytes(&obj), Some(kv.mod_rev))
             .await
         {
-            Ok(kv) => return objects::outgoing(r, version, &kv),
+            Ok(kv) => return out(state, r, version, &kv).await,
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(write_error(e, r, name)),
         }

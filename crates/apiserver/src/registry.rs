@@ -46,6 +46,9 @@ pub struct Resource {
     /// The `openAPIV3Schema` of the storage version.
     pub schema: Option<Arc<Value>>,
     pub admission: Admission,
+    /// The CRD's conversion webhook (`spec.conversion.webhook`) when its strategy is
+    /// `Webhook`; without one, versions differ only in their label.
+    pub conversion: Option<Arc<Value>>,
     /// Built into Kubernetes: strategic merge patches are accepted (as merge patches).
     pub builtin: bool,
 }
@@ -136,6 +139,13 @@ impl Resource {
             } else {
                 Admission::Generic
             },
+            conversion: spec
+                .conversion
+                .as_ref()
+                .filter(|c| c.strategy == "Webhook")
+                .and_then(|c| c.webhook.as_ref())
+                .and_then(|w| serde_json::to_value(w).ok())
+                .map(Arc::new),
             builtin: false,
         }
     }
@@ -157,6 +167,7 @@ impl Resource {
             fields: Vec::new(),
             schema: None,
             admission: Admission::Generic,
+            conversion: None,
             builtin: true,
         }
     }
