@@ -1,9 +1,13 @@
 //! PATCH bodies: JSON merge patch, JSON patch, strategic merge (built-in kinds only) and
 //! server-side apply.
 //!
-//! Strategic merge patches are applied as merge patches: lists are replaced instead of
-//! merged by key. Server-side apply merges the applied configuration into the live object
-//! the same way and does not track field managers: `managedFields` stays empty and there
+//! Strategic merge patches merge lists of objects by their merge key where Kubernetes
+//! declares one for the field (containers and volumes by `name`, container ports by
+//! `containerPort`, service ports by `port`, mounts by `mountPath`, conditions by `type`
+//! ...), honour `$patch: delete|replace`, `$retainKeys` and `$deleteFromPrimitiveList`,
+//! and take `$setElementOrder` as ordering only; other lists are replaced, as in a merge
+//! patch. Server-side apply merges the applied configuration into the live object as a
+//! merge patch and does not track field managers: `managedFields` stays empty and there
 //! are no apply conflicts.
 
 use serde_json::Value;
@@ -59,7 +63,8 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Value, ApiError> {
 /// `target` with `patch` applied.
 pub fn apply(kind: Kind, mut target: Value, patch: &Value) -> Result<Value, ApiError> {
     match kind {
-        Kind::Merge | Kind::Strategic | Kind::Apply => json_patch::merge(&mut target, patch),
+        Kind::Merge | Kind::Apply => json_patch::merge(&mut target, patch),
+        Kind::Strategic => strategic(&mut target, patch),
         Kind::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
@@ -69,6 +74,108 @@ pub fn apply(kind: Kind, mut target: Value, patch: &Value) -> Result<Value, ApiE
         }
     }
     Ok(target)
+}
+
+/// The merge key of a list field, for lists whose elements carry it.
+fn merge_key(field: &str, element: &Value) -> Option<&'static str> {
+    let key = match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims" => "name",
+        "ports" if element.get("containerPort").is_some() => "containerPort",
+        "ports" => "port",
+        "volumeMounts" => "mountPath",
+        "volumeDevices" => "devicePath",
+        "conditions" => "type",
+        "ownerReferences" => "uid",
+        "hostAliases" => "ip",
+        "topologySpreadConstraints" => "topologyKey",
+        _ => return None,
+    };
+    element.get(key).is_some().then_some(key)
+}
+
+/// Applies a strategic merge patch object to `target`.
+fn strategic(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut replaced = patch.clone();
+        replaced.remove("$patch");
+        *target = Value::Object(replaced);
+        return;
+    }
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let Some(map) = target.as_object_mut() else {
+        return;
+    };
+    if let Some(retain) = patch.get("$retainKeys").and_then(Value::as_array) {
+        map.retain(|k, _| retain.iter().any(|r| r == k.as_str()));
+    }
+    for (key, value) in patch {
+        if key.starts_with("$setElementOrder/") || key == "$retainKeys" || key == "$patch" {
+            continue;
+        }
+        if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(list), Some(gone)) = (
+                map.get_mut(field).and_then(Value::as_array_mut),
+                value.as_array(),
+            ) {
+                list.retain(|v| !gone.contains(v));
+            }
+            continue;
+        }
+        match value {
+            Value::Null => {
+                map.remove(key);
+            }
+            Value::Object(_) => strategic(map.entry(key.clone()).or_insert(Value::Null), value),
+            Value::Array(items) => {
+                let key_name = items.first().and_then(|first| merge_key(key, first));
+                match (key_name, map.get_mut(key).and_then(Value::as_array_mut)) {
+                    (Some(k), Some(existing)) => merge_list(existing, items, k),
+                    _ => {
+                        let kept: Vec<Value> = items
+                            .iter()
+                            .filter(|i| i.get("$patch").and_then(Value::as_str) != Some("delete"))
+                            .cloned()
+                            .collect();
+                        map.insert(key.clone(), Value::Array(kept));
+                    }
+                }
+            }
+            other => {
+                map.insert(key.clone(), other.clone());
+            }
+        }
+    }
+}
+
+fn merge_list(existing: &mut Vec<Value>, items: &[Value], key: &str) {
+    for item in items {
+        let at = existing.iter().position(|e| e.get(key) == item.get(key));
+        let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+        match (at, delete) {
+            (Some(i), true) => {
+                existing.remove(i);
+            }
+            (Some(i), false) => strategic(&mut existing[i], item),
+            (None, true) => {}
+            (None, false) => {
+                let mut fresh = Value::Null;
+                strategic(&mut fresh, item);
+                existing.push(fresh);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +200,37 @@ mod tests {
             Kind::from_content_type("text/plain", true).map_err(|e| e.code),
             Err(415)
         );
+    }
+
+    #[test]
+    fn strategic_merge_merges_lists_by_their_keys() {
+        let pod = json!({"spec": {"containers": [
+            {"name": "main", "image": "a:1", "ports": [{"containerPort": 80, "name": "http"}]},
+            {"name": "side", "image": "b:1"}
+        ], "volumes": [{"name": "v", "emptyDir": {}}]}, "metadata": {"finalizers": ["x", "y"]}});
+        // What kubectl apply sends when only main's image changed.
+        let patch = json!({"spec": {
+            "$setElementOrder/containers": [{"name": "main"}, {"name": "side"}],
+            "containers": [{"name": "main", "image": "a:2"}, {"name": "side", "$patch": "delete"}],
+            "volumes": [{"name": "w", "emptyDir": {}}],
+        }, "metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}});
+        let out = apply(Kind::Strategic, pod, &patch).unwrap();
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "main", "image": "a:2", "ports": [{"containerPort": 80, "name": "http"}]}])
+        );
+        assert_eq!(
+            out["spec"]["volumes"],
+            json!([{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}])
+        );
+        assert_eq!(out["metadata"]["finalizers"], json!(["y"]));
+        let replaced = apply(
+            Kind::Strategic,
+            out,
+            &json!({"spec": {"$patch": "replace", "x": 1}}),
+        )
+        .unwrap();
+        assert_eq!(replaced["spec"], json!({"x": 1}));
     }
 
     #[test]

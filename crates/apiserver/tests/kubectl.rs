@@ -638,3 +638,35 @@ async fn pod_logs_come_from_the_node_agent_and_wide_shows_more() {
     c.ok(&["delete", "pod", "idle", "--wait=false"]).await;
     assert!(c.fails(&["get", "pod", "idle"]).await.contains("not found"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_a_built_in_kind_again_merges_its_lists_by_key() {
+    let c = Cluster::start().await;
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n";
+    c.ok(&["apply", "-f", s(&c.write("svc.yaml", svc))]).await;
+    // Someone else adds a field to one port; the next apply changes the other.
+    c.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/ports/0/appProtocol","value":"http"}]"#,
+    ])
+    .await;
+    let changed = svc.replace("targetPort: 8443", "targetPort: 9443");
+    let out = c
+        .ok(&["apply", "-f", s(&c.write("svc.yaml", &changed))])
+        .await;
+    assert!(out.contains("configured"), "{out}");
+    let ports = c
+        .ok(&[
+            "get",
+            "svc",
+            "web",
+            "-o",
+            "jsonpath={range .spec.ports[*]}{.name}:{.targetPort}:{.appProtocol} {end}",
+        ])
+        .await;
+    assert_eq!(ports.trim(), "http:8080:http https:9443:");
+}
