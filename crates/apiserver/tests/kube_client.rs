@@ -435,3 +435,39 @@ async fn cluster_scoped_kinds_live_outside_namespaces() {
         404
     );
 }
+
+#[tokio::test]
+async fn delete_collection_removes_what_the_selector_picks() {
+    let client = serve(Arc::new(store::MemStore::new())).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client, "default");
+    for (name, tier) in [("a", "front"), ("b", "back"), ("c", "front")] {
+        let mut vm = example_vm();
+        vm.metadata.name = Some(name.into());
+        vm.metadata.labels = Some([("tier".to_string(), tier.to_string())].into());
+        vms.create(&PostParams::default(), &vm).await.unwrap();
+    }
+    let deleted = vms
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("tier=front"),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = deleted
+        .left()
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|vm| vm.metadata.name.unwrap())
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    let left: Vec<String> = vms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|vm| vm.metadata.name.unwrap())
+        .collect();
+    assert_eq!(left, ["b"]);
+}

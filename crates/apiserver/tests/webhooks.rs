@@ -43,7 +43,14 @@ async fn webhook() -> (String, String, Arc<Mutex<Vec<Value>>>) {
     };
     let app = Router::new()
         .route("/mutate", axum::routing::post(answer("mutate")))
-        .route("/validate", axum::routing::post(answer("validate")));
+        .route("/validate", axum::routing::post(answer("validate")))
+        .route(
+            "/slow",
+            axum::routing::post(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                "too late"
+            }),
+        );
     let (port, ca_pem) = common::https(app, &[]).await;
     (format!("https://127.0.0.1:{port}"), ca_pem, seen)
 }
@@ -156,6 +163,76 @@ async fn webhooks_mutate_validate_and_fail_as_configured() {
     .await;
     assert_eq!(code, 201, "{created}");
     assert_eq!(seen.lock().unwrap().len(), before);
+
+    // The namespace selector: a webhook for labelled namespaces only.
+    let mut scoped = configuration(
+        "ValidatingWebhookConfiguration",
+        "scoped",
+        &format!("{url}/validate"),
+        &ca,
+        "Fail",
+    );
+    scoped["webhooks"][0]["namespaceSelector"] = json!({"matchLabels": {"webhooks": "on"}});
+    scoped["webhooks"][0]["objectSelector"] = Value::Null;
+    let (code, _) = send(&app, "POST", validating, scoped).await;
+    assert_eq!(code, 201);
+    for (ns, labels) in [("plain", json!({})), ("guarded", json!({"webhooks": "on"}))] {
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}});
+        assert_eq!(send(&app, "POST", "/api/v1/namespaces", body).await.0, 201);
+    }
+    let before = seen.lock().unwrap().len();
+    let in_ns = |ns: &str| format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines");
+    let (code, _) = send(
+        &app,
+        "POST",
+        &in_ns("plain"),
+        vm("deny-plain", json!({"skip-webhooks": "yes"})),
+    )
+    .await;
+    assert_eq!(code, 201, "not selected: the namespace lacks the label");
+    let (code, _) = send(
+        &app,
+        "POST",
+        &in_ns("guarded"),
+        vm("deny-guarded", json!({"skip-webhooks": "yes"})),
+    )
+    .await;
+    assert_eq!(code, 422, "selected through the namespace's label");
+    assert_eq!(seen.lock().unwrap().len(), before + 1);
+    let (code, current) = send(&app, "GET", &format!("{validating}/scoped"), Value::Null).await;
+    assert_eq!(code, 200);
+    let name = current["metadata"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        send(&app, "DELETE", &format!("{validating}/{name}"), Value::Null)
+            .await
+            .0,
+        200
+    );
+
+    // A webhook slower than its timeout fails the request in that time.
+    let mut slow = configuration(
+        "ValidatingWebhookConfiguration",
+        "slow",
+        &format!("{url}/slow"),
+        &ca,
+        "Fail",
+    );
+    slow["webhooks"][0]["timeoutSeconds"] = json!(1);
+    assert_eq!(send(&app, "POST", validating, slow).await.0, 201);
+    let started = std::time::Instant::now();
+    let (code, status) = send(&app, "POST", VMS, vm("timed", json!({}))).await;
+    assert_eq!(code, 500, "{status}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        send(&app, "DELETE", &format!("{validating}/slow"), Value::Null)
+            .await
+            .0,
+        200
+    );
 
     // An unreachable webhook fails the request under Fail, and is skipped under Ignore.
     let dead = "https://127.0.0.1:9/validate";
