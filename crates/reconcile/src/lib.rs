@@ -1,0 +1,9 @@
+//! Pure decisions for the virt components: given what was observed and the time, what
+//! should happen next. No I/O, no async, no client: the controllers read their caches,
+//! call these functions and apply the plans.
+//!
+//! Owns: the VM's run-strategy rules, state-change requests, crash-loop backoff and
+//! printable status ([`vm`]). Does not own (yet): launcher pod rendering and the memory
+//! overhead, the VMI phase machine, ReplicaSets, migrations.
+
+pub mod vm;
