@@ -3,7 +3,8 @@
 //! call these functions and apply the plans.
 //!
 //! Owns: the VM's run-strategy rules, state-change requests, crash-loop backoff and
-//! printable status ([`vm`]). Does not own (yet): launcher pod rendering and the memory
-//! overhead, the VMI phase machine, ReplicaSets, migrations.
+//! printable status ([`vm`]); the launcher pod and the memory overhead ([`pod`]). Does
+//! not own (yet): the VMI phase machine, ReplicaSets, migrations.
 
+pub mod pod;
 pub mod vm;
