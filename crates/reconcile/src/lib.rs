@@ -3,8 +3,10 @@
 //! call these functions and apply the plans.
 //!
 //! Owns: the VM's run-strategy rules, state-change requests, crash-loop backoff and
-//! printable status ([`vm`]); the launcher pod and the memory overhead ([`pod`]). Does
-//! not own (yet): the VMI phase machine, ReplicaSets, migrations.
+//! printable status ([`vm`]); the launcher pod and the memory overhead ([`pod`]); the
+//! VMI's phases up to the hand-off to the node agent ([`vmi`]). Does not own (yet):
+//! ReplicaSets, migrations.
 
 pub mod pod;
 pub mod vm;
+pub mod vmi;
