@@ -179,7 +179,11 @@ pub fn decide(
             status.reason = Some("PodNotExists".into());
         }
         // A Running VMI's end is the node agent's to report (it knows why).
-        (VmiPhase::Scheduled, Some(p)) if matches!(pod_phase(p), "Failed" | "Succeeded") => {}
+        (VmiPhase::Scheduled, Some(p)) if matches!(pod_phase(p), "Failed" | "Succeeded") => {
+            set_phase(&mut status, VmiPhase::Failed, now);
+            status.reason = Some("PodTerminated".into());
+        }
+        _ => {}
     }
     status.active_pods = alive
         .iter()
