@@ -6,7 +6,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build guest guest-full registry demo test test-unit lint crds bench clean
+.PHONY: all deps build server guest guest-full registry demo test test-unit lint crds bench clean
 
 all: build
 
@@ -15,6 +15,10 @@ deps:
 
 build: deps
 	$(CARGO) build --release --bins
+
+# The all-in-one server; the admin kubeconfig is DIR/kubeconfig.
+server: build
+	$(RELEASE)/kubevirt-rs server --data-dir $${KUBEVIRT_RS_DATA_DIR:-$$HOME/.local/share/kubevirt-rs}
 
 # Tiny guest disk, kernel, initramfs and their OCI layouts.
 guest: deps

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +19,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the Kubernetes API over HTTPS, keeping its state in the data directory.
+    #[command(
+        after_help = "The admin kubeconfig is DIR/kubeconfig, rewritten at each start. \
+                      SIGTERM or Ctrl-C stops the server cleanly."
+    )]
     Server(ServerArgs),
 }
 
@@ -28,15 +32,41 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "KUBEVIRT_RS_DATA_DIR",
+        hide_env_values = true,
+        value_name = "DIR",
         default_value = "/var/lib/kubevirt-rs"
     )]
     pub data_dir: PathBuf,
     /// The address to serve HTTPS on (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:6443")]
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
     /// Another name or address clients reach the server by; added to its certificate.
-    #[arg(long)]
+    #[arg(long, value_name = "HOST")]
     pub advertise_host: Option<String>,
+}
+
+/// A usage error on one line, as every other error of the binary is: clap's message, its
+/// tips (`a similar subcommand exists: 'server'`), and the command whose `--help` to read,
+/// found in `argv` (clap names it only for some errors).
+pub fn usage_error(err: &clap::Error, argv: &[String]) -> String {
+    let text = err.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let mut message = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
+        message.push_str("; ");
+        message.push_str(tip);
+    }
+    // Only subcommands take flags, so the first word that is not one names the subcommand.
+    let subcommand = argv
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .filter(|a| Cli::command().find_subcommand(a.as_str()).is_some());
+    match subcommand {
+        Some(sub) => format!("{message} (see 'kubevirt-rs {sub} --help')"),
+        None => format!("{message} (see 'kubevirt-rs --help')"),
+    }
 }
 
 #[cfg(test)]
@@ -73,5 +103,38 @@ mod tests {
     fn a_bad_listen_address_is_refused() {
         let err = Cli::try_parse_from(["kubevirt-rs", "server", "--listen", "6443"]).unwrap_err();
         assert!(err.to_string().contains("--listen"), "{err}");
+    }
+
+    fn usage_error_of(argv: &[&str]) -> String {
+        let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+        usage_error(&Cli::try_parse_from(&argv).unwrap_err(), &argv)
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_naming_the_help_to_read() {
+        for (argv, want) in [
+            (
+                &["kubevirt-rs", "server", "--bogus"][..],
+                "unexpected argument '--bogus' found (see 'kubevirt-rs server --help')",
+            ),
+            (
+                &["kubevirt-rs", "server", "--listen", "6443"],
+                "invalid value '6443' for '--listen <ADDR:PORT>': invalid socket address syntax \
+                 (see 'kubevirt-rs server --help')",
+            ),
+            (
+                &["kubevirt-rs", "serve"],
+                "unrecognized subcommand 'serve'; a similar subcommand exists: 'server' \
+                 (see 'kubevirt-rs --help')",
+            ),
+            (
+                &["kubevirt-rs", "server", "--data-dir"],
+                "a value is required for '--data-dir <DIR>' but none was supplied \
+                 (see 'kubevirt-rs server --help')",
+            ),
+        ] {
+            let got = usage_error_of(argv);
+            assert_eq!(got, want, "{argv:?}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! Layout, all private to the user running the server:
 //! ```text
 //! DIR/lock              flock held while serving; holds the server's pid
-//! DIR/tls/              CA, server and admin client certificates and keys
+//! DIR/tls/              CA, server, admin and front-proxy client certificates and keys;
+//!                       ca.crt is what aggregated servers and webhooks trust
 //! DIR/token             the admin bearer token
 //! DIR/kubeconfig        admin kubeconfig, rewritten at each start
 //! DIR/db/state.sqlite   the store
@@ -21,6 +22,8 @@ use crate::files::{self, FileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
+    #[error("{} is not a directory", dir.display())]
+    NotADirectory { dir: PathBuf },
     #[error("another server is using {} ({})", dir.display(), holder(*pid))]
     Locked { dir: PathBuf, pid: Option<u32> },
     #[error("locking {}", path.display())]
@@ -51,7 +54,15 @@ impl DataDir {
     /// Creates `root` if needed and takes its lock, without waiting: if another process
     /// holds it, fails with [`DataDirError::Locked`] naming that process.
     pub fn lock(root: &Path) -> Result<Self, DataDirError> {
-        files::create_private_dir(root)?;
+        if std::fs::metadata(root).is_ok_and(|m| !m.is_dir()) {
+            return Err(DataDirError::NotADirectory {
+                dir: root.to_owned(),
+            });
+        }
+        files::create_private_dir(root).map_err(|e| FileError {
+            action: "creating the data directory",
+            ..e
+        })?;
         let path = root.join("lock");
         // Not truncated on open: until we hold the lock, the pid in it is the holder's.
         let file = OpenOptions::new()
@@ -134,6 +145,28 @@ mod tests {
         );
         drop(first);
         DataDir::lock(&root).unwrap();
+    }
+
+    #[test]
+    fn a_file_is_not_a_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "kept").unwrap();
+        let err = DataDir::lock(&file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{} is not a directory", file.display())
+        );
+        let below = file.join("data");
+        let err = DataDir::lock(&below).unwrap_err();
+        assert_eq!(
+            format!("{err}: {}", std::error::Error::source(&err).unwrap()),
+            format!(
+                "creating the data directory {}: Not a directory (os error 20)",
+                below.display()
+            )
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"kept");
     }
 
     #[test]

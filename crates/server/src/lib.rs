@@ -1,10 +1,10 @@
 //! `kubevirt-rs`, the all-in-one binary: `kubevirt-rs server` serves the embedded API
 //! server ([`apiserver`]) over HTTPS, authenticated, with its state in one data directory.
 //!
-//! Owns: the data directory and its lock, the PKI (CA, serving and admin certificates),
-//! the admin token and kubeconfig, TLS and HTTP/1.1 + HTTP/2 serving, authentication
-//! (client certificates and the admin bearer token), and the process lifecycle (start,
-//! SIGTERM/SIGINT, drain).
+//! Owns: the data directory and its lock, the PKI (CA, serving, admin and front-proxy
+//! certificates), the admin token and kubeconfig, TLS and HTTP/1.1 + HTTP/2 serving,
+//! authentication (client certificates and the admin bearer token), and the process
+//! lifecycle (start, SIGTERM/SIGINT, drain).
 //!
 //! Does not own: the API itself (routes, wire formats, watch semantics: [`apiserver`]),
 //! storage ([`store`]), authorization (every authenticated user may do everything for
@@ -18,6 +18,15 @@
 //!    `kube-system`, ...) if missing, start the garbage collector and the compactor.
 //! 5. Write `DIR/kubeconfig` for the bound address, log the URL, serve until told to
 //!    stop, drain, close the store.
+//!
+//! `DIR/tls/ca.crt` is the cluster CA, for the servers the API server calls (aggregated
+//! API servers, admission webhooks). It signed the serving certificate and the
+//! front-proxy client certificate (`DIR/tls/front-proxy-client.crt`, CN
+//! `front-proxy-client`) the API server presents to them. Such a server verifies that
+//! certificate against `ca.crt` and, because the same CA signs user certificates, accepts
+//! only the name `front-proxy-client` before it trusts `X-Remote-User` and
+//! `X-Remote-Group`; in kube-apiserver's flags, `--requestheader-client-ca-file=ca.crt
+//! --requestheader-allowed-names=front-proxy-client`.
 
 pub mod auth;
 pub mod cli;
@@ -101,9 +110,10 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
     let store: Arc<dyn store::Store> = Arc::new(
         store::SqliteStore::open(&db).map_err(|source| ServerError::Store { path: db, source })?,
     );
-    let state = apiserver::AppState::start(store.clone())
+    let mut state = apiserver::AppState::start(store.clone())
         .await
         .map_err(ServerError::Bootstrap)?;
+    state.proxy_identity = Some(Arc::new(proxy_identity(&pki)));
     let compactor = tokio::spawn(store::run_compactor(
         store.clone(),
         COMPACT_WINDOW,
@@ -140,6 +150,14 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
     drop(store);
     info!("stopped");
     Ok(())
+}
+
+/// The client certificate the API server presents to aggregated servers.
+fn proxy_identity(pki: &pki::Pki) -> apiserver::ProxyIdentity {
+    apiserver::ProxyIdentity {
+        cert_pem: pki.front_proxy_cert_pem.clone(),
+        key_pem: pki.front_proxy_key_pem.clone(),
+    }
 }
 
 /// The names the serving certificate carries for this start.
@@ -190,6 +208,34 @@ mod tests {
             let got = client_address(bound.parse().unwrap());
             assert_eq!(got.to_string(), want, "bound to {bound}");
         }
+    }
+
+    #[test]
+    fn the_proxy_identity_is_the_front_proxy_certificate_and_loads_as_rustls_would() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki::ensure(
+            dir.path(),
+            &ServerNames::local(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let identity = proxy_identity(&pki);
+        let cert = CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap();
+        let subject = pki::subject(&cert).unwrap();
+        assert_eq!(subject.common_name.as_deref(), Some(pki::FRONT_PROXY_USER));
+        // As the aggregation proxy builds its client configuration.
+        let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_client_auth_cert(vec![cert], key)
+        .unwrap();
     }
 
     #[test]

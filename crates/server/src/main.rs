@@ -5,11 +5,31 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use server::cli::{Cli, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// Exit status of a usage error, as clap and most tools use it.
+const USAGE: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        // Help and version go to stdout with status 0; no subcommand at all shows the help.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("kubevirt-rs: {}", server::cli::usage_error(&e, &argv));
+            return ExitCode::from(USAGE);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUBEVIRT_RS_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| "info".into());

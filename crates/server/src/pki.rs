@@ -1,14 +1,24 @@
 //! The cluster's PKI in `DIR/tls`: one CA, the serving certificate, the admin client
-//! certificate. ECDSA P-256 keys, PEM files, keys mode 0600.
+//! certificate and the front-proxy client certificate. ECDSA P-256 keys, PEM files, keys
+//! mode 0600.
+//!
+//! The front-proxy certificate (`front-proxy-client.crt`, CN `front-proxy-client`, client
+//! auth only) is what the API server presents to aggregated servers and webhooks, as
+//! Kubernetes' requestheader authentication expects; they verify it against `ca.crt`.
+//! The same CA signs user certificates (`admin`), so they must also accept only the name
+//! `front-proxy-client` (`--requestheader-allowed-names`), or any user could assert
+//! another's identity in `X-Remote-User`. A separate front-proxy CA, as kubeadm makes,
+//! would remove that condition; one CA keeps one file to distribute.
 //!
 //! At every start, step by step:
 //! 1. The CA is the pair `ca.crt` + `ca.key`. Without `ca.crt` a new CA is made (a key
 //!    left without its certificate by a crash is replaced); with it, its key must load
 //!    and match, or the start fails: a CA is never replaced silently, since clients
 //!    trust it.
-//! 2. Each leaf (`server`, `admin`) is kept while it is signed by that CA, has its key,
-//!    carries the subject and names wanted now (a new `--advertise-host`, a renamed
-//!    host), and is valid for [`RENEW_BEFORE`] more; otherwise it is issued again.
+//! 2. Each leaf (`server`, `admin`, `front-proxy-client`) is kept while it is signed by
+//!    that CA, has its key, carries the subject, names and use wanted now (a new
+//!    `--advertise-host`, a renamed host), and is valid for [`RENEW_BEFORE`] more;
+//!    otherwise it is issued again.
 //! 3. Keys are renamed into place before their certificates, so a crash between the two
 //!    leaves a certificate missing, which step 1 or 2 repairs.
 //!
@@ -40,6 +50,8 @@ const CA_NAME: &str = "kubevirt-rs-ca";
 const SERVER_NAME: &str = "kubevirt-rs";
 pub const ADMIN_USER: &str = "admin";
 pub const ADMIN_GROUP: &str = "system:masters";
+/// The Common Name of the certificate the API server presents to aggregated servers.
+pub const FRONT_PROXY_USER: &str = "front-proxy-client";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -114,7 +126,10 @@ pub struct Pki {
     pub server_key: PrivateKeyDer<'static>,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
-    /// What this start issued: `"ca"`, `"server"`, `"admin"`, in that order.
+    pub front_proxy_cert_pem: String,
+    pub front_proxy_key_pem: String,
+    /// What this start issued, in the order `"ca"`, `"server"`, `"admin"`,
+    /// `"front-proxy-client"`.
     pub issued: Vec<&'static str>,
 }
 
@@ -166,6 +181,13 @@ pub fn ensure(dir: &Path, names: &ServerNames, now: OffsetDateTime) -> Result<Pk
         names: None,
         usage: ExtendedKeyUsagePurpose::ClientAuth,
     };
+    let front_proxy = Leaf {
+        stem: "front-proxy-client",
+        common_name: FRONT_PROXY_USER,
+        organizations: &[],
+        names: None,
+        usage: ExtendedKeyUsagePurpose::ClientAuth,
+    };
     let mut leaf = |spec: &Leaf<'_>| -> Result<Pair, PkiError> {
         if let Some(pair) = load_leaf(dir, spec.stem)?
             && is_current(&pair, spec, &ca_x509, now)
@@ -177,6 +199,7 @@ pub fn ensure(dir: &Path, names: &ServerNames, now: OffsetDateTime) -> Result<Pk
     };
     let server = leaf(&server)?;
     let admin = leaf(&admin)?;
+    let front_proxy = leaf(&front_proxy)?;
     Ok(Pki {
         ca_pem: ca.cert_pem,
         ca: ca.cert_der.into(),
@@ -184,6 +207,8 @@ pub fn ensure(dir: &Path, names: &ServerNames, now: OffsetDateTime) -> Result<Pk
         server_key: PrivatePkcs8KeyDer::from(server.key.serialize_der()).into(),
         admin_cert_pem: admin.cert_pem,
         admin_key_pem: admin.key.serialize_pem(),
+        front_proxy_cert_pem: front_proxy.cert_pem,
+        front_proxy_key_pem: front_proxy.key.serialize_pem(),
         issued,
     })
 }
@@ -248,7 +273,33 @@ fn is_current(pair: &Pair, spec: &Leaf<'_>, ca: &X509Certificate<'_>, now: Offse
     let names_covered = spec
         .names
         .is_none_or(|wanted| names_in(&cert).is_some_and(|have| covers(&have, wanted)));
-    signed_by_ca && lasts && same_subject && names_covered
+    let same_use = usage_of(&cert) == Some(Usage::of(&spec.usage));
+    signed_by_ca && lasts && same_subject && names_covered && same_use
+}
+
+/// The extended key usages our leaves carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Usage {
+    server_auth: bool,
+    client_auth: bool,
+}
+
+impl Usage {
+    fn of(purpose: &ExtendedKeyUsagePurpose) -> Self {
+        Self {
+            server_auth: *purpose == ExtendedKeyUsagePurpose::ServerAuth,
+            client_auth: *purpose == ExtendedKeyUsagePurpose::ClientAuth,
+        }
+    }
+}
+
+/// A certificate's extended key usage; `None` without the extension.
+fn usage_of(cert: &X509Certificate<'_>) -> Option<Usage> {
+    let eku = cert.extended_key_usage().ok()??.value;
+    Some(Usage {
+        server_auth: eku.server_auth,
+        client_auth: eku.client_auth,
+    })
 }
 
 fn covers(have: &ServerNames, wanted: &ServerNames) -> bool {

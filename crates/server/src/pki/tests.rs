@@ -1,4 +1,5 @@
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 
 use super::*;
 
@@ -32,18 +33,20 @@ fn file(dir: &Path, name: &str) -> Vec<u8> {
 }
 
 #[test]
-fn first_start_makes_a_ca_and_two_leaves_with_private_keys() {
+fn first_start_makes_a_ca_and_three_leaves_with_private_keys() {
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("tls");
     let pki = ensure(&tls, &names(), now()).unwrap();
-    assert_eq!(pki.issued, ["ca", "server", "admin"]);
+    assert_eq!(pki.issued, ["ca", "server", "admin", "front-proxy-client"]);
     for (name, mode) in [
         ("ca.key", 0o600),
         ("server.key", 0o600),
         ("admin.key", 0o600),
+        ("front-proxy-client.key", 0o600),
         ("ca.crt", 0o644),
         ("server.crt", 0o644),
         ("admin.crt", 0o644),
+        ("front-proxy-client.crt", 0o644),
     ] {
         let meta = std::fs::metadata(tls.join(name)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
@@ -57,6 +60,106 @@ fn first_start_makes_a_ca_and_two_leaves_with_private_keys() {
     );
     let server = parse(&pki.server_cert).unwrap().to_owned();
     assert_eq!(names_in(&server), Some(names()));
+    assert_eq!(
+        usage_of(&server),
+        Some(Usage {
+            server_auth: true,
+            client_auth: false
+        })
+    );
+}
+
+/// What an aggregated server does with the certificate the proxy presents: verify it as a
+/// client certificate against `ca.crt`.
+fn verify_as_client(
+    ca_pem: &[u8],
+    cert_der: &[u8],
+    at: OffsetDateTime,
+) -> Result<(), rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(
+        pem_der(std::str::from_utf8(ca_pem).unwrap())
+            .unwrap()
+            .into(),
+    )?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .unwrap();
+    let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        at.unix_timestamp().try_into().unwrap(),
+    ));
+    verifier
+        .verify_client_cert(&CertificateDer::from(cert_der), &[], at)
+        .map(|_| ())
+}
+
+#[test]
+fn the_front_proxy_certificate_is_a_client_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ensure(dir.path(), &names(), now()).unwrap();
+    let der = pem_der(&pki.front_proxy_cert_pem).unwrap();
+    assert_eq!(
+        file(dir.path(), "front-proxy-client.crt"),
+        pki.front_proxy_cert_pem.as_bytes()
+    );
+    assert_eq!(
+        subject(&der),
+        Some(Subject {
+            common_name: Some("front-proxy-client".into()),
+            organizations: vec![],
+        })
+    );
+    let cert = parse(&der).unwrap();
+    assert_eq!(
+        usage_of(&cert),
+        Some(Usage {
+            server_auth: false,
+            client_auth: true
+        })
+    );
+    let key = KeyPair::from_pem(&pki.front_proxy_key_pem).unwrap();
+    assert!(
+        key_matches(&cert, &key),
+        "the key belongs to the certificate"
+    );
+    verify_as_client(&file(dir.path(), "ca.crt"), &der, now()).unwrap();
+
+    let other = tempfile::tempdir().unwrap();
+    ensure(other.path(), &names(), now()).unwrap();
+    let err = verify_as_client(&file(other.path(), "ca.crt"), &der, now()).unwrap_err();
+    assert!(
+        matches!(err, rustls::Error::InvalidCertificate(_)),
+        "another CA refuses it: {err}"
+    );
+}
+
+#[test]
+fn a_leaf_with_the_wrong_use_is_reissued() {
+    let dir = tempfile::tempdir().unwrap();
+    ensure(dir.path(), &names(), now()).unwrap();
+    // The front-proxy subject from our CA, but for serving.
+    let ca = load_pair(dir.path(), "ca").unwrap().unwrap();
+    let issuer = Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &ca.key).unwrap();
+    let serving = Leaf {
+        stem: "front-proxy-client",
+        common_name: FRONT_PROXY_USER,
+        organizations: &[],
+        names: None,
+        usage: ExtendedKeyUsagePurpose::ServerAuth,
+    };
+    issue(dir.path(), &serving, &issuer, now()).unwrap();
+    let pki = ensure(dir.path(), &names(), now()).unwrap();
+    assert_eq!(pki.issued, ["front-proxy-client"]);
+    let cert = pem_der(&pki.front_proxy_cert_pem).unwrap();
+    assert_eq!(
+        usage_of(&parse(&cert).unwrap()),
+        Some(Usage {
+            server_auth: false,
+            client_auth: true
+        })
+    );
 }
 
 #[test]
@@ -69,6 +172,7 @@ fn later_starts_reuse_everything() {
     assert_eq!(contents(dir.path()), before);
     assert_eq!(again.ca_pem, first.ca_pem);
     assert_eq!(again.admin_key_pem, first.admin_key_pem);
+    assert_eq!(again.front_proxy_key_pem, first.front_proxy_key_pem);
 }
 
 #[test]
@@ -93,7 +197,7 @@ fn leaves_close_to_expiry_are_renewed_and_the_ca_kept() {
     let ca = file(dir.path(), "ca.crt");
     let later = now() + LEAF_VALIDITY - RENEW_BEFORE + Duration::days(1);
     let pki = ensure(dir.path(), &names(), later).unwrap();
-    assert_eq!(pki.issued, ["server", "admin"]);
+    assert_eq!(pki.issued, ["server", "admin", "front-proxy-client"]);
     assert_eq!(file(dir.path(), "ca.crt"), ca);
     let server = parse(&pki.server_cert).unwrap().to_owned();
     assert!(server.validity().not_after.timestamp() > (later + RENEW_BEFORE).unix_timestamp());
@@ -105,7 +209,9 @@ fn a_new_ca_reissues_the_leaves_it_did_not_sign() {
     ensure(dir.path(), &names(), now()).unwrap();
     std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
     let pki = ensure(dir.path(), &names(), now()).unwrap();
-    assert_eq!(pki.issued, ["ca", "server", "admin"]);
+    assert_eq!(pki.issued, ["ca", "server", "admin", "front-proxy-client"]);
+    let front_proxy = pem_der(&pki.front_proxy_cert_pem).unwrap();
+    verify_as_client(pki.ca_pem.as_bytes(), &front_proxy, now()).unwrap();
 }
 
 #[test]

@@ -30,6 +30,7 @@ async fn a_restart_keeps_objects_certificates_and_token() {
         "tls/ca.key",
         "tls/server.crt",
         "tls/admin.crt",
+        "tls/front-proxy-client.crt",
         "token",
     ]
     .map(|name| (name, read(&first, name)));
@@ -133,6 +134,7 @@ async fn secrets_are_private_and_the_log_says_where_to_connect() {
         "tls/ca.key",
         "tls/server.key",
         "tls/admin.key",
+        "tls/front-proxy-client.key",
     ] {
         assert_eq!(mode(name), 0o600, "{name}");
     }

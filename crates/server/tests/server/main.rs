@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod aggregation;
+mod cli;
+mod crash;
 mod https;
 mod kubectl;
 mod kubers;
