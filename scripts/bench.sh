@@ -1,5 +1,16 @@
 #!/usr/bin/env bash
 # make bench: runs the benchmarks and prints their tables (see docs/benchmarks.md).
+#   scripts/bench.sh        both: the launcher against libvirt, the API server against etcd
+#   scripts/bench.sh vm     the launcher only
+#   scripts/bench.sh api    the API server only
+# Further arguments go to kubevirt-rs-bench (`--help` lists them). The tables are also
+# kept in target/bench/{all,vm,api}.md, the API server's raw numbers in
+# target/bench/api.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target/release/kubevirt-rs-bench "$@"
+case "${1:-}" in
+  vm | api | all) which=$1 ;;
+  *) which=all ;;
+esac
+mkdir -p target/bench
+target/release/kubevirt-rs-bench "$@" | tee "target/bench/$which.md"

@@ -1,158 +1,62 @@
-//! `make bench`: how fast a VMI starts and how much memory each VM costs, for our launcher
-//! and, in the same run, for the same guest started through libvirt (`virsh create`), the
-//! stack upstream's virt-launcher uses.
+//! `make bench`: what our stack costs against the one upstream KubeVirt runs on, measured
+//! side by side in the same run on the same machine.
 //!
-//! Each figure is the median of `--runs` runs. Latency is measured from spawning the
-//! launcher (or calling `virsh create`) to the guest's vCPUs running, with the image
-//! already in the node cache. Memory comes from `/proc/PID/smaps`: the launcher (or
-//! libvirtd plus virtlogd, which upstream runs once per VM pod), and QEMU without its
-//! guest-RAM mapping, paused (nothing booted yet) and running (after the guest printed its
-//! ready marker). Each is given as resident (RSS) and private (pages no other process
-//! shares: what one more VM adds on a node).
+//! Two benchmarks, each printed as a Markdown table:
+//! 1. `vm` ([`vm`]): how fast a VMI starts and how much memory each VM costs, for our
+//!    launcher and for the same guest started through libvirt (`virsh create`), the stack
+//!    upstream's virt-launcher uses. Latency runs from spawning the launcher (or calling
+//!    `virsh create`) to the guest's vCPUs running, with the image already in the node
+//!    cache. Memory comes from `/proc/PID/smaps`: the launcher (or libvirtd plus
+//!    virtlogd, which upstream runs once per VM pod), and QEMU without its guest-RAM
+//!    mapping, paused and running, each as resident (RSS) and private (pages no other
+//!    process shares: what one more VM adds on a node).
+//! 2. `api` ([`api`]): the `kubevirt-rs server` process over HTTPS: create and update
+//!    throughput, watch delivery latency, LIST of many objects, memory and start-up, with
+//!    a single-node etcd (the store Kubernetes relies on) measured beside it.
+//!
+//! Without an argument both run; `kubevirt-rs-bench api` or `... vm` runs one.
 
+mod api;
 mod libvirt;
 mod ours;
 mod proc;
+mod stats;
+mod vm;
 
-use std::path::PathBuf;
+use clap::{Parser, ValueEnum};
 
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(about = "Launcher start latency and per-VM memory, ours against libvirt")]
+#[derive(Debug, Parser)]
+#[command(about = "Launcher start and per-VM memory against libvirt; API server against etcd")]
 struct Cli {
-    /// Runs per measurement; medians are reported.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// The virt-launcher binary.
-    #[arg(long, default_value = "target/release/virt-launcher")]
-    launcher: PathBuf,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 128)]
-    memory_mib: u64,
-    /// Skip the libvirt side.
-    #[arg(long)]
-    no_libvirt: bool,
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value_t = Which::All)]
+    which: Which,
+    #[command(flatten)]
+    vm: vm::VmArgs,
+    #[command(flatten)]
+    api: api::ApiArgs,
 }
 
-/// One run's numbers.
-#[derive(Debug, Default, Clone)]
-pub struct Sample {
-    pub start_ms: f64,
-    pub manager: proc::Beyond,
-    pub paused: proc::Beyond,
-    pub running: proc::Beyond,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Medians: latency in ms, memory as (RSS, private) MiB.
-struct Summary {
-    start_ms: f64,
-    manager: (f64, f64),
-    paused: (f64, f64),
-    running: (f64, f64),
-}
-
-fn summarize(samples: &[Sample]) -> Summary {
-    let mib = |f: fn(&Sample) -> proc::Beyond| {
-        (
-            median(samples.iter().map(|s| f(s).rss as f64 / 1024.0).collect()),
-            median(
-                samples
-                    .iter()
-                    .map(|s| f(s).private as f64 / 1024.0)
-                    .collect(),
-            ),
-        )
-    };
-    Summary {
-        start_ms: median(samples.iter().map(|s| s.start_ms).collect()),
-        manager: mib(|s| s.manager),
-        paused: mib(|s| s.paused),
-        running: mib(|s| s.running),
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// Both benchmarks.
+    All,
+    /// The launcher against libvirt.
+    Vm,
+    /// The API server against etcd.
+    Api,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let ours = ours::measure(&cli.launcher, cli.runs, cli.memory_mib)?;
-    let theirs = if cli.no_libvirt {
-        None
-    } else {
-        Some(libvirt::measure(cli.runs, cli.memory_mib)?)
-    };
-    let o = summarize(&ours);
-    let t = theirs.as_ref().map(|s| summarize(s));
-    println!(
-        "guest: tiny test guest, {} MiB, 1 vCPU, TCG; medians of {} runs",
-        cli.memory_mib, cli.runs
-    );
-    println!("memory in MiB as resident (RSS) / private (what one more VM adds)\n");
-    println!("| measure | kubevirt-rs launcher | libvirt (virsh create) | libvirt / ours |");
-    println!("|---|---|---|---|");
-    let ms = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
-        Some(t) => println!("| {name} | {ours:.0} ms | {t:.0} ms | {:.1}x |", t / ours),
-        None => println!("| {name} | {ours:.0} ms | n/a | |"),
-    };
-    let mem = |name: &str, ours: (f64, f64), theirs: Option<(f64, f64)>| match theirs {
-        Some(t) => println!(
-            "| {name} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1}x / {:.1}x |",
-            ours.0,
-            ours.1,
-            t.0,
-            t.1,
-            t.0 / ours.0,
-            t.1 / ours.1
-        ),
-        None => println!("| {name} | {:.1} / {:.1} | n/a | |", ours.0, ours.1),
-    };
-    let add = |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, a.1 + b.1);
-    ms(
-        "start -> vCPUs running",
-        o.start_ms,
-        t.as_ref().map(|t| t.start_ms),
-    );
-    mem(
-        "manager (launcher; libvirtd + virtlogd)",
-        o.manager,
-        t.as_ref().map(|t| t.manager),
-    );
-    mem(
-        "QEMU beyond guest RAM, paused",
-        o.paused,
-        t.as_ref().map(|t| t.paused),
-    );
-    mem(
-        "QEMU beyond guest RAM, running",
-        o.running,
-        t.as_ref().map(|t| t.running),
-    );
-    mem(
-        "per VM, paused (manager + QEMU)",
-        add(o.manager, o.paused),
-        t.as_ref().map(|t| add(t.manager, t.paused)),
-    );
-    mem(
-        "per VM, running (manager + QEMU)",
-        add(o.manager, o.running),
-        t.as_ref().map(|t| add(t.manager, t.running)),
-    );
-    let raw = |s: &[Sample]| s.iter().map(|s| s.start_ms.round()).collect::<Vec<_>>();
-    println!("\nraw start latencies (ms): ours {:?}", raw(&ours));
-    if let Some(t) = &theirs {
-        println!("raw start latencies (ms): libvirt {:?}", raw(t));
+    if cli.which != Which::Api {
+        vm::run(&cli.vm)?;
+    }
+    if cli.which == Which::All {
+        println!();
+    }
+    if cli.which != Which::Vm {
+        api::run(&cli.api, cli.vm.runs)?;
     }
     Ok(())
 }

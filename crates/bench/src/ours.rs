@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::Sample;
 use crate::proc;
+use crate::vm::Sample;
 
 const IMAGE: &str = "registry:5000/kubevirt/cirros-container-disk-demo:devel";
 

@@ -4,13 +4,56 @@ use std::time::{Duration, Instant};
 
 /// `VmRSS` of a process in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_kib(pid, "VmRSS").unwrap_or(0)
+}
+
+/// Resident memory of a process now and at its peak, KiB (`VmRSS`, `VmHWM`), and what
+/// the RSS is made of: anonymous pages (heap, stacks) and file pages (mostly the binary,
+/// shared with every process running it).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Resident {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    pub anon_kib: u64,
+    pub file_kib: u64,
+}
+
+pub fn resident(pid: u32) -> Resident {
+    let kib = |field| status_kib(pid, field).unwrap_or(0);
+    Resident {
+        rss_kib: kib("VmRSS"),
+        hwm_kib: kib("VmHWM"),
+        anon_kib: kib("RssAnon"),
+        file_kib: kib("RssFile"),
+    }
+}
+
+/// CPU time a process has used so far (user + system), from `/proc/PID/stat`; zero when
+/// it is gone. The kernel counts in USER_HZ, which is 100 on every Linux ABI.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces, end in ')': state is
+    // field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A KiB field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...); None when the process or
+/// the field is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Memory of a process outside its guest-RAM mapping (the one mapping of exactly
