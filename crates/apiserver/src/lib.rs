@@ -28,7 +28,7 @@ mod openapi;
 mod ops;
 mod patch;
 mod protobuf;
-mod registry;
+pub(crate) mod registry;
 mod request;
 mod schema;
 mod selectors;
@@ -100,7 +100,7 @@ impl AppState {
         let crds: Vec<CustomResourceDefinition> = page
             .items
             .iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .filter_map(|kv| registry::read_crd(&kv.value).ok())
             .collect();
         self.registry.set_crds(&crds);
     }
@@ -126,18 +126,25 @@ impl AppState {
                 serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
             Ok(Some((kv, value)))
         };
+        // Only the annotations are read here; the rest of each CRD is skipped unparsed.
+        #[derive(serde::Deserialize)]
+        struct Annotated {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        }
         let mut up_to_date = true;
         for name in api::crd::NAMES {
-            let stored = current(name)?;
-            up_to_date &= stored.is_some_and(|(_, v)| {
-                v["metadata"]["annotations"][FINGERPRINT] == fingerprint.as_str()
-            });
+            let stored = self.store.get(&r.key(None, Some(name)))?;
+            up_to_date &= stored
+                .and_then(|kv| serde_json::from_slice::<Annotated>(&kv.value).ok())
+                .and_then(|a| a.metadata.annotations)
+                .is_some_and(|a| a.get(FINGERPRINT) == Some(&fingerprint));
         }
         if !up_to_date {
-            for crd in api::crd::installed() {
-                let name = crd.metadata.name.clone().unwrap_or_default();
-                let mut body =
-                    serde_json::to_value(&crd).map_err(|e| ApiError::internal(e.to_string()))?;
+            for mut body in api::crd::installed_json() {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 body["apiVersion"] = json!("apiextensions.k8s.io/v1");
                 body["kind"] = json!("CustomResourceDefinition");
                 body["metadata"]["annotations"][FINGERPRINT] = json!(fingerprint);

@@ -6,7 +6,6 @@
 //! namespace. Out: `resourceVersion` is the revision that wrote the object, and
 //! `apiVersion` the version the client asked for.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Value, json};
 
 use crate::registry::Admission;
@@ -244,7 +243,7 @@ fn crd_status(crd: &Value) -> Value {
 
 /// The rules a CustomResourceDefinition must follow to be served.
 fn check_crd(body: &Value) -> Result<(), ApiError> {
-    let crd: CustomResourceDefinition = serde_json::from_value(body.clone())
+    let crd = crate::registry::read_crd(&to_bytes(body))
         .map_err(|e| ApiError::bad_request(format!("invalid CustomResourceDefinition: {e}")))?;
     let name = crd.metadata.name.clone().unwrap_or_default();
     let spec = &crd.spec;

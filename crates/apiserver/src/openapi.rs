@@ -75,6 +75,22 @@ fn builtin_schema(r: &Resource, generator: &mut SchemaGenerator) -> bool {
     true
 }
 
+/// A CRD's schema for `version`, read from the stored CRD (the registry does not keep
+/// the kubevirt schemas in memory).
+fn stored_schema(state: &AppState, r: &Resource, version: &str) -> Option<Value> {
+    let kv = state
+        .store
+        .get(&format!(
+            "/apiextensions.k8s.io/customresourcedefinitions/{}.{}",
+            r.plural, r.group
+        ))
+        .ok()??;
+    let mut crd: Value = serde_json::from_slice(&kv.value).ok()?;
+    let versions = crd["spec"]["versions"].as_array_mut()?;
+    let found = versions.iter_mut().find(|v| v["name"] == version)?;
+    Some(found["schema"]["openAPIV3Schema"].take()).filter(|s| s.is_object())
+}
+
 /// The document of one group-version.
 fn document(state: &AppState, group: &str, version: &str) -> Option<Value> {
     let resources: Vec<Arc<Resource>> = state
@@ -91,9 +107,14 @@ fn document(state: &AppState, group: &str, version: &str) -> Option<Value> {
     let mut custom = Map::new();
     for r in &resources {
         if !builtin_schema(r, &mut generator) {
-            let mut schema = r.schema.as_deref().cloned().unwrap_or_else(
-                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-            );
+            let mut schema = r
+                .schema
+                .as_deref()
+                .cloned()
+                .or_else(|| stored_schema(state, r, version))
+                .unwrap_or_else(
+                    || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+                );
             if let Some(props) = schema["properties"].as_object_mut() {
                 props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
                 props.entry("kind").or_insert(json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
@@ -238,9 +259,11 @@ pub async fn group_version(
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_kind_has_a_schema_and_a_patch_operation_kubectl_can_find() {
-        let state = AppState::new(Arc::new(store::MemStore::new()));
+    #[tokio::test]
+    async fn every_kind_has_a_schema_and_a_patch_operation_kubectl_can_find() {
+        let state = AppState::start(Arc::new(store::MemStore::new()))
+            .await
+            .expect("a server");
         for (group, versions) in state.registry.groups() {
             for version in versions {
                 let doc = document(&state, &group, &version).expect("a document");

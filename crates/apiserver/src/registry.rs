@@ -129,7 +129,10 @@ impl Resource {
                         .collect()
                 })
                 .unwrap_or_default(),
+            // kubevirt kinds are checked by their types; their large schemas stay in the
+            // store until an OpenAPI document asks for them.
             schema: storage
+                .filter(|_| !spec.group.ends_with("kubevirt.io"))
                 .and_then(|v| v.schema.as_ref())
                 .and_then(|s| s.open_api_v3_schema.as_ref())
                 .and_then(|s| serde_json::to_value(s).ok())
@@ -316,6 +319,81 @@ pub fn builtins() -> Vec<Resource> {
                 AGE,
             ]),
     ]
+}
+
+/// A stored CRD, read for serving. The kubevirt CRDs' schemas are skipped: their objects
+/// are checked by the api crate's types, and those schemas (hundreds of kilobytes) are
+/// read from the store only when an OpenAPI document needs them.
+pub fn read_crd(bytes: &[u8]) -> Result<CustomResourceDefinition, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        spec: HeadSpec,
+    }
+    #[derive(serde::Deserialize)]
+    struct HeadSpec {
+        group: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Skimmed {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        spec: SkimmedSpec,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct SkimmedSpec {
+        group: String,
+        names: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionNames,
+        scope: String,
+        conversion: Option<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceConversion>,
+        versions: Vec<SkimmedVersion>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct SkimmedVersion {
+        name: String,
+        served: bool,
+        storage: bool,
+        deprecated: Option<bool>,
+        deprecation_warning: Option<String>,
+        subresources: Option<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceSubresources>,
+        additional_printer_columns: Option<Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceColumnDefinition>>,
+        selectable_fields: Option<Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::SelectableField>>,
+        #[allow(dead_code)]
+        schema: Option<serde::de::IgnoredAny>,
+    }
+    let head: Head = serde_json::from_slice(bytes)?;
+    if !head.spec.group.ends_with("kubevirt.io") {
+        return serde_json::from_slice(bytes);
+    }
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
+    let s: Skimmed = serde_json::from_slice(bytes)?;
+    Ok(CustomResourceDefinition {
+        metadata: s.metadata,
+        spec: ext::CustomResourceDefinitionSpec {
+            group: s.spec.group,
+            names: s.spec.names,
+            scope: s.spec.scope,
+            conversion: s.spec.conversion,
+            preserve_unknown_fields: None,
+            versions: s
+                .spec
+                .versions
+                .into_iter()
+                .map(|v| ext::CustomResourceDefinitionVersion {
+                    name: v.name,
+                    served: v.served,
+                    storage: v.storage,
+                    deprecated: v.deprecated,
+                    deprecation_warning: v.deprecation_warning,
+                    subresources: v.subresources,
+                    additional_printer_columns: v.additional_printer_columns,
+                    selectable_fields: v.selectable_fields,
+                    schema: None,
+                })
+                .collect(),
+        },
+        status: None,
+    })
 }
 
 /// Every served resource: the built-in kinds, and one resource per established CRD. The
