@@ -218,3 +218,74 @@ async fn watchers_resume_across_restarts_and_relist_after_410() {
     }
     assert_eq!(after, ["init", "init-apply second", "init-done"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_list_ends_with_the_initial_events_bookmark() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = Server::start(&dir.path().join("db.sqlite"), 0);
+    let vms: Api<VirtualMachine> = Api::namespaced(client(port), "default");
+    for name in ["one", "two"] {
+        vms.create(&PostParams::default(), &example_vm(name))
+            .await
+            .unwrap();
+    }
+    // sendInitialEvents=true: ADDED for each, then a BOOKMARK marked as the end of them.
+    let cfg = watcher::Config::default().streaming_lists().timeout(5);
+    let mut events = watcher(vms.clone(), cfg).boxed();
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("init-done") {
+        seen.push(label(&next_event(&mut events).await.unwrap()));
+    }
+    assert_eq!(
+        seen,
+        ["init", "init-apply one", "init-apply two", "init-done"]
+    );
+    vms.create(&PostParams::default(), &example_vm("three"))
+        .await
+        .unwrap();
+    assert_eq!(
+        label(&next_event(&mut events).await.unwrap()),
+        "apply three"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_selected_by_node_and_phase() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = Server::start(&dir.path().join("db.sqlite"), 0);
+    let pods: Api<Pod> = Api::namespaced(client(port), "default");
+    for (name, node, phase) in [
+        ("a", "node-1", "Running"),
+        ("b", "node-2", "Running"),
+        ("c", "node-1", "Pending"),
+    ] {
+        let pod: Pod = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "x"}]}}),
+        )
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let status = json!({"status": {"phase": phase}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+    let names = |l: kube::core::ObjectList<Pod>| -> Vec<String> {
+        l.items
+            .into_iter()
+            .map(|p| p.metadata.name.unwrap())
+            .collect()
+    };
+    let on_node = pods
+        .list(&ListParams::default().fields("spec.nodeName=node-1"))
+        .await
+        .unwrap();
+    assert_eq!(names(on_node), ["a", "c"]);
+    let running = pods
+        .list(&ListParams::default().fields("spec.nodeName=node-1,status.phase=Running"))
+        .await
+        .unwrap();
+    assert_eq!(names(running), ["a"]);
+}
