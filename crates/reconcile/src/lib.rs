@@ -4,9 +4,10 @@
 //!
 //! Owns: the VM's run-strategy rules, state-change requests, crash-loop backoff and
 //! printable status ([`vm`]); the launcher pod and the memory overhead ([`pod`]); the
-//! VMI's phases up to the hand-off to the node agent ([`vmi`]). Does not own (yet):
-//! ReplicaSets, migrations.
+//! VMI's phases up to the hand-off to the node agent ([`vmi`]); ReplicaSets
+//! ([`replicaset`]). Does not own (yet): migrations.
 
 pub mod pod;
+pub mod replicaset;
 pub mod vm;
 pub mod vmi;
