@@ -11,3 +11,18 @@ pub mod pod;
 pub mod replicaset;
 pub mod vm;
 pub mod vmi;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+/// The controller reference a kubevirt.io object of `kind` puts on what it creates: the
+/// garbage collector deletes the dependant with it, and foreground deletion waits for it.
+pub fn controller_ref(kind: &str, owner: &ObjectMeta) -> OwnerReference {
+    OwnerReference {
+        api_version: "kubevirt.io/v1".into(),
+        kind: kind.into(),
+        name: owner.name.clone().unwrap_or_default(),
+        uid: owner.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use api::v1::VirtualMachineInstance;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -120,14 +120,10 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
             namespace: vmi.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "kubevirt.io/v1".into(),
-                kind: "VirtualMachineInstance".into(),
-                name: name.clone(),
-                uid: uid.clone(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![crate::controller_ref(
+                "VirtualMachineInstance",
+                &vmi.metadata,
+            )]),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {

@@ -13,7 +13,7 @@ use api::v1::{
     VirtualMachineInstance, VirtualMachineInstanceReplicaSet,
     VirtualMachineInstanceReplicaSetStatus, VmiPhase,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// What to do with the ReplicaSet's VMIs.
 #[derive(Debug, Clone)]
@@ -29,17 +29,6 @@ pub enum Action {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub status: VirtualMachineInstanceReplicaSetStatus,
-}
-
-fn owner(rs: &VirtualMachineInstanceReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "kubevirt.io/v1".into(),
-        kind: "VirtualMachineInstanceReplicaSet".into(),
-        name: rs.metadata.name.clone().unwrap_or_default(),
-        uid: rs.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 fn controller_uid(vmi: &VirtualMachineInstance) -> Option<&str> {
@@ -79,7 +68,10 @@ pub fn replica(rs: &VirtualMachineInstanceReplicaSet) -> VirtualMachineInstance 
             namespace: rs.metadata.namespace.clone(),
             labels: template.labels,
             annotations: template.annotations,
-            owner_references: Some(vec![owner(rs)]),
+            owner_references: Some(vec![crate::controller_ref(
+                "VirtualMachineInstanceReplicaSet",
+                &rs.metadata,
+            )]),
             ..ObjectMeta::default()
         },
         spec: rs.spec.template.spec.clone().unwrap_or_default(),

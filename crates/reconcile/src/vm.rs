@@ -13,7 +13,7 @@ use api::v1::{
     Condition, RunStrategy, StartFailure, StateChangeRequest, VirtualMachine,
     VirtualMachineInstance, VirtualMachineStatus, VmiPhase,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// What the controller should do to the VMI.
@@ -75,14 +75,7 @@ fn uid(vmi: &VirtualMachineInstance) -> String {
 pub fn vmi_for(vm: &VirtualMachine) -> VirtualMachineInstance {
     let template = &vm.spec.template;
     let meta = template.metadata.clone().unwrap_or_default();
-    let owner = OwnerReference {
-        api_version: "kubevirt.io/v1".into(),
-        kind: "VirtualMachine".into(),
-        name: vm.metadata.name.clone().unwrap_or_default(),
-        uid: vm.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
+    let owner = crate::controller_ref("VirtualMachine", &vm.metadata);
     VirtualMachineInstance {
         metadata: ObjectMeta {
             name: vm.metadata.name.clone(),
