@@ -231,9 +231,8 @@ async fn a_watcher_sees_the_initial_list_then_changes_on_sqlite() {
     );
 }
 
-#[tokio::test]
-async fn selectors_filter_lists_and_watches() {
-    use kube::api::{WatchEvent, WatchParams};
+/// VMs a (tier=front), b (tier=back) and c (tier=front) on a fresh server.
+async fn tiered_vms() -> Api<VirtualMachine> {
     let client = serve(Arc::new(store::MemStore::new())).await;
     let vms: Api<VirtualMachine> = Api::namespaced(client, "default");
     for (name, tier) in [("a", "front"), ("b", "back"), ("c", "front")] {
@@ -242,6 +241,13 @@ async fn selectors_filter_lists_and_watches() {
         vm.metadata.labels = Some([("tier".to_string(), tier.to_string())].into());
         vms.create(&PostParams::default(), &vm).await.unwrap();
     }
+    vms
+}
+
+#[tokio::test]
+async fn selectors_filter_lists_and_watches() {
+    use kube::api::{WatchEvent, WatchParams};
+    let vms = tiered_vms().await;
     let names = |l: kube::core::ObjectList<VirtualMachine>| {
         l.items
             .into_iter()
@@ -438,14 +444,7 @@ async fn cluster_scoped_kinds_live_outside_namespaces() {
 
 #[tokio::test]
 async fn delete_collection_removes_what_the_selector_picks() {
-    let client = serve(Arc::new(store::MemStore::new())).await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client, "default");
-    for (name, tier) in [("a", "front"), ("b", "back"), ("c", "front")] {
-        let mut vm = example_vm();
-        vm.metadata.name = Some(name.into());
-        vm.metadata.labels = Some([("tier".to_string(), tier.to_string())].into());
-        vms.create(&PostParams::default(), &vm).await.unwrap();
-    }
+    let vms = tiered_vms().await;
     let deleted = vms
         .delete_collection(
             &DeleteParams::default(),

@@ -246,25 +246,11 @@ fn cpu(vmi: &VirtualMachineInstance, rt: &Runtime, a: &mut Args) -> Result<(), B
     Ok(())
 }
 
-/// Guest memory in bytes: `memory.guest`, else the memory request or limit.
-pub fn guest_memory(vmi: &VirtualMachineInstance) -> Option<u64> {
-    let domain = &vmi.spec.domain;
-    let q = domain
-        .memory
-        .as_ref()
-        .and_then(|m| m.guest.as_ref())
-        .or_else(|| {
-            domain
-                .resources
-                .as_ref()
-                .and_then(|r| r.requests.get("memory").or_else(|| r.limits.get("memory")))
-        })?;
-    api::quantity::to_units(q).ok()
-}
-
 fn memory(vmi: &VirtualMachineInstance, a: &mut Args) -> Result<(), BuildError> {
-    let bytes =
-        guest_memory(vmi).ok_or_else(|| invalid("spec.domain.memory.guest", "required value"))?;
+    let bytes = vmi
+        .spec
+        .guest_memory()
+        .ok_or_else(|| invalid("spec.domain.memory.guest", "required value"))?;
     let mib = bytes.div_ceil(1 << 20);
     if mib < 1 {
         return Err(invalid("spec.domain.memory.guest", "must be at least 1Mi"));

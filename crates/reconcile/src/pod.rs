@@ -30,21 +30,9 @@ pub struct LauncherConfig {
     pub software_emulation: bool,
 }
 
-/// The guest's memory in bytes: `memory.guest`, else the memory request.
+/// The guest's memory in bytes (0 when the VMI names none; validation refuses that).
 pub fn guest_memory(vmi: &VirtualMachineInstance) -> u64 {
-    let domain = &vmi.spec.domain;
-    domain
-        .memory
-        .as_ref()
-        .and_then(|m| m.guest.as_ref())
-        .or_else(|| {
-            domain
-                .resources
-                .as_ref()
-                .and_then(|r| r.requests.get("memory"))
-        })
-        .and_then(|q| api::quantity::to_units(q).ok())
-        .unwrap_or(0)
+    vmi.spec.guest_memory().unwrap_or(0)
 }
 
 /// vCPUs: sockets × cores × threads, at least 1.

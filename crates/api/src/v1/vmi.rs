@@ -64,6 +64,24 @@ pub struct VirtualMachineInstanceSpec {
     pub resource_claims: Vec<Opaque>,
 }
 
+impl VirtualMachineInstanceSpec {
+    /// Guest memory in bytes: `memory.guest`, else the memory request or limit.
+    pub fn guest_memory(&self) -> Option<u64> {
+        let domain = &self.domain;
+        let q = domain
+            .memory
+            .as_ref()
+            .and_then(|m| m.guest.as_ref())
+            .or_else(|| {
+                domain
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.requests.get("memory").or_else(|| r.limits.get("memory")))
+            })?;
+        crate::quantity::to_units(q).ok()
+    }
+}
+
 /// What happens to a VMI when its node is drained.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum EvictionStrategy {
