@@ -6,7 +6,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build server guest guest-full registry demo test test-unit lint crds bench clean
+.PHONY: all deps build server guest guest-full registry demo demo-launcher test test-unit lint crds bench clean
 
 all: build
 
@@ -15,6 +15,7 @@ deps:
 
 build: deps
 	$(CARGO) build --release --bins
+	ln -sf virtctl $(RELEASE)/kubectl-virt
 
 # The all-in-one server; the admin kubeconfig is DIR/kubeconfig.
 server: build
@@ -33,8 +34,13 @@ guest-full: guest
 registry: guest
 	guest/registry.sh
 
-# Boots the demo VMI with the standalone launcher and shows its console.
+# Starts the all-in-one server on a scratch directory, applies the demo VM, starts it with
+# virtctl and shows its console until the guest powers off; then stops everything.
 demo: build registry
+	RELEASE=$(RELEASE) scripts/demo.sh
+
+# The standalone launcher alone: boots the demo VMI in the foreground, console on stdout.
+demo-launcher: build registry
 	$(RELEASE)/virt-launcher run --vmi examples/demo-vmi.yaml
 
 # Everything CI runs: unit tests, then real QEMU guests under TCG (the full Debian guest

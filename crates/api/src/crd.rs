@@ -1,7 +1,8 @@
 //! CustomResourceDefinitions generated from the Rust types.
 //!
 //! kube-derive produces one version per kind; here each kubevirt.io kind also gets the
-//! deprecated `v1alpha3` (same schema, conversion `None`, as upstream), the CRDs carry
+//! deprecated `v1alpha3` (same schema, conversion `None`, as upstream), the kinds the seed's
+//! documents used also `v1alpha2` (see [`seed`]), the CRDs carry
 //! upstream's `kubevirt.io` label, and the VMI loses its status subresource (upstream's VMI
 //! has none: status is written with ordinary updates). `deploy/crds/` holds the output of
 //! `cargo run -p api --bin crdgen`, and a test keeps it in step with the types.
@@ -23,10 +24,10 @@ use crate::v1::{
 /// Every CRD of the project, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![
-        core(VirtualMachine::crd()),
-        core(VirtualMachineInstance::crd()),
-        core(VirtualMachineInstanceReplicaSet::crd()),
-        core(VirtualMachineInstancePreset::crd()),
+        seed(core(VirtualMachine::crd())),
+        seed(core(VirtualMachineInstance::crd())),
+        seed(core(VirtualMachineInstanceReplicaSet::crd())),
+        seed(core(VirtualMachineInstancePreset::crd())),
         core(VirtualMachineInstanceMigration::crd()),
         labelled(VirtualMachineInstancetype::crd()),
         labelled(VirtualMachineClusterInstancetype::crd()),
@@ -145,6 +146,31 @@ fn core(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     crd
 }
 
+/// Adds the seed's `v1alpha2` (served, deprecated) to a kind that existed then. Its
+/// objects are v1 with older field names (`registryDisk`, `volumeName`); the API server
+/// converts them through this crate's parser, so the schema only says "an object".
+fn seed(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let v1 = crd.spec.versions[0].clone();
+    let schema = serde_json::from_value(serde_json::json!({
+        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    }))
+    .ok();
+    crd.spec.versions.push(CustomResourceDefinitionVersion {
+        name: "v1alpha2".into(),
+        served: true,
+        storage: false,
+        deprecated: Some(true),
+        deprecation_warning: Some(format!(
+            "kubevirt.io/v1alpha2 {} is deprecated; use kubevirt.io/v1",
+            crd.spec.names.kind
+        )),
+        schema,
+        additional_printer_columns: v1.additional_printer_columns.clone(),
+        ..v1
+    });
+    crd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,7 +271,7 @@ mod tests {
                 .iter()
                 .map(|v| v.name.as_str())
                 .collect::<Vec<_>>(),
-            ["v1", "v1alpha3"]
+            ["v1", "v1alpha3", "v1alpha2"]
         );
     }
 }

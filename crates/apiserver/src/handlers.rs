@@ -122,6 +122,12 @@ async fn serve(
             let (pod, _) = ops::get(state, &r, &target.version, &req.key()).await?;
             nodes::pod_log(state, &pod, &params).await
         }
+        (&Method::POST, true, Some("binding")) if r.builtin && r.plural == "pods" => {
+            let binding = body::decode(headers, &bytes)?;
+            let done =
+                nodes::bind(state, &r, &target.version, &req.key(), &binding, req.how()).await?;
+            Ok((StatusCode::CREATED, Json(done)).into_response())
+        }
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale"))
             if r.scale.is_some() =>
         {
@@ -130,7 +136,7 @@ async fn serve(
         (_, true, Some(_))
             if !matches!(
                 target.subresource.as_deref(),
-                Some("status" | "scale" | "log")
+                Some("status" | "scale" | "log" | "binding")
             ) =>
         {
             Err(ApiError::not_found_path(uri.path()))

@@ -2,13 +2,102 @@
 //! from `https://{node InternalIP}:{kubeletEndpoint port}/containerLogs/{ns}/{pod}/{container}`.
 //! Like Kubernetes without `--kubelet-certificate-authority`, the agent's certificate is
 //! not verified; the server presents its proxy identity as the client.
+//!
+//! Also `pods/{name}/binding`, through which a scheduler puts a pod on a node.
 
 use axum::body::Body;
 use axum::http::{Request, Response, header};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::aggregation::{dial, tls_config};
-use crate::{ApiError, AppState};
+use crate::objects::Part;
+use crate::{ApiError, AppState, Resource, ops};
+
+/// `POST pods/{name}/binding`: sets `spec.nodeName` to the Binding's target, once (409
+/// when the pod is bound already, is being deleted, or is not the `metadata.uid` the
+/// Binding names), then records the `PodScheduled` condition. Answers with a success
+/// Status (201), as Kubernetes does.
+pub async fn bind(
+    state: &AppState,
+    r: &Resource,
+    version: &str,
+    key: &str,
+    binding: &Value,
+    how: ops::Write,
+) -> Result<Value, ApiError> {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let target = &binding["target"];
+    if target["kind"]
+        .as_str()
+        .is_some_and(|k| !k.is_empty() && k != "Node")
+    {
+        return Err(ApiError::unprocessable(
+            "Binding",
+            name,
+            "target.kind",
+            "Unsupported value: only a Node can be a binding target",
+        ));
+    }
+    let node = target["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::unprocessable("Binding", name, "target.name", "Required value"))?;
+    let uid = binding["metadata"]["uid"].as_str();
+    let refused = |why: String| {
+        let mut e = ApiError::conflict("pods", name);
+        e.message = format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}");
+        e
+    };
+    ops::update(
+        state,
+        r,
+        version,
+        key,
+        Part::Main,
+        how.clone(),
+        |mut pod| {
+            if uid.is_some_and(|u| Some(u) != pod["metadata"]["uid"].as_str()) {
+                return Err(refused(
+                    "the pod's uid differs from the binding's".to_owned(),
+                ));
+            }
+            if pod["metadata"].get("deletionTimestamp").is_some() {
+                return Err(refused("the pod is being deleted".to_owned()));
+            }
+            if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                return Err(refused(format!("the pod is already on node \"{bound}\"")));
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            if let Some(meta) = pod["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
+            }
+            Ok(pod)
+        },
+    )
+    .await?;
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    ops::update(state, r, version, key, Part::Status, how, |mut pod| {
+        let mut conditions: Vec<Value> = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conditions.retain(|c| c["type"] != "PodScheduled");
+        conditions
+            .push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
+        pod["status"]["conditions"] = Value::Array(conditions);
+        if let Some(meta) = pod["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        Ok(pod)
+    })
+    .await?;
+    Ok(
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    )
+}
 
 /// The agent address of the node `name`: its InternalIP and kubelet port.
 fn agent(state: &AppState, name: &str) -> Result<(String, u16), ApiError> {

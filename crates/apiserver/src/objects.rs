@@ -62,6 +62,7 @@ fn admit(
     version: &str,
     mut body: Value,
     strict: bool,
+    validate: bool,
 ) -> Result<Value, ApiError> {
     if !body.is_object() {
         return Err(ApiError::bad_request(
@@ -123,7 +124,11 @@ fn admit(
         }
         other => ApiError::bad_request(other.to_string()),
     })?;
-    let causes = api::validate::validate(&object);
+    let causes = if validate {
+        api::validate::validate(&object)
+    } else {
+        Vec::new()
+    };
     let stored = object_json(&object)?;
     if !causes.is_empty() {
         let causes = causes
@@ -159,7 +164,7 @@ pub fn for_create(
     body: Value,
     strict: bool,
 ) -> Result<Value, ApiError> {
-    let mut obj = admit(resource, version, body, strict)?;
+    let mut obj = admit(resource, version, body, strict, false)?;
     let meta = &mut obj["metadata"];
     if let (Some(ns), Some(given)) = (namespace, meta["namespace"].as_str())
         && ns != given
@@ -291,9 +296,11 @@ fn check_crd(body: &Value) -> Result<(), ApiError> {
     }
 }
 
-/// An object a mutating webhook changed, checked again as the webhook left it.
+/// An object as the mutating webhooks left it, checked again and validated: as in
+/// Kubernetes, validation sees what mutation made (a preset may supply the memory a VMI
+/// template leaves out).
 pub fn recheck(resource: &Resource, obj: Value, strict: bool) -> Result<Value, ApiError> {
-    admit(resource, resource.storage_version(), obj, strict)
+    admit(resource, resource.storage_version(), obj, strict, true)
 }
 
 /// Which part of an object an update writes.
@@ -316,7 +323,7 @@ pub fn for_update(
     part: Part,
     strict: bool,
 ) -> Result<Value, ApiError> {
-    let mut obj = admit(resource, version, body, strict)?;
+    let mut obj = admit(resource, version, body, strict, false)?;
     if part == Part::Status {
         let status = obj.get("status").cloned();
         obj = old.clone();

@@ -114,10 +114,10 @@ pub async fn create(
             dry_run: how.dry_run,
         };
         let mutated = admission::mutate(state, &a, obj.clone(), None).await?;
-        if mutated != obj {
-            obj = objects::recheck(r, mutated, how.strict)?;
-        }
+        obj = objects::recheck(r, mutated, how.strict)?;
         admission::validate(state, &a, Some(&obj), None).await?;
+    } else {
+        obj = objects::recheck(r, obj, how.strict)?;
     }
     let key = r.key(ns, Some(&name));
     if how.dry_run {
@@ -200,10 +200,10 @@ pub async fn update(
                 dry_run: how.dry_run,
             };
             let mutated = admission::mutate(state, &a, obj.clone(), Some(&old)).await?;
-            if mutated != obj {
-                obj = objects::recheck(r, mutated, how.strict)?;
-            }
+            obj = objects::recheck(r, mutated, how.strict)?;
             admission::validate(state, &a, Some(&obj), Some(&old)).await?;
+        } else {
+            obj = objects::recheck(r, obj, how.strict)?;
         }
         if how.dry_run {
             return Ok(obj);
@@ -227,7 +227,10 @@ pub async fn update(
                 }
                 return Ok(out);
             }
-            Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
+            // Another write came first: run `mutate` again on the new state. A
+            // resourceVersion the caller set is then stale and answered with 409 above;
+            // one a patch merely carried over from the old state is the new one.
+            Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(write_error(e, r, name)),
         }
     }

@@ -226,12 +226,7 @@ pub fn builtins() -> Vec<Resource> {
             .short(&["no"])
             .with_status()
             .columns(&[
-                (
-                    "Status",
-                    "string",
-                    ".status.conditions[?(@.type=='Ready')].reason",
-                    0,
-                ),
+                ("Status", "string", crate::table::NODE_STATUS, 0),
                 AGE,
                 ("Version", "string", ".status.nodeInfo.kubeletVersion", 0),
                 (

@@ -43,7 +43,12 @@ pub fn build(
         .map(|obj| {
             let mut cells = vec![obj["metadata"]["name"].clone()];
             for c in &r.columns {
-                let value = eval(obj, c["jsonPath"].as_str().unwrap_or_default());
+                let path = c["jsonPath"].as_str().unwrap_or_default();
+                let value = if path == NODE_STATUS {
+                    Some(node_status(obj))
+                } else {
+                    eval(obj, path)
+                };
                 cells.push(match (c["type"].as_str(), value) {
                     (Some("date"), Some(Value::String(t))) => json!(age(&t, now)),
                     (_, Some(v)) => v,
@@ -59,6 +64,24 @@ pub fn build(
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": columns, "rows": rows})
+}
+
+/// The column path of a Node's STATUS, which no JSONPath expresses: `Ready` or
+/// `NotReady` from the Ready condition, `,SchedulingDisabled` when cordoned, as kubectl
+/// prints it for kube-apiserver.
+pub const NODE_STATUS: &str = "<node status>";
+
+fn node_status(node: &Value) -> Value {
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    let mut status = if ready { "Ready" } else { "NotReady" }.to_owned();
+    if node["spec"]["unschedulable"] == json!(true) {
+        status.push_str(",SchedulingDisabled");
+    }
+    json!(status)
 }
 
 /// Evaluates a printer-column JSONPath; the first match.
@@ -158,6 +181,14 @@ pub fn human_duration(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_status_reads_like_kubectl() {
+        let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Whatever"}]}});
+        assert_eq!(node_status(&ready), "Ready");
+        let cordoned = json!({"spec": {"unschedulable": true}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+        assert_eq!(node_status(&cordoned), "NotReady,SchedulingDisabled");
+    }
 
     #[test]
     fn jsonpath_subset() {

@@ -470,3 +470,40 @@ async fn delete_collection_removes_what_the_selector_picks() {
         .collect();
     assert_eq!(left, ["b"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_patches_all_land_and_a_stale_resource_version_is_refused() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+    let client = serve(Arc::new(store)).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "race"}})).unwrap();
+    let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+    // Patches without a resourceVersion never conflict with each other: each is applied
+    // to whatever is current when it is written.
+    let writers = (0..16).map(|i| {
+        let cms = cms.clone();
+        tokio::spawn(async move {
+            let patch = serde_json::json!({"data": {format!("k{i}"): "v"}});
+            cms.patch("race", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        })
+    });
+    for w in futures_util::future::join_all(writers).await {
+        w.unwrap().unwrap();
+    }
+    let data = cms.get("race").await.unwrap().data.unwrap();
+    assert_eq!(data.len(), 16, "{data:?}");
+    // One that names an old resourceVersion is a precondition, and it failed.
+    let stale = serde_json::json!({"metadata": {"resourceVersion": created.metadata.resource_version},
+        "data": {"late": "v"}});
+    let err = cms
+        .patch("race", &PatchParams::default(), &Patch::Merge(&stale))
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err).0, 409);
+}

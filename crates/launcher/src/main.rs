@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use launcher::domain::Exit;
+use launcher::error_chain;
 use launcher::paths::NodePaths;
+use launcher::serve::{ServeOptions, serve};
 use launcher::standalone::{RunOptions, run};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +36,27 @@ enum Command {
         /// Do not stream the console to stdout.
         #[arg(long)]
         no_console: bool,
+        /// The QEMU binary.
+        #[arg(long, env = "KUBEVIRT_RS_QEMU", default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+        /// TCG translation cache size in MiB (software emulation only).
+        #[arg(long, default_value_t = 64)]
+        tcg_tb_size: u32,
+    },
+    /// Run in a VMI's pod: wait for the handler on the control socket, then run the VMI.
+    Serve {
+        /// The VMI's name (for logs).
+        #[arg(long)]
+        name: String,
+        /// The VMI's namespace (for logs).
+        #[arg(long)]
+        namespace: String,
+        /// The VMI's uid: names the control socket.
+        #[arg(long)]
+        uid: String,
+        /// Seconds the guest gets to power off after SIGTERM.
+        #[arg(long, default_value_t = 30)]
+        grace_period_seconds: u64,
         /// The QEMU binary.
         #[arg(long, env = "KUBEVIRT_RS_QEMU", default_value = "qemu-system-x86_64")]
         qemu: PathBuf,
@@ -71,13 +95,44 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Command::Run {
-        vmi,
-        publish,
-        no_console,
-        qemu,
-        tcg_tb_size,
-    } = cli.command;
+    let (vmi, publish, no_console, qemu, tcg_tb_size) = match cli.command {
+        Command::Run {
+            vmi,
+            publish,
+            no_console,
+            qemu,
+            tcg_tb_size,
+        } => (vmi, publish, no_console, qemu, tcg_tb_size),
+        Command::Serve {
+            name,
+            namespace,
+            uid,
+            grace_period_seconds,
+            qemu,
+            tcg_tb_size,
+        } => {
+            tracing::info!(
+                vmi = format!("{namespace}/{name}"),
+                uid,
+                "virt-launcher serving"
+            );
+            let opts = ServeOptions {
+                uid,
+                grace: Duration::from_secs(grace_period_seconds),
+                paths: NodePaths::from_process_env(),
+                qemu,
+                tcg_tb_size_mib: tcg_tb_size,
+                accel: None,
+            };
+            return match runtime.block_on(serve(opts)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("virt-launcher: {}", error_chain(&e));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let opts = RunOptions {
         vmi_file: vmi,
         paths: NodePaths::from_process_env(),
@@ -98,16 +153,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
 }

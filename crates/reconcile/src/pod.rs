@@ -120,6 +120,7 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
                 image: Some(config.image.clone()),
                 command: Some(vec!["virt-launcher".into()]),
                 args: Some(vec![
+                    "serve".into(),
                     "--name".into(),
                     name,
                     "--namespace".into(),

@@ -15,8 +15,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::pod::{LauncherConfig, launcher_pod};
 
-/// The finalizer that keeps a VMI until its pod is gone (upstream's name).
-pub const FINALIZER: &str = "foregroundDeleteVirtualMachine";
+/// The finalizer that keeps a VMI until its pod is gone (upstream's current name; its
+/// unqualified predecessor `foregroundDeleteVirtualMachine` is deprecated).
+pub const FINALIZER: &str = "kubevirt.io/foregroundDeleteVirtualMachine";
 /// The label naming the node a VMI runs on.
 pub const NODE_LABEL: &str = "kubevirt.io/nodeName";
 
@@ -76,7 +77,8 @@ pub fn owned<'a>(vmi: &VirtualMachineInstance, pods: &'a [Pod]) -> Vec<&'a Pod> 
         .collect()
 }
 
-fn set_phase(status: &mut VirtualMachineInstanceStatus, phase: VmiPhase, now: Timestamp) {
+/// Moves the VMI to `phase` and records when, unless it is there already.
+pub fn set_phase(status: &mut VirtualMachineInstanceStatus, phase: VmiPhase, now: Timestamp) {
     if status.phase == Some(phase) {
         return;
     }
@@ -185,6 +187,13 @@ pub fn decide(
         }
         _ => {}
     }
+    // Before the hand-off the pods are the phase's business; recording them earlier would
+    // cost a VMI write per pod event (bound, ready) on the start path.
+    let handed_off = matches!(status.phase, Some(VmiPhase::Scheduled | VmiPhase::Running));
+    if !handed_off {
+        plan.status = status;
+        return plan;
+    }
     status.active_pods = alive
         .iter()
         .filter_map(|p| {
@@ -265,6 +274,25 @@ mod tests {
         assert_eq!(plan.status.node_name.as_deref(), Some("node-1"));
         assert_eq!(plan.labels[NODE_LABEL], "node-1");
         assert_eq!(plan.status.active_pods["p1"], "node-1");
+    }
+
+    #[test]
+    fn a_scheduling_vmi_changes_only_when_its_pod_is_ready() {
+        // Each pod event before readiness must leave the status as it was: the start path
+        // has a budget of two controller writes.
+        let mut v = vmi("Pending", json!([]));
+        let first = decide(&v, &[], &config(), now());
+        v.status = Some(first.status.clone());
+        v.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        for p in [
+            pod(None, "Pending", false),
+            pod(Some("node-1"), "Pending", false),
+            pod(Some("node-1"), "Running", false),
+        ] {
+            let plan = decide(&v, &[p], &config(), now());
+            assert_eq!(Some(&plan.status), v.status.as_ref());
+            assert!(plan.pods.is_empty() && plan.labels.is_empty() && plan.finalizer.is_none());
+        }
     }
 
     #[test]

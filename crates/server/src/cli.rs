@@ -43,6 +43,15 @@ pub struct ServerArgs {
     /// Another name or address clients reach the server by; added to its certificate.
     #[arg(long, value_name = "HOST")]
     pub advertise_host: Option<String>,
+    /// This machine's name as a node (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The virt-launcher binary launcher pods run (default: beside this binary).
+    #[arg(long, value_name = "PATH")]
+    pub launcher: Option<PathBuf>,
+    /// Serve only the API: no controllers, node agent or pod runner.
+    #[arg(long)]
+    pub api_only: bool,
 }
 
 /// A usage error on one line, as every other error of the binary is: clap's message, its
@@ -88,6 +97,10 @@ mod tests {
             "[::]:7443",
             "--advertise-host",
             "vms.example.org",
+            "--node-name",
+            "node7",
+            "--launcher",
+            "/opt/virt-launcher",
         ]);
         assert_eq!(
             args,
@@ -95,6 +108,9 @@ mod tests {
                 data_dir: "/tmp/d".into(),
                 listen: "[::]:7443".parse().unwrap(),
                 advertise_host: Some("vms.example.org".into()),
+                node_name: Some("node7".into()),
+                launcher: Some("/opt/virt-launcher".into()),
+                api_only: false,
             }
         );
     }

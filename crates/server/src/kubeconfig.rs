@@ -118,6 +118,23 @@ impl Kubeconfig {
         }
     }
 
+    /// The kubeconfig of an in-process component authenticating with its certificate.
+    pub fn component(url: &str, ca_pem: &str, user: &str, cert_pem: &str, key_pem: &str) -> Self {
+        let mut config = Self::admin(
+            url,
+            AdminCredentials {
+                ca_pem,
+                token: "",
+                cert_pem,
+                key_pem,
+            },
+        );
+        config.users[0].name = user.into();
+        config.users[0].user.token = None;
+        config.contexts[0].context.user = user.into();
+        config
+    }
+
     /// Plain scalars, one line each, as kubectl writes them (no folded `>-` blocks).
     pub fn to_yaml(&self) -> Result<String, KubeconfigError> {
         let mut options = serde_saphyr::SerializerOptions::default();

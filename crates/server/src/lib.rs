@@ -30,6 +30,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod components;
 pub mod datadir;
 pub mod files;
 pub mod kubeconfig;
@@ -135,6 +136,31 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
 
     info!(%url, kubeconfig = %kubeconfig_path.display(), "serving");
     let app = apiserver::router(state);
+    // The components are clients of the listener above, which accepts once serving starts.
+    let components = (!args.api_only).then(|| {
+        let node = node_setup(args, &dir);
+        let url = url.clone();
+        tokio::spawn(async move {
+            match components::start(&url, &pki, node).await {
+                Ok(running) => {
+                    // Held until the server stops; aborting this task drops them.
+                    std::future::pending::<()>().await;
+                    drop(running);
+                }
+                Err(e) => tracing::error!(error = %e, "the KubeVirt components did not start"),
+            }
+        })
+    });
+    // On the signal the components stop first, so they do not log the API going away.
+    let components_stop = components
+        .as_ref()
+        .map(tokio::task::JoinHandle::abort_handle);
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(c) = components_stop {
+            c.abort();
+        }
+    };
     serve::serve(
         listener,
         tls,
@@ -144,12 +170,44 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
     )
     .await;
 
+    if let Some(c) = components {
+        c.abort();
+        let _ = c.await;
+    }
     // The store closes when its last handle goes: acknowledged writes are already durable.
     compactor.abort();
     let _ = compactor.await;
     drop(store);
     info!("stopped");
     Ok(())
+}
+
+/// This machine as the node, from the flags and the environment.
+fn node_setup(args: &ServerArgs, dir: &DataDir) -> components::NodeSetup {
+    let name = args.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .map(|h| h.to_ascii_lowercase())
+            .unwrap_or_else(|| "kubevirt-rs".into())
+    });
+    let launcher_binary = args.launcher.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .map(|exe| exe.with_file_name("virt-launcher"))
+            .unwrap_or_else(|_| "virt-launcher".into())
+    });
+    let software_emulation = match launcher::accel::detect() {
+        launcher::accel::Accel::Tcg { reason } => Some(reason),
+        launcher::accel::Accel::Kvm => None,
+    };
+    components::NodeSetup {
+        name,
+        launcher_binary,
+        run_dir: launcher::paths::NodePaths::from_process_env().run,
+        pods_dir: dir.root().join("pods"),
+        software_emulation,
+    }
 }
 
 /// The client certificate the API server presents to aggregated servers.
@@ -244,6 +302,9 @@ mod tests {
             data_dir: "/unused".into(),
             listen: "10.0.0.5:6443".parse().unwrap(),
             advertise_host: Some("vms.example.org".into()),
+            node_name: None,
+            launcher: None,
+            api_only: false,
         };
         let names = server_names(&args, args.listen.ip());
         assert!(names.ips.contains(&"10.0.0.5".parse().unwrap()));

@@ -24,7 +24,7 @@
 //!
 //! Does not own: serving TLS (see `serve`), or who a certificate makes a user (`auth`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -128,10 +128,44 @@ pub struct Pki {
     pub admin_key_pem: String,
     pub front_proxy_cert_pem: String,
     pub front_proxy_key_pem: String,
+    /// virt-api's serving certificate and key (PEM), for its Service's names.
+    pub virt_api_serving: (String, String),
+    /// The in-process components' client certificates and keys (PEM), by stem (see
+    /// [`COMPONENTS`]).
+    pub components: BTreeMap<&'static str, (String, String)>,
     /// What this start issued, in the order `"ca"`, `"server"`, `"admin"`,
-    /// `"front-proxy-client"`.
+    /// `"front-proxy-client"`, `"virt-api-serving"`, then the components.
     pub issued: Vec<&'static str>,
 }
+
+/// The names virt-api's serving certificate carries (its Service's), first the CN.
+pub const VIRT_API_NAMES: [&str; 3] = [
+    "virt-api.kubevirt.svc",
+    "virt-api.kubevirt.svc.cluster.local",
+    "virt-api.kubevirt",
+];
+
+/// The components `kubevirt-rs server` runs in-process, each with its own identity so the
+/// API server (and virt-api's status rules) can tell them apart: file stem, user name,
+/// groups. The names are upstream's service accounts; the pod runner is a node.
+pub const COMPONENTS: [(&str, &str, &[&str]); 4] = [
+    (
+        "virt-controller",
+        "system:serviceaccount:kubevirt:kubevirt-controller",
+        &["system:serviceaccounts:kubevirt"],
+    ),
+    (
+        "virt-handler",
+        "system:serviceaccount:kubevirt:kubevirt-handler",
+        &["system:serviceaccounts:kubevirt"],
+    ),
+    (
+        "virt-api",
+        "system:serviceaccount:kubevirt:kubevirt-apiserver",
+        &["system:serviceaccounts:kubevirt"],
+    ),
+    ("pod-runner", "system:node:kubevirt-rs", &["system:nodes"]),
+];
 
 /// One leaf certificate: its files' stem, subject and use.
 struct Leaf<'a> {
@@ -200,6 +234,30 @@ pub fn ensure(dir: &Path, names: &ServerNames, now: OffsetDateTime) -> Result<Pk
     let server = leaf(&server)?;
     let admin = leaf(&admin)?;
     let front_proxy = leaf(&front_proxy)?;
+    // virt-api serves the aggregated API and the webhooks behind the Service
+    // `kubevirt/virt-api`, which the API server verifies by its service names.
+    let mut service_names = ServerNames::local();
+    for name in VIRT_API_NAMES {
+        service_names.add(name);
+    }
+    let virt_api_serving = leaf(&Leaf {
+        stem: "virt-api-serving",
+        common_name: VIRT_API_NAMES[0],
+        organizations: &[],
+        names: Some(&service_names),
+        usage: ExtendedKeyUsagePurpose::ServerAuth,
+    })?;
+    let mut components = BTreeMap::new();
+    for (stem, common_name, organizations) in COMPONENTS {
+        let pair = leaf(&Leaf {
+            stem,
+            common_name,
+            organizations,
+            names: None,
+            usage: ExtendedKeyUsagePurpose::ClientAuth,
+        })?;
+        components.insert(stem, (pair.cert_pem, pair.key.serialize_pem()));
+    }
     Ok(Pki {
         ca_pem: ca.cert_pem,
         ca: ca.cert_der.into(),
@@ -209,6 +267,11 @@ pub fn ensure(dir: &Path, names: &ServerNames, now: OffsetDateTime) -> Result<Pk
         admin_key_pem: admin.key.serialize_pem(),
         front_proxy_cert_pem: front_proxy.cert_pem,
         front_proxy_key_pem: front_proxy.key.serialize_pem(),
+        virt_api_serving: (
+            virt_api_serving.cert_pem,
+            virt_api_serving.key.serialize_pem(),
+        ),
+        components,
         issued,
     })
 }

@@ -32,12 +32,25 @@ fn file(dir: &Path, name: &str) -> Vec<u8> {
     std::fs::read(dir.join(name)).unwrap()
 }
 
+/// What a first start issues, in order.
+const EVERYTHING: [&str; 9] = [
+    "ca",
+    "server",
+    "admin",
+    "front-proxy-client",
+    "virt-api-serving",
+    "virt-controller",
+    "virt-handler",
+    "virt-api",
+    "pod-runner",
+];
+
 #[test]
 fn first_start_makes_a_ca_and_three_leaves_with_private_keys() {
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("tls");
     let pki = ensure(&tls, &names(), now()).unwrap();
-    assert_eq!(pki.issued, ["ca", "server", "admin", "front-proxy-client"]);
+    assert_eq!(pki.issued, EVERYTHING);
     for (name, mode) in [
         ("ca.key", 0o600),
         ("server.key", 0o600),
@@ -197,7 +210,19 @@ fn leaves_close_to_expiry_are_renewed_and_the_ca_kept() {
     let ca = file(dir.path(), "ca.crt");
     let later = now() + LEAF_VALIDITY - RENEW_BEFORE + Duration::days(1);
     let pki = ensure(dir.path(), &names(), later).unwrap();
-    assert_eq!(pki.issued, ["server", "admin", "front-proxy-client"]);
+    assert_eq!(
+        pki.issued,
+        [
+            "server",
+            "admin",
+            "front-proxy-client",
+            "virt-api-serving",
+            "virt-controller",
+            "virt-handler",
+            "virt-api",
+            "pod-runner"
+        ]
+    );
     assert_eq!(file(dir.path(), "ca.crt"), ca);
     let server = parse(&pki.server_cert).unwrap().to_owned();
     assert!(server.validity().not_after.timestamp() > (later + RENEW_BEFORE).unix_timestamp());
@@ -209,7 +234,7 @@ fn a_new_ca_reissues_the_leaves_it_did_not_sign() {
     ensure(dir.path(), &names(), now()).unwrap();
     std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
     let pki = ensure(dir.path(), &names(), now()).unwrap();
-    assert_eq!(pki.issued, ["ca", "server", "admin", "front-proxy-client"]);
+    assert_eq!(pki.issued, EVERYTHING);
     let front_proxy = pem_der(&pki.front_proxy_cert_pem).unwrap();
     verify_as_client(pki.ca_pem.as_bytes(), &front_proxy, now()).unwrap();
 }

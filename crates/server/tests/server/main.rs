@@ -6,8 +6,11 @@
 mod aggregation;
 mod cli;
 mod crash;
+mod examples;
 mod https;
 mod kubectl;
 mod kubers;
 mod lifecycle;
 mod support;
+mod virtctl;
+mod vms;

@@ -58,14 +58,44 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether a server runs the KubeVirt components, and with which node settings.
+pub enum Node {
+    ApiOnly,
+    /// The whole system; launchers keep their sockets under `run_dir`.
+    Full {
+        run_dir: PathBuf,
+    },
+}
+
+/// The `virt-launcher` binary cargo built beside `kubevirt-rs`.
+pub fn launcher_binary() -> PathBuf {
+    let path = Path::new(BIN).with_file_name("virt-launcher");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
 /// Spawns the binary on `data`, logging to `log`.
-pub fn spawn(data: &Path, port: u16, log: &Path) -> Child {
+pub fn spawn_with(data: &Path, port: u16, log: &Path, node: &Node) -> Child {
     let log = File::options().create(true).append(true).open(log).unwrap();
-    Command::new(BIN)
-        .args(["server", "--data-dir"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--data-dir"])
         .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("RUST_LOG")
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    match node {
+        Node::ApiOnly => {
+            cmd.arg("--api-only");
+        }
+        Node::Full { run_dir } => {
+            cmd.args(["--node-name", "node1", "--launcher"])
+                .arg(launcher_binary())
+                .env("KUBEVIRT_RS_RUN_DIR", run_dir);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
         .env_remove("KUBEVIRT_RS_LOG")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -77,10 +107,15 @@ pub fn spawn(data: &Path, port: u16, log: &Path) -> Child {
 impl Server {
     /// Starts a server on `scratch`'s data directory and waits until it is ready.
     pub async fn start(scratch: &Scratch) -> Self {
+        Self::start_with(scratch, &Node::ApiOnly).await
+    }
+
+    /// Starts a server with `node`'s settings and waits until it is ready.
+    pub async fn start_with(scratch: &Scratch, node: &Node) -> Self {
         let port = free_port();
         let log = scratch.path("server.log");
         let started = Instant::now();
-        let child = spawn(&scratch.data(), port, &log);
+        let child = spawn_with(&scratch.data(), port, &log, node);
         let mut server = Self {
             child,
             data: scratch.data(),
@@ -89,6 +124,9 @@ impl Server {
             ready_after: Duration::ZERO,
         };
         server.wait_ready().await;
+        if let Node::Full { .. } = node {
+            server.wait_components(scratch).await;
+        }
         server.ready_after = started.elapsed();
         server
     }
@@ -117,6 +155,42 @@ impl Server {
                 self.log_text()
             );
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until virt-api serves its aggregated API and the handler has labelled the
+    /// node schedulable: from then on VMIs get their presets and defaults and can run.
+    async fn wait_components(&mut self, scratch: &Scratch) {
+        let deadline = Instant::now() + START_DEADLINE;
+        let kubeconfig = self.kubeconfig_path();
+        loop {
+            let version = kubectl(
+                &kubeconfig,
+                scratch,
+                &["get", "--raw", "/apis/subresources.kubevirt.io/v1/version"],
+            );
+            let nodes = kubectl(
+                &kubeconfig,
+                scratch,
+                &[
+                    "get",
+                    "nodes",
+                    "-l",
+                    "kubevirt.io/schedulable=true",
+                    "-o",
+                    "name",
+                ],
+            );
+            if version.status.success() && String::from_utf8_lossy(&nodes.stdout).contains("node/")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "components not up after {START_DEADLINE:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -270,4 +344,110 @@ pub async fn kube_client(kubeconfig: &Path) -> kube::Client {
     .await
     .unwrap();
     kube::Client::try_from(config).unwrap()
+}
+
+/// Fails with a hint when the loopback registry with the test guests is not there.
+pub fn require_registry() {
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:5000").is_ok(),
+        "no registry on 127.0.0.1:5000: run `make guest registry` first (make test does)"
+    );
+}
+
+/// The pids of processes whose command line mentions `needle`, with their names.
+pub fn processes_mentioning(needle: &Path) -> Vec<(i32, String)> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            let name = cmdline.split(' ').next().unwrap_or_default().to_owned();
+            found.push((pid, name));
+        }
+    }
+    found
+}
+
+/// The QEMU processes of the launchers under `run_dir`.
+pub fn qemu_pids(run_dir: &Path) -> Vec<i32> {
+    processes_mentioning(run_dir)
+        .into_iter()
+        .filter(|(_, name)| name.contains("qemu"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Kills what a test's launchers left, so a failed test does not leave guests behind.
+pub struct Reaper(pub PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for (pid, _) in processes_mentioning(&self.0) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The whole system on `scratch`: the server with every component, its launchers'
+/// run directory, and the reaper for what they leave.
+pub struct System {
+    pub server: Server,
+    pub run_dir: PathBuf,
+    pub node: Node,
+    _reaper: Reaper,
+}
+
+impl System {
+    pub async fn start(scratch: &Scratch) -> Self {
+        require_registry();
+        let run_dir = scratch.path("run");
+        let reaper = Reaper(run_dir.clone());
+        let node = Node::Full {
+            run_dir: run_dir.clone(),
+        };
+        let server = Server::start_with(scratch, &node).await;
+        Self {
+            server,
+            run_dir,
+            node,
+            _reaper: reaper,
+        }
+    }
+}
+
+/// Polls `probe` every 100 ms until it gives a value; fails after `within` with the
+/// server's log.
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, server: &Server, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; server log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sets a VM's run strategy with kubectl, as `virtctl start|stop` would for Halted VMs.
+pub fn set_run_strategy(kubeconfig: &Path, scratch: &Scratch, vm: &str, strategy: &str) {
+    let patch = format!(r#"{{"spec":{{"runStrategy":"{strategy}"}}}}"#);
+    kubectl_ok(
+        kubeconfig,
+        scratch,
+        &["patch", "vm", vm, "--type", "merge", "-p", &patch],
+    );
 }

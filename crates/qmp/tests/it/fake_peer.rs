@@ -1,10 +1,8 @@
 //! Protocol behaviour against a scripted fake peer: handshake, correlation, events.
 
-mod common;
-
 use std::path::Path;
 
-use common::{STEP, serve};
+use crate::common::{STEP, serve};
 use qmp::{DEFAULT_COMMAND_TIMEOUT, Qmp, ScreendumpFormat, StatusInfo};
 use serde_json::{Value, json};
 

@@ -1,7 +1,5 @@
 //! Disk preparation with the real tools (qemu-img, genisoimage): what the guest will see.
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::Path;
 use std::process::Command;
 

@@ -1,7 +1,5 @@
 //! One contract, two backends: every test runs against `MemStore` and `SqliteStore`.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,10 +1,8 @@
 //! Failure handling against a scripted fake peer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{STEP, serve};
+use crate::common::{STEP, serve};
 use qmp::{Qmp, QmpError};
 use serde_json::json;
 

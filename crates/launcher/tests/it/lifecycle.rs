@@ -1,9 +1,7 @@
 //! The launcher's domain lifecycle through its library API, with real QEMU under TCG:
 //! paused start, pause and unpause, reset, shutdown, and the overlay's life.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,11 +1,9 @@
 //! `virt-launcher run --vmi` with real QEMU under TCG and the tiny guest from the loopback
 //! registry, as a user runs it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Launcher, READY, example, manifest};
+use crate::common::{Launcher, READY, example, manifest};
 use nix::sys::signal::Signal;
 
 const BOOT: Duration = Duration::from_secs(90);

@@ -1,15 +1,11 @@
 //! The full Debian guest (`make guest-full`): real cloud-init runs the user data, and
 //! qemu-guest-agent answers on the launcher's agent socket. Slow under TCG (minutes).
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use launcher::standalone::{launch, load_vmi};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 const VMI: &str = "
 apiVersion: kubevirt.io/v1
@@ -33,47 +29,6 @@ spec:
           - echo full-guest-user-data-ran > /dev/ttyS0
 ";
 
-/// Sends one agent command and returns the first reply line that is not a sync echo.
-async fn agent(socket: &std::path::Path, command: &str) -> Option<serde_json::Value> {
-    let stream = UnixStream::connect(socket).await.ok()?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let id = std::process::id() as u64 * 1000 + rand_id();
-    // guest-sync flushes whatever an earlier client left in the channel.
-    write
-        .write_all(
-            format!("{{\"execute\":\"guest-sync\",\"arguments\":{{\"id\":{id}}}}}\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
-            .await
-            .ok()?
-            .ok()??;
-        if serde_json::from_str::<serde_json::Value>(&line).ok()?["return"] == id {
-            break;
-        }
-    }
-    write
-        .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
-        .await
-        .ok()?;
-    let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
-        .await
-        .ok()?
-        .ok()??;
-    serde_json::from_str(&line).ok()
-}
-
-fn rand_id() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        % 1000
-}
-
 #[tokio::test]
 async fn cloud_init_runs_and_the_guest_agent_answers() {
     common::require_registry();
@@ -95,18 +50,22 @@ async fn cloud_init_runs_and_the_guest_agent_answers() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let mut reply = None;
-    while tokio::time::Instant::now() < deadline {
-        reply = agent(&launched.sockets.guest_agent, "guest-ping").await;
-        if reply.is_some() {
-            break;
-        }
+    let agent = launcher::agent::Agent::new(&launched.sockets.guest_agent);
+    while !agent.ping(Duration::from_secs(5)).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the guest agent never answered guest-ping"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    assert_eq!(
-        reply,
-        Some(serde_json::json!({"return": {}})),
-        "guest-ping over the agent channel"
+    // What `virtctl guestosinfo` shows, in upstream's field names.
+    let info = agent.os_info(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(info["id"], "debian", "{info}");
+    assert!(
+        info["kernelRelease"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty()),
+        "{info}"
     );
     let exit = launched.domain.shutdown(Duration::from_secs(60)).await;
     assert_eq!(

@@ -1,8 +1,6 @@
 //! kill -9 in the middle of a write burst: every acknowledged write survives, and no
 //! revision is handed out twice afterwards.
 
-#![allow(clippy::unwrap_used)]
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -40,7 +38,7 @@ fn acknowledged_writes_survive_kill_9() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "crash_child_writer",
+            "crash::crash_child_writer",
             "--nocapture",
             "--test-threads",
             "1",

@@ -1,0 +1,260 @@
+//! The endpoint virt-api forwards VMI operations to (docs/control-plane.md): pause,
+//! unpause, soft reboot, reset, guest OS info, and the console and VNC streams as
+//! websockets. HTTPS; the TLS configuration (given by whoever starts the handler) must
+//! require a client certificate from the cluster CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::v1::VirtualMachineInstance;
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use futures_util::{SinkExt, StreamExt};
+use kube::Api;
+use launcher_proto::{Request, Response as Answer, Status};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixStream};
+use tracing::debug;
+
+use crate::Ctx;
+
+/// Where and how the endpoint listens.
+#[derive(Debug)]
+pub struct EndpointConfig {
+    pub listener: TcpListener,
+    /// The URL virt-api should use (`https://IP:PORT`), published on the node.
+    pub advertise: String,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, axum::Json(json!({"message": message.into()}))).into_response()
+}
+
+/// The routes, over the handler's context.
+fn router(ctx: Arc<Ctx>) -> Router {
+    let base = "/v1/namespaces/{ns}/virtualmachineinstances/{name}";
+    Router::new()
+        .route(&format!("{base}/{{op}}"), put(operation))
+        .route(&format!("{base}/guestosinfo"), get(guest_os_info))
+        .route(&format!("{base}/console"), get(console))
+        .route(&format!("{base}/vnc"), get(vnc))
+        .with_state(ctx)
+}
+
+/// The control socket of a VMI that runs on this node, or the error to answer.
+async fn launcher_of(ctx: &Ctx, ns: &str, name: &str) -> Result<std::path::PathBuf, Response> {
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), ns);
+    let vmi = vmis
+        .get_opt(name)
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, e.to_string()))?
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("VMI {ns}/{name} not found")))?;
+    let on_node = vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&ctx.node);
+    if !on_node {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("VMI {ns}/{name} does not run on node {}", ctx.node),
+        ));
+    }
+    Ok(ctx.socket(vmi.metadata.uid.as_deref().unwrap_or_default()))
+}
+
+async fn ask(ctx: &Ctx, ns: &str, name: &str, request: Request) -> Result<Answer, Response> {
+    let socket = launcher_of(ctx, ns, name).await?;
+    launcher_proto::call(&socket, &request, Duration::from_secs(30))
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::CONFLICT,
+                format!("VMI {ns}/{name} is not running: {e}"),
+            )
+        })
+}
+
+fn refusal(answer: Answer) -> Response {
+    match answer {
+        Answer::Error { message, conflict } => error(
+            if conflict {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            },
+            message,
+        ),
+        other => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected launcher answer {other:?}"),
+        ),
+    }
+}
+
+async fn operation(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, name, op)): Path<(String, String, String)>,
+) -> Response {
+    let request = match op.as_str() {
+        "pause" => Request::Pause,
+        "unpause" => Request::Unpause,
+        "reset" => Request::Reset,
+        "softreboot" => Request::SoftReboot,
+        _ => return error(StatusCode::NOT_FOUND, format!("no operation {op}")),
+    };
+    match ask(&ctx, &ns, &name, request).await {
+        Ok(Answer::Ok) => axum::Json(json!({})).into_response(),
+        Ok(other) => refusal(other),
+        Err(r) => r,
+    }
+}
+
+async fn guest_os_info(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    match ask(&ctx, &ns, &name, Request::GuestOsInfo).await {
+        Ok(Answer::Value { value }) => axum::Json(value).into_response(),
+        Ok(other) => refusal(other),
+        Err(r) => r,
+    }
+}
+
+async fn stream_socket(
+    ctx: Arc<Ctx>,
+    ns: String,
+    name: String,
+    upgrade: WebSocketUpgrade,
+    pick: fn(&Status) -> Option<std::path::PathBuf>,
+    what: &'static str,
+) -> Response {
+    let status = match ask(&ctx, &ns, &name, Request::Status).await {
+        Ok(Answer::Status(s)) => s,
+        Ok(other) => return refusal(other),
+        Err(r) => return r,
+    };
+    let Some(path) = pick(&status) else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("VMI {ns}/{name} has no {what} yet"),
+        );
+    };
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("{what} of VMI {ns}/{name}: {e}"),
+            );
+        }
+    };
+    upgrade
+        .protocols(["plain.kubevirt.io"])
+        .on_upgrade(move |ws| pipe(ws, stream))
+}
+
+async fn console(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, name)): Path<(String, String)>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    stream_socket(
+        ctx,
+        ns,
+        name,
+        upgrade,
+        |s| s.serial_socket.clone(),
+        "serial console",
+    )
+    .await
+}
+
+async fn vnc(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, name)): Path<(String, String)>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    stream_socket(
+        ctx,
+        ns,
+        name,
+        upgrade,
+        |s| s.vnc_socket.clone(),
+        "VNC server",
+    )
+    .await
+}
+
+/// Copies bytes between the websocket (binary messages) and the unix socket until either
+/// side closes.
+async fn pipe(ws: WebSocket, stream: UnixStream) {
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (mut rd, mut wr) = stream.into_split();
+    let upstream = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let bytes = match msg {
+                Message::Binary(b) => b,
+                Message::Text(t) => t.as_bytes().to_vec().into(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.send(Message::Close(None)).await;
+    };
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+    }
+}
+
+/// Serves the endpoint until the task is aborted.
+pub(crate) async fn serve(config: EndpointConfig, _client: kube::Client, ctx: Arc<Ctx>) {
+    let app = router(ctx);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config.tls);
+    loop {
+        let Ok((tcp, peer)) = config.listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    other => {
+                        debug!(%peer, ?other, "handshake");
+                        return;
+                    }
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,159 @@
+//! virt-handler: the node agent. It makes the VMIs scheduled to its node match their
+//! objects.
+//!
+//! Owns: one session per VMI on this node ([`session`]): it waits for the VMI's launcher,
+//! hands it the VMI (`Sync`), follows its reports and writes what they mean into the
+//! VMI's status ([`status`]: Running, Paused, Succeeded, Failed, conditions, interfaces),
+//! and on deletion asks the launcher to shut the guest down within its grace period.
+//! Also the node's KubeVirt labels and heartbeat ([`node`]) and the endpoint virt-api
+//! forwards pause, unpause, reset, soft reboot, guest OS info, console and VNC to
+//! ([`endpoint`]).
+//!
+//! Does not own: the launcher pod (the controller renders it, the kubelet or pod runner
+//! runs it) or QEMU (the launcher's). After a restart the handler re-attaches to the
+//! launchers it finds; a launcher keeps its guest running while no handler watches.
+
+pub mod endpoint;
+pub mod node;
+pub mod session;
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::v1::{VirtualMachineInstance, VmiPhase};
+use futures_util::StreamExt;
+use kube::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use tracing::{debug, warn};
+
+/// The label the controller puts on a VMI scheduled to a node.
+pub const NODE_LABEL: &str = "kubevirt.io/nodeName";
+
+/// How the handler runs on its node.
+#[derive(Debug)]
+pub struct Config {
+    pub node_name: String,
+    /// The node's launcher run directory (`launcher::paths::NodePaths::run`): the
+    /// launchers' control sockets are under it.
+    pub run_dir: PathBuf,
+    /// Set when guests are emulated (no usable KVM), with the reason: labels the node.
+    pub software_emulation: Option<String>,
+    /// The endpoint virt-api calls, if this handler serves one.
+    pub endpoint: Option<endpoint::EndpointConfig>,
+}
+
+struct Ctx {
+    client: kube::Client,
+    node: String,
+    run_dir: PathBuf,
+    sessions: Mutex<HashMap<String, session::Session>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    fn socket(&self, uid: &str) -> PathBuf {
+        launcher_proto::socket_path(&self.run_dir, uid)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {}
+
+/// Runs the handler until the future is dropped.
+pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        node: config.node_name.clone(),
+        run_dir: config.run_dir.clone(),
+        sessions: Mutex::new(HashMap::new()),
+    });
+    let advertise = config.endpoint.as_ref().map(|e| e.advertise.clone());
+    let labels = node::Labels {
+        software_emulation: config.software_emulation.is_some(),
+        endpoint: advertise,
+    };
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), ctx.node.clone(), labels));
+    let server = config
+        .endpoint
+        .map(|e| tokio::spawn(endpoint::serve(e, client.clone(), ctx.clone())));
+    let vmis: Api<VirtualMachineInstance> = Api::all(client);
+    let selector = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", ctx.node));
+    let _guard = Aborter(heartbeat, server);
+    Controller::new(vmis, selector)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Aborts the background tasks when the handler's future is dropped.
+struct Aborter(
+    tokio::task::JoinHandle<()>,
+    Option<tokio::task::JoinHandle<()>>,
+);
+
+impl Drop for Aborter {
+    fn drop(&mut self) {
+        self.0.abort();
+        if let Some(t) = &self.1 {
+            t.abort();
+        }
+    }
+}
+
+async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let Some(uid) = vmi.metadata.uid.clone() else {
+        return Ok(Action::await_change());
+    };
+    let status = vmi.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or_default();
+    let mine = status.node_name.as_deref() == Some(ctx.node.as_str());
+    let mut sessions = ctx.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    if phase.is_final() || !mine || !matches!(phase, VmiPhase::Scheduled | VmiPhase::Running) {
+        if let Some(s) = sessions.remove(&uid) {
+            s.stop();
+        }
+        return Ok(Action::await_change());
+    }
+    let session = sessions
+        .entry(uid.clone())
+        .or_insert_with(|| session::Session::start(ctx.clone(), &vmi));
+    if vmi.metadata.deletion_timestamp.is_some() && !session.shutdown_sent {
+        session.shutdown_sent = true;
+        let grace = vmi
+            .spec
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(0)
+            .unsigned_abs();
+        let socket = ctx.socket(&uid);
+        tokio::spawn(async move {
+            let request = launcher_proto::Request::Shutdown {
+                grace_seconds: grace,
+            };
+            if let Err(e) = launcher_proto::call(&socket, &request, Duration::from_secs(10)).await {
+                warn!(error = %e, "asking the launcher to shut down");
+            }
+        });
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn error_policy(_: Arc<VirtualMachineInstance>, _: &Error, _: Arc<Ctx>) -> Action {
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,215 @@
+//! One VMI's session with its launcher: wait for the control socket, `Sync`, then follow
+//! the launcher's reports into the VMI's status until the VMI ends.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::v1::VirtualMachineInstance;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use launcher_proto::{DomainState, Request, Response, Status};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::Ctx;
+
+/// How long a launcher may take to open its socket once its VMI is Scheduled.
+const LAUNCHER_APPEARS: Duration = Duration::from_secs(120);
+/// How long a Running VMI's launcher may be unreachable before the VMI is Failed.
+const LAUNCHER_LOST: Duration = Duration::from_secs(10);
+
+/// A running session; stops when dropped or stopped.
+#[derive(Debug)]
+pub struct Session {
+    task: JoinHandle<()>,
+    pub shutdown_sent: bool,
+}
+
+impl Session {
+    pub(crate) fn start(ctx: Arc<Ctx>, vmi: &VirtualMachineInstance) -> Self {
+        let ns = vmi.metadata.namespace.clone().unwrap_or_default();
+        let name = vmi.metadata.name.clone().unwrap_or_default();
+        let uid = vmi.metadata.uid.clone().unwrap_or_default();
+        Self {
+            task: tokio::spawn(follow(ctx, ns, name, uid)),
+            shutdown_sent: false,
+        }
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn finished(state: &DomainState) -> bool {
+    matches!(
+        state,
+        DomainState::Exited { .. } | DomainState::Failed { .. }
+    )
+}
+
+/// The final status a launcher left behind when it exited.
+fn left_behind(socket: &Path) -> Option<Status> {
+    let bytes = std::fs::read(socket.with_extension("exit")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
+    let socket = ctx.socket(&uid);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut synced = false;
+    let mut unreachable_since = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(last) = left_behind(&socket)
+            && last.uid == uid
+        {
+            report(&ctx, &vmis, &name, &uid, &last).await;
+            let _ = std::fs::remove_file(socket.with_extension("exit"));
+            return;
+        }
+        let Ok(mut conn) = launcher_proto::watch(&socket).await else {
+            let running = matches!(
+                vmis.get_opt(&name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.status)
+                    .and_then(|s| s.phase),
+                Some(api::v1::VmiPhase::Running)
+            );
+            let limit = if running || synced {
+                LAUNCHER_LOST
+            } else {
+                LAUNCHER_APPEARS
+            };
+            if unreachable_since.elapsed() > limit {
+                let gone = Status {
+                    uid: uid.clone(),
+                    state: DomainState::Exited {
+                        exit: launcher_proto::Exit::Crashed {
+                            message: format!(
+                                "the launcher has not answered for {}s",
+                                limit.as_secs()
+                            ),
+                        },
+                    },
+                    qemu_pid: None,
+                    software_emulation: None,
+                    serial_socket: None,
+                    vnc_socket: None,
+                    agent_connected: false,
+                };
+                report(&ctx, &vmis, &name, &uid, &gone).await;
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+            continue;
+        };
+        pause = Duration::from_millis(5);
+        if !synced {
+            match vmis.get_opt(&name).await {
+                Ok(Some(vmi)) if vmi.metadata.uid.as_deref() == Some(uid.as_str()) => {
+                    let request = Request::Sync { vmi: Box::new(vmi) };
+                    match launcher_proto::call(&socket, &request, Duration::from_secs(10)).await {
+                        Ok(Response::Status(_)) => synced = true,
+                        Ok(other) => warn!(vmi = name, ?other, "the launcher refused Sync"),
+                        Err(e) => warn!(vmi = name, error = %e, "Sync"),
+                    }
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    debug!(error = %e, "reading the VMI");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        loop {
+            match conn.recv::<Response>().await {
+                Ok(Some(Response::Status(status))) => {
+                    report(&ctx, &vmis, &name, &uid, &status).await;
+                    if finished(&status.state) {
+                        return;
+                    }
+                }
+                Ok(Some(other)) => debug!(?other, "unexpected launcher message"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // The launcher went away mid-watch: look for its last words, else reconnect.
+        unreachable_since = tokio::time::Instant::now();
+    }
+}
+
+/// The launcher pod's IP.
+async fn pod_ip(ctx: &Ctx, ns: &str, uid: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("kubevirt.io/created-by={uid}")))
+        .await
+        .ok()?;
+    list.items
+        .into_iter()
+        .find_map(|p| p.status.and_then(|s| s.pod_ip))
+}
+
+/// Writes what `launcher` means into the VMI's status, re-reading on conflicts.
+async fn report(
+    ctx: &Ctx,
+    vmis: &Api<VirtualMachineInstance>,
+    name: &str,
+    uid: &str,
+    launcher: &Status,
+) {
+    let mut ip: Option<Option<String>> = None;
+    for _ in 0..10 {
+        let Ok(Some(mut vmi)) = vmis.get_opt(name).await else {
+            return;
+        };
+        if vmi.metadata.uid.as_deref() != Some(uid) {
+            return;
+        }
+        if ip.is_none()
+            && matches!(
+                launcher.state,
+                DomainState::Running | DomainState::Paused { .. }
+            )
+        {
+            let ns = vmi.metadata.namespace.clone().unwrap_or_default();
+            ip = Some(pod_ip(ctx, &ns, uid).await);
+        }
+        let next = crate::status::apply(
+            &vmi,
+            launcher,
+            ip.clone().flatten().as_deref(),
+            Timestamp::now(),
+        );
+        if vmi.status.as_ref() == Some(&next) {
+            return;
+        }
+        let phase = next.phase;
+        vmi.status = Some(next);
+        match vmis.replace(name, &PostParams::default(), &vmi).await {
+            Ok(_) => {
+                info!(vmi = name, ?phase, state = ?launcher.state, "VMI status");
+                return;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => {
+                warn!(vmi = name, error = %e, "writing the VMI status");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

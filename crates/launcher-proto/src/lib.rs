@@ -1,0 +1,344 @@
+//! The messages between virt-handler and virt-launcher, and how they travel.
+//!
+//! A launcher listens on a unix socket (`<run dir>/sockets/<vmi uid>.sock`). Each
+//! exchange is one connection: the handler writes one [`Request`] as a line of JSON, the
+//! launcher answers with one [`Response`] line, except for [`Request::Watch`], after which
+//! the launcher writes a [`Response::Status`] line now and on every change until either
+//! side closes. Every message carries `"version"`; a launcher refuses a request of
+//! another version with [`Response::Error`] naming both, so a handler and a launcher of
+//! different releases fail loudly instead of misreading each other.
+//!
+//! Owns: the message types, the version check, and the line codec on both sides. Does not
+//! own: what the launcher does with a request or what the handler writes to the API.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api::v1::VirtualMachineInstance;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
+use tokio::net::UnixStream;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// The longest line either side accepts (a VMI with many disks is a few KiB).
+const MAX_LINE: usize = 4 << 20;
+
+/// What the handler asks of a launcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// Start the VMI if it is not started yet (idempotent); answers with the status.
+    Sync {
+        vmi: Box<VirtualMachineInstance>,
+    },
+    /// The current status.
+    Status,
+    /// The status now and after every change.
+    Watch,
+    Pause,
+    Unpause,
+    /// A hard reset, like pressing the reset button.
+    Reset,
+    /// A reboot the guest performs itself (through the guest agent).
+    SoftReboot,
+    /// ACPI power-off, then a kill after `grace_seconds`.
+    #[serde(rename_all = "camelCase")]
+    Shutdown {
+        grace_seconds: u64,
+    },
+    /// The guest agent's `guest-get-osinfo`, in upstream's `guestOSInfo` shape.
+    GuestOsInfo,
+}
+
+/// What the domain is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum DomainState {
+    /// Waiting for the handler's Sync: nothing started yet.
+    Waiting,
+    /// Disks prepared and QEMU started, vCPUs not running yet.
+    Created,
+    Running,
+    Paused {
+        reason: String,
+    },
+    /// QEMU has ended; the launcher exits soon after.
+    Exited {
+        exit: Exit,
+    },
+    /// The VMI could not be started (bad image, bad disk, QEMU refused its arguments).
+    Failed {
+        message: String,
+    },
+}
+
+/// How QEMU ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "camelCase")]
+pub enum Exit {
+    /// The guest powered itself off.
+    GuestShutdown,
+    /// Stopped on request; `forced` when it had to be killed.
+    Stopped { forced: bool },
+    /// QEMU died or the guest panicked.
+    Crashed { message: String },
+}
+
+/// A launcher's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The VMI this launcher runs.
+    pub uid: String,
+    #[serde(flatten)]
+    pub state: DomainState,
+    pub qemu_pid: Option<u32>,
+    /// Set when the CPU is emulated (no usable KVM), with the reason.
+    pub software_emulation: Option<String>,
+    /// The serial console's unix socket (one client at a time).
+    pub serial_socket: Option<PathBuf>,
+    /// The VNC server's unix socket.
+    pub vnc_socket: Option<PathBuf>,
+    /// Whether the guest agent answers.
+    #[serde(default)]
+    pub agent_connected: bool,
+}
+
+/// A launcher's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum Response {
+    Ok,
+    Status(Box<Status>),
+    /// The guest agent's answer, as JSON.
+    Value {
+        value: serde_json::Value,
+    },
+    /// The request was refused; `conflict` when it does not fit the state (pausing a
+    /// paused guest), so the handler can answer 409 rather than 500.
+    #[serde(rename_all = "camelCase")]
+    Error {
+        message: String,
+        conflict: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("launcher socket {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("launcher connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("launcher closed the connection")]
+    Closed,
+    #[error("a message over {MAX_LINE} bytes")]
+    TooLong,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("protocol version {theirs} spoken, {VERSION} expected")]
+    Version { theirs: u32 },
+    #[error("launcher did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where the launcher of VMI `uid` listens, under the node's run directory.
+pub fn socket_path(run_dir: &Path, uid: &str) -> PathBuf {
+    run_dir.join("sockets").join(format!("{uid}.sock"))
+}
+
+/// One side of a connection: reads and writes versioned lines.
+#[derive(Debug)]
+pub struct Conn<S> {
+    lines: Lines<BufReader<tokio::io::ReadHalf<S>>>,
+    writer: tokio::io::WriteHalf<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Conn<S> {
+    pub fn new(stream: S) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Self {
+            lines: BufReader::new(r).lines(),
+            writer: w,
+        }
+    }
+
+    /// Writes one message.
+    pub async fn send<T: Serialize>(&mut self, body: &T) -> Result<(), ProtoError> {
+        let mut line = serde_json::to_vec(&Envelope {
+            version: VERSION,
+            body,
+        })
+        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Reads one message; `Ok(None)` at a clean end of stream.
+    pub async fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, ProtoError> {
+        let Some(line) = self.lines.next_line().await? else {
+            return Ok(None);
+        };
+        if line.len() > MAX_LINE {
+            return Err(ProtoError::TooLong);
+        }
+        decode(&line).map(Some)
+    }
+}
+
+/// Decodes one line, checking its version before its shape.
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &str) -> Result<T, ProtoError> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let theirs = value
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| ProtoError::Malformed("no version".into()))?;
+    if theirs != u64::from(VERSION) {
+        return Err(ProtoError::Version {
+            theirs: u32::try_from(theirs).unwrap_or(u32::MAX),
+        });
+    }
+    let envelope: Envelope<T> =
+        serde_json::from_value(value).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    Ok(envelope.body)
+}
+
+/// Connects to the launcher at `socket`.
+pub async fn connect(socket: &Path) -> Result<Conn<UnixStream>, ProtoError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ProtoError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    Ok(Conn::new(stream))
+}
+
+/// One request and its answer, within `timeout`.
+pub async fn call(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ProtoError> {
+    let exchange = async {
+        let mut conn = connect(socket).await?;
+        conn.send(request).await?;
+        conn.recv::<Response>().await?.ok_or(ProtoError::Closed)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProtoError::Timeout(timeout))?
+}
+
+/// Starts a watch: the returned connection yields a [`Response::Status`] per change.
+pub async fn watch(socket: &Path) -> Result<Conn<UnixStream>, ProtoError> {
+    let mut conn = connect(socket).await?;
+    conn.send(&Request::Watch).await?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn messages_carry_the_version_and_read_back() {
+        let line = serde_json::to_string(&Envelope {
+            version: VERSION,
+            body: &Request::Shutdown { grace_seconds: 30 },
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"version":1,"op":"shutdown","graceSeconds":30}"#);
+        assert!(matches!(
+            decode::<Request>(&line).unwrap(),
+            Request::Shutdown { grace_seconds: 30 }
+        ));
+        let status = Response::Status(Box::new(Status {
+            uid: "u".into(),
+            state: DomainState::Exited {
+                exit: Exit::Stopped { forced: true },
+            },
+            qemu_pid: Some(7),
+            software_emulation: Some("no KVM".into()),
+            serial_socket: None,
+            vnc_socket: None,
+            agent_connected: false,
+        }));
+        let line = serde_json::to_string(&Envelope {
+            version: VERSION,
+            body: &status,
+        })
+        .unwrap();
+        assert!(line.contains(r#""result":"status""#), "{line}");
+        assert!(line.contains(r#""state":"exited""#), "{line}");
+        assert_eq!(decode::<Response>(&line).unwrap(), status);
+    }
+
+    #[test]
+    fn another_version_is_refused_by_name() {
+        let err = decode::<Request>(r#"{"version":2,"op":"status"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "protocol version 2 spoken, 1 expected");
+        assert!(matches!(
+            decode::<Request>(r#"{"op":"status"}"#),
+            Err(ProtoError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(r#"{"version":1,"op":"fly"}"#),
+            Err(ProtoError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_call_over_a_socket_gets_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path(), "abc");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut conn = Conn::new(stream);
+            let req: Request = conn.recv().await.unwrap().unwrap();
+            assert!(matches!(req, Request::Pause));
+            conn.send(&Response::Error {
+                message: "already paused".into(),
+                conflict: true,
+            })
+            .await
+            .unwrap();
+        });
+        let answer = call(&path, &Request::Pause, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Response::Error {
+                message: "already paused".into(),
+                conflict: true
+            }
+        );
+        let gone = call(
+            &dir.path().join("none.sock"),
+            &Request::Status,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(gone.to_string().starts_with("launcher socket "), "{gone}");
+    }
+}

@@ -1,0 +1,362 @@
+//! Pod mode: `virt-launcher serve --uid UID ...`, the launcher as it runs in a VMI's pod.
+//!
+//! The launcher listens on its control socket ([`launcher_proto::socket_path`]) and waits
+//! for the handler's `Sync`, which carries the VMI. It then prepares the disks and starts
+//! QEMU (vCPUs held when `startStrategy: Paused`), and from then on answers the handler's
+//! requests and reports every state change to its watchers. SIGTERM (the pod being
+//! deleted) shuts the guest down within the grace period. When QEMU has ended, or the
+//! VMI could not start, the launcher writes its final status next to the socket (so a
+//! handler that was down at that moment still learns how it ended), gives watchers a
+//! moment to read it, and exits: 0 when the guest stopped, 1 when it crashed or never
+//! started.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use api::defaults::{DefaultsConfig, set_vmi_defaults};
+use api::v1::{StartStrategy, VirtualMachineInstance};
+use launcher_proto::{Conn, DomainState, Exit, Request, Response, Status};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Mutex, watch};
+use tracing::{info, warn};
+
+use crate::accel::{self, Accel};
+use crate::agent::{Agent, AgentError};
+use crate::domain;
+use crate::paths::NodePaths;
+use crate::standalone::{LaunchConfig, Launched, RunError, launch};
+
+/// Options of `virt-launcher serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub uid: String,
+    pub grace: Duration,
+    pub paths: NodePaths,
+    pub qemu: PathBuf,
+    pub tcg_tb_size_mib: u32,
+    pub accel: Option<Accel>,
+}
+
+/// Guest agent timings: a request's answer, probing until it answers, then polling.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
+const AGENT_PROBE: Duration = Duration::from_secs(2);
+const AGENT_POLL: Duration = Duration::from_secs(10);
+
+/// How long a finished launcher waits for a watcher to read its final status.
+const LINGER: Duration = Duration::from_secs(5);
+
+struct Shared {
+    status: watch::Sender<Status>,
+    launched: Mutex<Option<Launched>>,
+    config: LaunchConfig,
+    grace: Duration,
+    /// Set once a watcher has been sent a final state.
+    final_seen: watch::Sender<bool>,
+    /// The guest agent's channel, once QEMU runs.
+    agent: OnceLock<Arc<Agent>>,
+}
+
+/// Serves until the VMI has ended; returns the process exit code.
+pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
+    let accel = opts.accel.clone().unwrap_or_else(accel::detect);
+    let software_emulation = match &accel {
+        Accel::Tcg { reason } => Some(reason.clone()),
+        Accel::Kvm => None,
+    };
+    let socket = launcher_proto::socket_path(&opts.paths.run, &opts.uid);
+    let io = |source| RunError::RunDir {
+        path: socket.display().to_string(),
+        source,
+    };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let exit_file = socket.with_extension("exit");
+    let _ = std::fs::remove_file(&exit_file);
+    let listener = UnixListener::bind(&socket).map_err(io)?;
+    info!(socket = %socket.display(), "waiting for the handler");
+    let shared = Arc::new(Shared {
+        status: watch::Sender::new(Status {
+            uid: opts.uid.clone(),
+            state: DomainState::Waiting,
+            qemu_pid: None,
+            software_emulation,
+            serial_socket: None,
+            vnc_socket: None,
+            agent_connected: false,
+        }),
+        launched: Mutex::new(None),
+        config: LaunchConfig {
+            paths: opts.paths.clone(),
+            qemu: opts.qemu.clone(),
+            published: Default::default(),
+            port_address: "127.0.0.1".into(),
+            tcg_tb_size_mib: opts.tcg_tb_size_mib,
+            accel,
+        },
+        grace: opts.grace,
+        final_seen: watch::Sender::new(false),
+        agent: OnceLock::new(),
+    });
+    let accept = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(handle(stream, shared.clone()));
+            }
+        })
+    };
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut status = shared.status.subscribe();
+    let finished = |s: &Status| {
+        matches!(
+            s.state,
+            DomainState::Exited { .. } | DomainState::Failed { .. }
+        )
+    };
+    loop {
+        tokio::select! {
+            _ = status.wait_for(finished) => break,
+            _ = sigterm.recv() => stop(&shared, "SIGTERM", shared.grace).await,
+            _ = sigint.recv() => stop(&shared, "SIGINT", shared.grace).await,
+        }
+    }
+    let last = shared.status.borrow().clone();
+    if let Ok(json) = serde_json::to_vec(&last) {
+        let _ = std::fs::write(&exit_file, json);
+    }
+    info!(state = ?last.state, "domain finished");
+    let mut seen = shared.final_seen.subscribe();
+    let _ = tokio::time::timeout(LINGER, seen.wait_for(|s| *s)).await;
+    accept.abort();
+    let _ = std::fs::remove_file(&socket);
+    // Dropping the launched domain removes its runtime directory.
+    drop(shared.launched.lock().await.take());
+    Ok(match last.state {
+        DomainState::Exited {
+            exit: Exit::GuestShutdown | Exit::Stopped { .. },
+        } => 0,
+        _ => 1,
+    })
+}
+
+/// A signal or a request asked the guest to end: shut it down within `grace`, or, when
+/// nothing was started yet, finish at once.
+async fn stop(shared: &Arc<Shared>, why: &str, grace: Duration) {
+    info!(?grace, "{why}: shutting the guest down");
+    if shared.launched.lock().await.is_none() {
+        shared.status.send_modify(|s| {
+            s.state = DomainState::Exited {
+                exit: Exit::Stopped { forced: false },
+            }
+        });
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Some(l) = shared.launched.lock().await.as_ref() {
+            l.domain.shutdown(grace).await;
+        }
+    });
+}
+
+async fn handle(stream: UnixStream, shared: Arc<Shared>) {
+    let mut conn = Conn::new(stream);
+    let request = match conn.recv::<Request>().await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = conn
+                .send(&Response::Error {
+                    message: e.to_string(),
+                    conflict: false,
+                })
+                .await;
+            return;
+        }
+    };
+    if let Request::Watch = request {
+        let mut rx = shared.status.subscribe();
+        loop {
+            let status = rx.borrow_and_update().clone();
+            let last = matches!(
+                status.state,
+                DomainState::Exited { .. } | DomainState::Failed { .. }
+            );
+            if conn
+                .send(&Response::Status(Box::new(status)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if last {
+                shared.final_seen.send_replace(true);
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+    let response = answer(request, &shared).await;
+    let _ = conn.send(&response).await;
+}
+
+fn refused(message: impl Into<String>, conflict: bool) -> Response {
+    Response::Error {
+        message: message.into(),
+        conflict,
+    }
+}
+
+async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
+    let current = || Response::Status(Box::new(shared.status.borrow().clone()));
+    match request {
+        Request::Sync { vmi } => {
+            if shared.status.borrow().state == DomainState::Waiting {
+                shared
+                    .status
+                    .send_modify(|s| s.state = DomainState::Created);
+                tokio::spawn(start(*vmi, shared.clone()));
+            }
+            current()
+        }
+        Request::Status | Request::Watch => current(),
+        Request::Shutdown { grace_seconds } => {
+            stop(
+                shared,
+                "shutdown request",
+                Duration::from_secs(grace_seconds),
+            )
+            .await;
+            Response::Ok
+        }
+        Request::SoftReboot | Request::GuestOsInfo => {
+            let Some(agent) = shared.agent.get() else {
+                return refused(AgentError::NotConnected.to_string(), true);
+            };
+            let result = if let Request::SoftReboot = request {
+                agent.reboot(AGENT_TIMEOUT).await.map(|()| Response::Ok)
+            } else {
+                agent
+                    .os_info(AGENT_TIMEOUT)
+                    .await
+                    .map(|value| Response::Value { value })
+            };
+            result.unwrap_or_else(|e| refused(e.to_string(), matches!(e, AgentError::NotConnected)))
+        }
+        op @ (Request::Pause | Request::Unpause | Request::Reset) => {
+            let guard = shared.launched.lock().await;
+            let Some(launched) = guard.as_ref() else {
+                return refused("the domain has not started", true);
+            };
+            let state = shared.status.borrow().state.clone();
+            let result = match (op, state) {
+                (Request::Pause, DomainState::Running) => launched.domain.pause().await,
+                (Request::Pause, _) => return refused("the VMI is not running", true),
+                (Request::Unpause, DomainState::Paused { .. } | DomainState::Created) => {
+                    launched.domain.unpause().await
+                }
+                (Request::Unpause, _) => return refused("the VMI is not paused", true),
+                (_, DomainState::Running | DomainState::Paused { .. }) => {
+                    launched.domain.reset().await
+                }
+                _ => return refused("the VMI is not running", true),
+            };
+            match result {
+                Ok(()) => Response::Ok,
+                Err(e) => refused(e.to_string(), false),
+            }
+        }
+    }
+}
+
+/// Prepares and starts the VMI, then mirrors the domain's state into the status.
+async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
+    let uid = vmi.metadata.uid.clone();
+    set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &DefaultsConfig::default());
+    let launched = match launch(&vmi, &shared.config).await {
+        Ok(l) => l,
+        Err(e) => {
+            let message = crate::error_chain(&e);
+            warn!(message, "the VMI could not start");
+            shared
+                .status
+                .send_modify(|s| s.state = DomainState::Failed { message });
+            return;
+        }
+    };
+    let mut state = launched.domain.state();
+    let pid = launched.domain.pid();
+    shared.status.send_modify(|s| {
+        s.qemu_pid = pid;
+        s.serial_socket = Some(launched.sockets.serial.clone());
+        s.vnc_socket = Some(launched.sockets.vnc.clone());
+    });
+    let paused = vmi.spec.start_strategy == Some(StartStrategy::Paused);
+    let started = if paused {
+        Ok(())
+    } else {
+        launched.domain.start_vcpus().await
+    };
+    let agent = Arc::new(Agent::new(&launched.sockets.guest_agent));
+    let _ = shared.agent.set(agent.clone());
+    tokio::spawn(watch_agent(agent, shared.clone()));
+    *shared.launched.lock().await = Some(launched);
+    if let Err(e) = started {
+        warn!(error = %e, "vCPUs did not start");
+    }
+    loop {
+        let mapped = map_state(&state.borrow_and_update(), paused);
+        let done = matches!(mapped, DomainState::Exited { .. });
+        shared.status.send_modify(|s| s.state = mapped);
+        if done || state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows whether the guest agent answers: every 2 s until it does, then every 10 s.
+async fn watch_agent(agent: Arc<Agent>, shared: Arc<Shared>) {
+    let mut connected = false;
+    loop {
+        tokio::time::sleep(if connected { AGENT_POLL } else { AGENT_PROBE }).await;
+        match shared.status.borrow().state {
+            DomainState::Running => {}
+            DomainState::Exited { .. } | DomainState::Failed { .. } => return,
+            _ => continue,
+        }
+        let now = agent.ping(AGENT_TIMEOUT).await;
+        if now != connected {
+            connected = now;
+            info!(connected, "guest agent");
+            shared.status.send_modify(|s| s.agent_connected = connected);
+        }
+    }
+}
+
+fn map_state(state: &domain::DomainState, start_paused: bool) -> DomainState {
+    match state {
+        domain::DomainState::Created if start_paused => DomainState::Paused {
+            reason: "startStrategy".into(),
+        },
+        domain::DomainState::Created => DomainState::Created,
+        domain::DomainState::Running => DomainState::Running,
+        domain::DomainState::Paused { reason } => DomainState::Paused {
+            reason: reason.clone(),
+        },
+        domain::DomainState::Exited(exit) => DomainState::Exited {
+            exit: match exit {
+                domain::Exit::GuestShutdown => Exit::GuestShutdown,
+                domain::Exit::Stopped { forced } => Exit::Stopped { forced: *forced },
+                domain::Exit::Crashed { message } => Exit::Crashed {
+                    message: message.clone(),
+                },
+            },
+        },
+    }
+}

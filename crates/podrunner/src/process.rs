@@ -1,0 +1,341 @@
+//! Container processes: started detached, found again after a restart, their exit codes
+//! kept on disk.
+//!
+//! Each container runs under a small `/bin/sh` wrapper, [`WRAPPER`]:
+//!
+//! 1. The runner spawns `/bin/sh -c WRAPPER kubevirt-rs-pod EXIT_FILE PROGRAM ARGS...` in
+//!    a new session (`setsid` before exec, so it is its own process group and has no
+//!    controlling terminal), stdin `/dev/null`, stdout and stderr appended to
+//!    `<container>.log`. No parent-death signal: it outlives the runner.
+//! 2. The wrapper traps SIGTERM with a no-op (so a signal to the group does not end the
+//!    wrapper, and the trap resets to the default in its child), runs the program as its
+//!    child, and writes the program's exit status (`128 + signal` when signalled) to
+//!    `<container>.exit` before exiting.
+//! 3. The runner writes `<container>.pid`: the wrapper's pid, its start time in clock
+//!    ticks since boot (`/proc/<pid>/stat` field 22, which tells a reused pid apart) and
+//!    the wall-clock start.
+//! 4. Stopping sends SIGTERM to the process group (the wrapper ignores it, the program
+//!    gets it), then SIGKILL to the group.
+//! 5. While the runner lives the wrapper is its child and is reaped with
+//!    `waitpid(WNOHANG)`; after a restart it is not, and `/proc` tells whether it still
+//!    runs. Either way the exit code comes from `<container>.exit` (its mtime is the
+//!    finish time). A wrapper killed with SIGKILL writes nothing: the code is then the
+//!    one `waitpid` saw, or 137 when nobody saw it.
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::spec::Launch;
+
+/// The wrapper script; `$1` is the exit file, the rest is the command.
+pub const WRAPPER: &str = r#"trap : TERM; exit_file=$1; shift; "$@"; echo $? > "$exit_file""#;
+
+/// The exit code reported when the wrapper died without recording one (SIGKILL).
+const KILLED: i32 = 128 + 9;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {}", path.display())]
+pub struct ProcessError {
+    action: &'static str,
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+fn at(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ProcessError {
+    let path = path.to_owned();
+    move |source| ProcessError {
+        action,
+        path,
+        source,
+    }
+}
+
+/// A started container as `<container>.pid` records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub pid: i32,
+    /// Start time in clock ticks after boot.
+    pub start_ticks: u64,
+    /// Wall-clock start, seconds since the epoch.
+    pub started_at: i64,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    /// Seconds since the epoch.
+    pub finished_at: i64,
+    /// Whether the wrapper recorded the code (false: it was killed with the program).
+    pub recorded: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Exited(Exit),
+}
+
+/// The files of one container in its pod's directory.
+pub fn log_path(dir: &Path, container: &str) -> PathBuf {
+    dir.join(format!("{container}.log"))
+}
+
+fn pid_path(dir: &Path, container: &str) -> PathBuf {
+    dir.join(format!("{container}.pid"))
+}
+
+fn exit_path(dir: &Path, container: &str) -> PathBuf {
+    dir.join(format!("{container}.exit"))
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Starts `launch` under the wrapper in `dir` (which must exist), moved into the cgroup
+/// whose `cgroup.procs` is given, and records it.
+pub fn spawn(
+    dir: &Path,
+    launch: &Launch,
+    cgroup_procs: Option<&Path>,
+) -> Result<Record, ProcessError> {
+    let log_file = log_path(dir, &launch.container);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_file)
+        .map_err(at("opening", &log_file))?;
+    let stderr = log.try_clone().map_err(at("opening", &log_file))?;
+    let exit_file = exit_path(dir, &launch.container);
+    match fs::remove_file(&exit_file) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at("removing", &exit_file)(e)),
+        _ => {}
+    }
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(WRAPPER)
+        .arg("kubevirt-rs-pod")
+        .arg(&exit_file)
+        .arg(&launch.program)
+        .args(&launch.args)
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&launch.working_dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr);
+    let procs = cgroup_procs.and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
+    detach(&mut cmd, procs);
+    let child = cmd.spawn().map_err(at("starting", &launch.program))?;
+    let pid = child.id() as i32;
+    // std's Child neither kills nor waits when dropped: the wrapper is reaped by `poll`.
+    drop(child);
+    let record = Record {
+        pid,
+        start_ticks: stat(pid).map(|s| s.0).unwrap_or_default(),
+        started_at: now(),
+    };
+    let file = pid_path(dir, &launch.container);
+    let tmp = file.with_extension("pid.tmp");
+    let line = format!(
+        "{} {} {}\n",
+        record.pid, record.start_ticks, record.started_at
+    );
+    fs::write(&tmp, line).map_err(at("writing", &tmp))?;
+    fs::rename(&tmp, &file).map_err(at("writing", &file))?;
+    Ok(record)
+}
+
+/// New session, and into the cgroup, in the child between fork and exec.
+#[allow(unsafe_code)]
+fn detach(cmd: &mut Command, cgroup_procs: Option<CString>) {
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, open, write, close) on memory prepared
+    // before the fork; it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(path) = &cgroup_procs {
+                // "0" moves the writing process. A failure leaves it unconfined; the
+                // runner has already logged whether limits are enforced.
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The record of `container` in `dir`, if it was started.
+pub fn record(dir: &Path, container: &str) -> Option<Record> {
+    let text = fs::read_to_string(pid_path(dir, container)).ok()?;
+    let mut words = text.split_whitespace().map(str::parse::<i64>);
+    let (Some(Ok(pid)), Some(Ok(ticks)), Some(Ok(started_at))) =
+        (words.next(), words.next(), words.next())
+    else {
+        return None;
+    };
+    Some(Record {
+        pid: i32::try_from(pid).ok()?,
+        start_ticks: u64::try_from(ticks).ok()?,
+        started_at,
+    })
+}
+
+/// Start time (field 22) and state (field 3) from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(u64, char)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    Some((fields.get(19)?.parse().ok()?, state))
+}
+
+/// Whether the recorded wrapper still runs (a zombie does not), without reaping it.
+pub fn alive(record: &Record) -> bool {
+    stat(record.pid).is_some_and(|(ticks, state)| ticks == record.start_ticks && state != 'Z')
+}
+
+/// Whether the container still runs and, if not, how it ended. Reaps the wrapper when it
+/// is this process's child: call it until it reports the exit, then no more.
+pub fn poll(dir: &Path, container: &str, record: &Record) -> State {
+    let reaped = match waitpid(Pid::from_raw(record.pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => return State::Running,
+        Ok(WaitStatus::Exited(_, code)) => Some(code),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
+        Ok(_) => return State::Running,
+        Err(Errno::ECHILD) | Err(_) => None,
+    };
+    if reaped.is_none() && alive(record) {
+        return State::Running;
+    }
+    let file = exit_path(dir, container);
+    let recorded = fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok());
+    let finished_at = fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or_else(now, |d| d.as_secs() as i64);
+    State::Exited(Exit {
+        code: recorded.or(reaped).unwrap_or(KILLED),
+        finished_at,
+        recorded: recorded.is_some(),
+    })
+}
+
+/// Sends `signal` to the container's process group while its wrapper runs (never to a
+/// pid that was reused).
+pub fn signal(record: &Record, signal: Signal) {
+    if alive(record) {
+        let _ = killpg(Pid::from_raw(record.pid), signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn sh(dir: &Path, name: &str, script: &str) -> Record {
+        let launch = Launch {
+            container: name.to_owned(),
+            image: "test".to_owned(),
+            program: "/bin/sh".into(),
+            args: vec!["-c".to_owned(), script.to_owned()],
+            env: vec![("GREETING".to_owned(), "hi".to_owned())],
+            working_dir: "/".into(),
+        };
+        spawn(dir, &launch, None).unwrap()
+    }
+
+    fn wait_exit(dir: &Path, name: &str, r: &Record) -> Exit {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let State::Exited(e) = poll(dir, name, r) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "{name} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_exit_code_and_output_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = sh(dir.path(), "c", "echo $GREETING; echo oops >&2; exit 3");
+        assert_eq!(record(dir.path(), "c"), Some(r));
+        let e = wait_exit(dir.path(), "c", &r);
+        assert_eq!((e.code, e.recorded), (3, true));
+        let log = fs::read_to_string(log_path(dir.path(), "c")).unwrap();
+        assert_eq!(log, "hi\noops\n");
+        assert!(!alive(&r));
+    }
+
+    #[test]
+    fn sigterm_reaches_the_program_and_sigkill_ends_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = sh(
+            dir.path(),
+            "t",
+            "trap 'exit 4' TERM; while :; do sleep 0.05; done",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(poll(dir.path(), "t", &r), State::Running);
+        signal(&r, Signal::SIGTERM);
+        assert_eq!(wait_exit(dir.path(), "t", &r).code, 4);
+
+        let r = sh(
+            dir.path(),
+            "k",
+            "trap '' TERM; while :; do sleep 0.05; done",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&r, Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(poll(dir.path(), "k", &r), State::Running);
+        signal(&r, Signal::SIGKILL);
+        let e = wait_exit(dir.path(), "k", &r);
+        assert_eq!((e.code, e.recorded), (137, false));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_recorded_process() {
+        let me = Record {
+            pid: std::process::id() as i32,
+            start_ticks: stat(std::process::id() as i32).unwrap().0,
+            started_at: 0,
+        };
+        assert!(alive(&me));
+        assert!(!alive(&Record {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        }));
+    }
+}
