@@ -173,6 +173,35 @@ async fn virtctl_starts_pauses_restarts_stops_and_shows_the_console() {
     .await;
     assert_eq!(qemu_pids(run_dir).len(), 1, "the old guest is gone");
 
+    // VNC through a local port: any viewer gets the RFB greeting of the guest's screen.
+    let mut vnc = Command::new(virtctl_binary())
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["vnc", "vm-cirros", "--proxy-only"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(vnc.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let port = u16::try_from(port["port"].as_u64().unwrap()).unwrap();
+    let mut viewer = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    viewer
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 12];
+    std::io::Read::read_exact(&mut viewer, &mut greeting).unwrap();
+    assert_eq!(&greeting, b"RFB 003.008\n");
+    drop(viewer);
+    assert!(
+        vnc.wait().unwrap().success(),
+        "virtctl vnc ends with its viewer"
+    );
+
     ok(&virtctl(
         &kc,
         &["stop", "vm-cirros", "--grace-period", "0", "--force"],

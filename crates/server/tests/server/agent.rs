@@ -1,0 +1,129 @@
+//! The full Debian guest (`make guest-full`) through the whole system: real cloud-init
+//! runs the user data, qemu-guest-agent connects (the AgentConnected condition), and
+//! `virtctl guestosinfo` and `virtctl soft-reboot` go through it. Slow under TCG (a
+//! minute or more to boot).
+
+use std::path::Path;
+use std::time::Duration;
+
+use api::v1::VirtualMachineInstance;
+use kube::Api;
+
+use crate::support::{BIN, Scratch, System, kube_client, kubectl_ok, qemu_pids, wait_until};
+
+const VMI: &str = "
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: full}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    devices:
+      disks: [{name: containerdisk, disk: {bus: virtio}}, {name: cloudinitdisk, disk: {bus: virtio}}]
+      interfaces: [{name: default, masquerade: {}}]
+    memory: {guest: 1Gi}
+  networks: [{name: default, pod: {}}]
+  volumes:
+  - {name: containerdisk, containerDisk: {image: 'registry:5000/kubevirt/fedora-with-test-tooling-container-disk:devel'}}
+  - name: cloudinitdisk
+    cloudInitNoCloud:
+      userData: |
+        #cloud-config
+        runcmd:
+          - echo full-guest-user-data-ran > /dev/ttyS0
+";
+
+/// A guest this size takes minutes under TCG on a busy machine.
+const BOOT: Duration = Duration::from_secs(420);
+
+fn virtctl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(Path::new(BIN).with_file_name("virtctl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The serial console log of the guest `name` under `run_dir`.
+fn console_log(run_dir: &Path, name: &str) -> String {
+    let prefix = format!("default_{name}-");
+    std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("virt-serial0.log")).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_init_runs_and_the_guest_agent_answers_virtctl() {
+    let scratch = Scratch::new();
+    let system = System::start(&scratch).await;
+    let (server, run_dir) = (&system.server, &system.run_dir);
+    let kc = server.kubeconfig_path();
+    let file = scratch.path("full.yaml");
+    std::fs::write(&file, VMI).unwrap();
+    kubectl_ok(&kc, &scratch, &["apply", "-f", file.to_str().unwrap()]);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(kube_client(&kc).await, "default");
+
+    wait_until("the user data ran", BOOT, server, || async {
+        console_log(run_dir, "full")
+            .contains("full-guest-user-data-ran")
+            .then_some(())
+    })
+    .await;
+    wait_until("AgentConnected", BOOT, server, || async {
+        let vmi = vmis.get("full").await.ok()?;
+        vmi.status?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "AgentConnected" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+
+    let info = virtctl(&kc, &["guestosinfo", "full"]);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["id"], "debian", "{info}");
+    assert!(
+        info["kernelRelease"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty()),
+        "{info}"
+    );
+
+    // The guest reboots itself: the kernel says so on the console, QEMU stays the same.
+    let qemu = qemu_pids(run_dir);
+    let reboot = virtctl(&kc, &["soft-reboot", "full"]);
+    assert!(
+        reboot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reboot.stderr)
+    );
+    wait_until(
+        "the guest rebooting",
+        Duration::from_secs(120),
+        server,
+        || async {
+            console_log(run_dir, "full")
+                .contains("reboot: Restarting system")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(qemu_pids(run_dir), qemu);
+
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &["delete", "vmi", "full", "--wait=true", "--timeout=60s"],
+    );
+    assert!(qemu_pids(run_dir).is_empty());
+}
