@@ -1,173 +1,186 @@
-//! The serial console and the VNC proxy: bytes between this terminal (or a local TCP
-//! port) and a websocket through the API server.
+//! The console and VNC streams.
 
-use std::io::IsTerminal;
-use std::os::fd::AsFd;
+use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use nix::sys::termios;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::conn::{Conn, Error, Socket};
+use crate::client::Socket;
+use crate::{Ctx, Error};
 
-/// The byte of ^] (group separator): leaves the console, as upstream.
+/// Keeps idle sessions alive through proxies and load balancers.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// `^]`, which leaves the console.
 const ESCAPE: u8 = 0x1d;
-/// A ping this often keeps idle consoles open through proxies and load balancers.
-const KEEPALIVE: Duration = Duration::from_secs(10);
 
-/// The terminal in raw mode while this lives (when stdin is a terminal).
-struct RawTerminal(Option<nix::sys::termios::Termios>);
+/// The terminal's settings, restored when dropped.
+struct RawMode(termios::Termios);
 
-impl RawTerminal {
-    fn enable() -> Self {
-        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+impl RawMode {
+    fn enter() -> Option<Self> {
         let stdin = std::io::stdin();
         if !stdin.is_terminal() {
-            return Self(None);
+            return None;
         }
-        let Ok(saved) = tcgetattr(stdin.as_fd()) else {
-            return Self(None);
-        };
+        let saved = termios::tcgetattr(&stdin).ok()?;
         let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        if tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).is_err() {
-            return Self(None);
-        }
-        Self(Some(saved))
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw).ok()?;
+        Some(Self(saved))
     }
 }
 
-impl Drop for RawTerminal {
+impl Drop for RawMode {
     fn drop(&mut self) {
-        if let Some(saved) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(
-                std::io::stdin().as_fd(),
-                nix::sys::termios::SetArg::TCSANOW,
-                saved,
-            );
+        let _ = termios::tcsetattr(std::io::stdin(), termios::SetArg::TCSANOW, &self.0);
+    }
+}
+
+/// Opens the VMI's stream, retrying while the VMI is missing or not running yet.
+async fn open(ctx: &Ctx, name: &str, sub: &str, timeout: Duration) -> Result<Socket, Error> {
+    let path = ctx.path("virtualmachineinstances", name, sub);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match ctx.websocket(&path).await {
+            Ok(socket) => return Ok(socket),
+            Err(Error::Api { code, .. })
+                if matches!(code, 400 | 404 | 409 | 503)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
 
-/// How a console session ended.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    /// The user typed ^].
-    Left,
-    /// The other side closed: the VMI stopped, or another console took over.
-    Closed,
-}
-
-/// Attaches this terminal to the serial console at `path` until ^] or the far end closes.
-pub async fn console(conn: &Conn, path: &str, name: &str) -> Result<(), Error> {
-    let socket = conn.websocket(path).await?;
+/// `virtctl console NAME`.
+pub async fn console(ctx: &Ctx, name: &str, timeout_minutes: u64) -> Result<(), Error> {
+    let timeout = Duration::from_secs(timeout_minutes.saturating_mul(60));
+    let socket = open(ctx, name, "console", timeout).await?;
     eprintln!("Successfully connected to {name} console. The escape sequence is ^]");
-    let end = {
-        let _raw = RawTerminal::enable();
-        attach(socket).await?
+    let raw = RawMode::enter();
+    let tty = raw.is_some();
+    let (input_tx, mut input) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    // A thread, not a task: a blocked read of stdin must not hold the runtime.
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || input_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut tx, mut rx) = socket.split();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut stdout = std::io::stdout();
+    let mut stdin_open = true;
+    let result = loop {
+        tokio::select! {
+            data = input.recv(), if stdin_open => match data {
+                // Without a terminal, stdin ending does not end the session.
+                None if tty => break Ok(()),
+                None => stdin_open = false,
+                Some(data) => {
+                    let (data, leave) = match data.iter().position(|b| *b == ESCAPE) {
+                        Some(at) if tty => (data[..at].to_vec(), true),
+                        _ => (data, false),
+                    };
+                    if !data.is_empty() && tx.send(Message::Binary(data.into())).await.is_err() {
+                        break Err(Error::WebSocket("the console closed".into()));
+                    }
+                    if leave {
+                        break Ok(());
+                    }
+                }
+            },
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    let _ = stdout.write_all(&b);
+                    let _ = stdout.flush();
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let _ = stdout.write_all(t.as_bytes());
+                    let _ = stdout.flush();
+                }
+                Some(Ok(Message::Close(_))) | None => break Ok(()),
+                Some(Err(e)) => break Err(Error::WebSocket(e.to_string())),
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if tx.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break Err(Error::WebSocket("the console closed".into()));
+                }
+            }
+        }
     };
-    if end == End::Closed {
-        eprintln!(
-            "\nThe console of {name} closed (the VMI stopped, or another console connected)."
-        );
-    } else {
+    let _ = tx.send(Message::Close(None)).await;
+    drop(raw);
+    if tty {
         eprintln!();
     }
+    result
+}
+
+/// `virtctl vnc NAME`: a local port whose first connection is piped to the VMI's VNC.
+pub async fn vnc(ctx: &Ctx, name: &str, proxy_only: bool, port: u16) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(Error::io(format!("listening on 127.0.0.1:{port}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(Error::io("the local port"))?
+        .port();
+    println!("{}", json!({"port": port}));
+    let _ = std::io::stdout().flush();
+    if !proxy_only {
+        eprintln!("Connect a VNC viewer to 127.0.0.1:{port} (this build starts none).");
+    }
+    // One viewer, as upstream: the proxy ends with it.
+    let (tcp, _) = listener
+        .accept()
+        .await
+        .map_err(Error::io("accepting a VNC client"))?;
+    let socket = open(ctx, name, "vnc", Duration::ZERO).await?;
+    pipe_tcp(tcp, socket).await;
     Ok(())
 }
 
-async fn attach(socket: Socket) -> Result<End, Error> {
+async fn pipe_tcp(tcp: tokio::net::TcpStream, socket: Socket) {
+    let (mut tcp_rx, mut tcp_tx) = tcp.into_split();
     let (mut tx, mut rx) = socket.split();
-    let mut stdin = tokio::io::stdin();
-    let mut stdout = tokio::io::stdout();
-    let mut stdin_open = true;
-    let mut buf = vec![0u8; 4096];
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.tick().await;
-    let lost = |e: &dyn std::fmt::Display| Error::Connection(format!("console: {e}"));
-    loop {
-        tokio::select! {
-            msg = rx.next() => match msg {
-                Some(Ok(Message::Binary(bytes))) => {
-                    stdout.write_all(&bytes).await?;
-                    stdout.flush().await?;
-                }
-                Some(Ok(Message::Text(text))) => {
-                    stdout.write_all(text.as_bytes()).await?;
-                    stdout.flush().await?;
-                }
-                Some(Ok(Message::Close(_))) | None => return Ok(End::Closed),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(lost(&e)),
-            },
-            n = stdin.read(&mut buf), if stdin_open => match n {
-                // Without input (a pipe that ended, /dev/null) the console still shows output.
-                Ok(0) | Err(_) => stdin_open = false,
-                Ok(n) => {
-                    let typed = &buf[..n];
-                    let (send, leave) = match typed.iter().position(|b| *b == ESCAPE) {
-                        Some(at) => (&typed[..at], true),
-                        None => (typed, false),
-                    };
-                    if !send.is_empty() {
-                        tx.send(Message::Binary(send.to_vec().into())).await.map_err(|e| lost(&e))?;
-                    }
-                    if leave {
-                        let _ = tx.send(Message::Close(None)).await;
-                        return Ok(End::Left);
-                    }
-                }
-            },
-            _ = keepalive.tick() => {
-                tx.send(Message::Ping(Vec::new().into())).await.map_err(|e| lost(&e))?;
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = tcp_rx.read(&mut buf).await {
+            if n == 0
+                || tx
+                    .send(Message::Binary(buf[..n].to_vec().into()))
+                    .await
+                    .is_err()
+            {
+                break;
             }
         }
-    }
-}
-
-/// Serves the VNC stream at `path` on a local port: one viewer connection, then exits.
-pub async fn vnc_proxy(
-    conn: &Conn,
-    path: &str,
-    name: &str,
-    port: u16,
-    proxy_only: bool,
-) -> Result<(), Error> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-    let port = listener.local_addr()?.port();
-    if proxy_only {
-        println!("{{\"port\":{port}}}");
-    } else {
-        eprintln!("The screen of {name} is on 127.0.0.1:{port}: point a VNC viewer there.");
-    }
-    let (tcp, _) = listener.accept().await?;
-    let socket = conn.websocket(path).await?;
-    let (mut tx, mut rx) = socket.split();
-    let (mut rd, mut wr) = tcp.into_split();
-    let lost = |e: &dyn std::fmt::Display| Error::Connection(format!("vnc: {e}"));
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.tick().await;
-    loop {
-        tokio::select! {
-            msg = rx.next() => match msg {
-                Some(Ok(Message::Binary(bytes))) => wr.write_all(&bytes).await?,
-                Some(Ok(Message::Close(_))) | None => return Ok(()),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(lost(&e)),
-            },
-            n = rd.read(&mut buf) => match n? {
-                0 => {
-                    let _ = tx.send(Message::Close(None)).await;
-                    return Ok(());
-                }
-                n => tx.send(Message::Binary(buf[..n].to_vec().into())).await.map_err(|e| lost(&e))?,
-            },
-            _ = keepalive.tick() => {
-                tx.send(Message::Ping(Vec::new().into())).await.map_err(|e| lost(&e))?;
+        let _ = tx.send(Message::Close(None)).await;
+    };
+    let down = async {
+        while let Some(Ok(msg)) = rx.next().await {
+            match msg {
+                Message::Binary(b) if tcp_tx.write_all(&b).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
             }
         }
+        let _ = tcp_tx.shutdown().await;
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
     }
 }
