@@ -35,7 +35,14 @@ for _ in $(seq 1 300); do
   kill -0 "$server" 2>/dev/null || { echo "the server exited" >&2; exit 1; }
   sleep 0.1
 done
+# The components start right after the API: wait for virt-api's API and a schedulable node.
+for _ in $(seq 1 300); do
+  kubectl get --raw /apis/subresources.kubevirt.io/v1/version >/dev/null 2>&1 \
+    && [ -n "$(kubectl get nodes -l kubevirt.io/schedulable=true -o name 2>/dev/null)" ] && break
+  sleep 0.1
+done
 kubectl version
+kubectl get nodes
 
 say "kubectl apply -f examples/demo-vm.yaml"
 kubectl apply -f examples/demo-vm.yaml
