@@ -68,7 +68,7 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let mut synced = false;
     let mut unreachable_since = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(5);
+    let mut pause = Duration::from_millis(2);
     loop {
         if let Some(last) = left_behind(&socket)
             && last.uid == uid
@@ -113,10 +113,11 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
                 return;
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            // A unix connect costs microseconds: poll often, the VMI's start waits on it.
+            pause = (pause * 2).min(Duration::from_millis(20));
             continue;
         };
-        pause = Duration::from_millis(5);
+        pause = Duration::from_millis(2);
         if !synced {
             match vmis.get_opt(&name).await {
                 Ok(Some(vmi)) if vmi.metadata.uid.as_deref() == Some(uid.as_str()) => {
