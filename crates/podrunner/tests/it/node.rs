@@ -63,6 +63,16 @@ async fn the_node_is_ready_with_its_addresses_and_keeps_others_labels() {
         "https://127.0.0.1:1"
     );
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
-    let lease = leases.get(NODE).await.unwrap();
+    // The Lease comes with the first heartbeat, just after the Node.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lease = loop {
+        match leases.get_opt(NODE).await.unwrap() {
+            Some(lease) => break lease,
+            None => {
+                assert!(std::time::Instant::now() < deadline, "no node Lease");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(NODE));
 }
