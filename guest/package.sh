@@ -3,11 +3,9 @@
 #   $CACHE/guests/oci/tiny-containerdisk  layer: disk/tiny.qcow2 (107:107, 0440)
 #   $CACHE/guests/oci/tiny-kernelboot     layer: boot/vmlinuz-virt, boot/initramfs-virt
 #   $CACHE/guests/oci/full-containerdisk  layer: disk/full.qcow2 (107:107, 0440)
-#   $CACHE/guests/oci/idle-containerdisk  layer: disk/idle.raw, 1 MiB of zeros (107:107, 0440)
 # All are tagged devel and latest. Skips a layout newer than its inputs.
-#   guest/package.sh        the tiny and idle guests (guest/build.sh), and the full one if built
+#   guest/package.sh        the tiny guest (guest/build.sh), and the full one if built
 #   guest/package.sh full   the full guest only (guest/build-full.sh)
-#   guest/package.sh idle   the idle guest only
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,17 +39,10 @@ tiny() {
   pack tiny-kernelboot "$out/vmlinuz=boot/vmlinuz-virt" "$out/initramfs.img=boot/initramfs-virt"
 }
 full() { pack full-containerdisk "$out/full.qcow2=disk/full.qcow2"; }
-# The control-plane benchmark's guest: a disk with no boot sector. SeaBIOS finds nothing to
-# boot and halts, so a hundred of them idle under TCG for next to no CPU.
-idle() {
-  [ -s "$out/idle.raw" ] || { truncate -s 1M "$out/.idle.raw.tmp" && mv -f "$out/.idle.raw.tmp" "$out/idle.raw"; }
-  pack idle-containerdisk "$out/idle.raw=disk/idle.raw"
-}
 
 case "${1:-}" in
-  "") tiny; idle; [ ! -s "$out/full.qcow2" ] || full ;;
+  "") tiny; [ ! -s "$out/full.qcow2" ] || full ;;
   tiny) tiny ;;
   full) full ;;
-  idle) idle ;;
-  *) echo "usage: $0 [tiny|full|idle]" >&2; exit 2 ;;
+  *) echo "usage: $0 [tiny|full]" >&2; exit 2 ;;
 esac

@@ -17,13 +17,13 @@
 //! The client (this process) shares the machine's cores with the server, and its own
 //! TLS, JSON and scheduling are part of every figure.
 
-pub mod client;
+mod client;
 mod etcd;
 mod list;
 mod load;
-pub mod process;
+mod process;
 mod report;
-pub mod server;
+mod server;
 mod watch;
 
 use std::path::PathBuf;
