@@ -40,10 +40,8 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 fn router(ctx: Arc<Ctx>) -> Router {
     let base = "/v1/namespaces/{ns}/virtualmachineinstances/{name}";
     Router::new()
-        .route(&format!("{base}/{{op}}"), put(operation))
         .route(&format!("{base}/guestosinfo"), get(guest_os_info))
-        .route(&format!("{base}/console"), get(console))
-        .route(&format!("{base}/vnc"), get(vnc))
+        .route(&format!("{base}/{{op}}"), put(operation).get(stream))
         .with_state(ctx)
 }
 
@@ -156,36 +154,18 @@ async fn stream_socket(
         .on_upgrade(move |ws| pipe(ws, stream))
 }
 
-async fn console(
+/// `console` (the serial console) or `vnc` (the VNC server) as a websocket.
+async fn stream(
     State(ctx): State<Arc<Ctx>>,
-    Path((ns, name)): Path<(String, String)>,
+    Path((ns, name, which)): Path<(String, String, String)>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    stream_socket(
-        ctx,
-        ns,
-        name,
-        upgrade,
-        |s| s.serial_socket.clone(),
-        "serial console",
-    )
-    .await
-}
-
-async fn vnc(
-    State(ctx): State<Arc<Ctx>>,
-    Path((ns, name)): Path<(String, String)>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    stream_socket(
-        ctx,
-        ns,
-        name,
-        upgrade,
-        |s| s.vnc_socket.clone(),
-        "VNC server",
-    )
-    .await
+    let (pick, what): (fn(&Status) -> Option<std::path::PathBuf>, &str) = match which.as_str() {
+        "console" => (|s| s.serial_socket.clone(), "serial console"),
+        "vnc" => (|s| s.vnc_socket.clone(), "VNC server"),
+        _ => return error(StatusCode::NOT_FOUND, format!("no stream {which}")),
+    };
+    stream_socket(ctx, ns, name, upgrade, pick, what).await
 }
 
 /// Copies bytes between the websocket (binary messages) and the unix socket until either
@@ -231,7 +211,7 @@ async fn pipe(ws: WebSocket, stream: UnixStream) {
 }
 
 /// Serves the endpoint until the task is aborted.
-pub(crate) async fn serve(config: EndpointConfig, _client: kube::Client, ctx: Arc<Ctx>) {
+pub(crate) async fn serve(config: EndpointConfig, ctx: Arc<Ctx>) {
     let app = router(ctx);
     let acceptor = tokio_rustls::TlsAcceptor::from(config.tls);
     loop {
@@ -239,6 +219,7 @@ pub(crate) async fn serve(config: EndpointConfig, _client: kube::Client, ctx: Ar
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let _ = tcp.set_nodelay(true);
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
             let tls =

@@ -86,7 +86,7 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), ctx.node.clone(), labels));
     let server = config
         .endpoint
-        .map(|e| tokio::spawn(endpoint::serve(e, client.clone(), ctx.clone())));
+        .map(|e| tokio::spawn(endpoint::serve(e, ctx.clone())));
     let vmis: Api<VirtualMachineInstance> = Api::all(client);
     let selector = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", ctx.node));
     let _guard = Aborter(heartbeat, server);

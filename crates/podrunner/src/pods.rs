@@ -155,7 +155,8 @@ impl Worker {
             }
         } else {
             let views: Vec<ContainerView> = self.started.iter().map(view).collect();
-            status::pod_status(pod, &self.node.ip, &views, now)
+            let basis = with_status(pod, self.last_written.as_ref());
+            status::pod_status(&basis, &self.node.ip, &views, now)
         };
         let mut wait = if self.running() { POLL } else { IDLE };
         if self.last_written.as_ref() != Some(&status) {
@@ -471,5 +472,41 @@ pub fn remove_pod_state(dir: &Path, uid: &str, cgroups: &Cgroups) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(dir = %dir.display(), error = %e, "pod directory not removed");
+    }
+}
+
+/// `pod` with the status this worker wrote last, when it wrote one: the API's copy may lag
+/// behind our own writes, and its older timestamps would make every status look changed.
+fn with_status(pod: &Pod, last_written: Option<&Value>) -> Pod {
+    let mut pod = pod.clone();
+    if let Some(status) = last_written.and_then(|v| serde_json::from_value(v.clone()).ok()) {
+        pod.status = Some(status);
+    }
+    pod
+}
+
+#[cfg(test)]
+mod basis_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_lagging_pod_copy_does_not_restamp_the_status() {
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p", "uid": "u"}})).unwrap();
+        let views = [status::ContainerView {
+            name: "c".into(),
+            image: "i".into(),
+            phase: status::Phase::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
+        }];
+        let written = status::pod_status(&pod, "ip", &views, 100);
+        // A second later the watch still shows the pod without our write.
+        let again = status::pod_status(&with_status(&pod, Some(&written)), "ip", &views, 101);
+        assert_eq!(again, written);
+        assert_ne!(status::pod_status(&pod, "ip", &views, 101), written);
     }
 }

@@ -170,7 +170,8 @@ impl Drop for Components {
 /// Starts every component against the API server at `url`.
 pub async fn start(url: &str, pki: &Pki, node: NodeSetup) -> Result<Components, ComponentError> {
     let mut tasks = Vec::new();
-    ensure_namespace(&client(url, pki, "virt-api").await?).await?;
+    let api_client = client(url, pki, "virt-api").await?;
+    ensure_namespace(&api_client).await?;
 
     // The pod runner: this machine as a node, running the launcher pods.
     let log_listener =
@@ -225,7 +226,6 @@ pub async fn start(url: &str, pki: &Pki, node: NodeSetup) -> Result<Components, 
             source,
         })?
         .port();
-    let api_client = client(url, pki, "virt-api").await?;
     let (handler_cert, handler_key) = pki.components.get("virt-api").cloned().unwrap_or_default();
     let router = virt_api::router(
         api_client.clone(),

@@ -93,6 +93,9 @@ pub async fn serve(
                 continue;
             }
         };
+        // Answers are small writes after the TLS records: without this, Nagle and delayed
+        // ACKs hold each webhook answer back by about 40 ms.
+        let _ = tcp.set_nodelay(true);
         let (acceptor, router) = (acceptor.clone(), router.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
