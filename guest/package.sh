@@ -3,9 +3,11 @@
 #   $CACHE/guests/oci/tiny-containerdisk  layer: disk/tiny.qcow2 (107:107, 0440)
 #   $CACHE/guests/oci/tiny-kernelboot     layer: boot/vmlinuz-virt, boot/initramfs-virt
 #   $CACHE/guests/oci/full-containerdisk  layer: disk/full.qcow2 (107:107, 0440)
+#   $CACHE/guests/oci/idle-containerdisk  layer: disk/idle.raw, 1 MiB that halts (107:107, 0440)
 # All are tagged devel and latest. Skips a layout newer than its inputs.
-#   guest/package.sh        the tiny guest (guest/build.sh), and the full one if built
+#   guest/package.sh        the tiny and idle guests (guest/build.sh), and the full one if built
 #   guest/package.sh full   the full guest only (guest/build-full.sh)
+#   guest/package.sh idle   the idle guest only
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,10 +41,22 @@ tiny() {
   pack tiny-kernelboot "$out/vmlinuz=boot/vmlinuz-virt" "$out/initramfs.img=boot/initramfs-virt"
 }
 full() { pack full-containerdisk "$out/full.qcow2=disk/full.qcow2"; }
+# The control-plane benchmark's guest: 1 MiB whose boot sector stops the CPU (cli; hlt; jmp
+# back to the hlt). Nothing wakes it, so a hundred of them idle under TCG for about 2 ms of
+# CPU per second each; an empty disk makes SeaBIOS idle in its own hlt loop, woken by every
+# timer tick, for 7 ms.
+idle() {
+  local tmp=$out/.idle.raw.tmp
+  { printf '\372\364\353\375'; head -c 506 /dev/zero; printf '\125\252'; } >"$tmp"
+  truncate -s 1M "$tmp"
+  if cmp -s "$tmp" "$out/idle.raw"; then rm -f "$tmp"; else mv -f "$tmp" "$out/idle.raw"; fi
+  pack idle-containerdisk "$out/idle.raw=disk/idle.raw"
+}
 
 case "${1:-}" in
-  "") tiny; [ ! -s "$out/full.qcow2" ] || full ;;
+  "") tiny; idle; [ ! -s "$out/full.qcow2" ] || full ;;
   tiny) tiny ;;
   full) full ;;
-  *) echo "usage: $0 [tiny|full]" >&2; exit 2 ;;
+  idle) idle ;;
+  *) echo "usage: $0 [tiny|full|idle]" >&2; exit 2 ;;
 esac

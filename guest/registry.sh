@@ -22,6 +22,7 @@ images=(
   "kubevirt/cirros-registry-disk-demo:latest=tiny-containerdisk"
   "kubevirt/alpine-ext-kernel-boot-demo:devel=tiny-kernelboot"
   "kubevirt/fedora-with-test-tooling-container-disk:devel=full-containerdisk"
+  "kubevirt-rs/idle-disk:devel=idle-containerdisk"
 )
 
 log() { echo "guest/registry.sh: $*" >&2; }

@@ -17,13 +17,13 @@
 //! The client (this process) shares the machine's cores with the server, and its own
 //! TLS, JSON and scheduling are part of every figure.
 
-mod client;
+pub mod client;
 mod etcd;
 mod list;
 mod load;
-mod process;
+pub mod process;
 mod report;
-mod server;
+pub mod server;
 mod watch;
 
 use std::path::PathBuf;

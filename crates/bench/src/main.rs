@@ -1,7 +1,7 @@
 //! `make bench`: what our stack costs against the one upstream KubeVirt runs on, measured
 //! side by side in the same run on the same machine.
 //!
-//! Two benchmarks, each printed as a Markdown table:
+//! Three benchmarks, each printed as Markdown tables:
 //! 1. `vm` ([`vm`]): how fast a VMI starts and how much memory each VM costs, for our
 //!    launcher and for the same guest started through libvirt (`virsh create`), the stack
 //!    upstream's virt-launcher uses. Latency runs from spawning the launcher (or calling
@@ -13,10 +13,16 @@
 //! 2. `api` ([`api`]): the `kubevirt-rs server` process over HTTPS: create and update
 //!    throughput, watch delivery latency, LIST of many objects, memory and start-up, with
 //!    a single-node etcd (the store Kubernetes relies on) measured beside it.
+//! 3. `cp` ([`cp`]): the whole control plane with real launchers and QEMU: VMI creation
+//!    to Running one at a time, 100 at 10 per second (upstream's perf-lane method) and
+//!    100 at once; API writes per start; the server's memory idle and with 100 VMIs; CPU
+//!    in quiet windows.
 //!
-//! Without an argument both run; `kubevirt-rs-bench api` or `... vm` runs one.
+//! Without an argument all three run; `kubevirt-rs-bench vm`, `... api` or `... cp` runs
+//! one.
 
 mod api;
+mod cp;
 mod libvirt;
 mod ours;
 mod proc;
@@ -26,7 +32,9 @@ mod vm;
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(about = "Launcher start and per-VM memory against libvirt; API server against etcd")]
+#[command(
+    about = "Launcher start and per-VM memory against libvirt; API server against etcd; the control plane with real VMs"
+)]
 struct Cli {
     /// Which benchmark to run.
     #[arg(value_enum, default_value_t = Which::All)]
@@ -35,28 +43,39 @@ struct Cli {
     vm: vm::VmArgs,
     #[command(flatten)]
     api: api::ApiArgs,
+    #[command(flatten)]
+    cp: cp::CpArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
-    /// Both benchmarks.
+    /// All three benchmarks.
     All,
     /// The launcher against libvirt.
     Vm,
     /// The API server against etcd.
     Api,
+    /// The control plane with real VMs.
+    Cp,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cli.which != Which::Api {
+    let all = cli.which == Which::All;
+    if all || cli.which == Which::Vm {
         vm::run(&cli.vm)?;
     }
-    if cli.which == Which::All {
-        println!();
-    }
-    if cli.which != Which::Vm {
+    if all || cli.which == Which::Api {
+        if all {
+            println!();
+        }
         api::run(&cli.api, cli.vm.runs)?;
+    }
+    if all || cli.which == Which::Cp {
+        if all {
+            println!();
+        }
+        cp::run(&cli.cp, &cli.api.server, &cli.vm.launcher)?;
     }
     Ok(())
 }

@@ -23,6 +23,27 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// P50, P95 and the maximum of some samples, as a latency table shows them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Spread {
+    pub n: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+/// The nearest-rank [`Spread`] of unsorted samples; NaN figures for none.
+pub fn spread(samples: &[f64]) -> Spread {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    Spread {
+        n: sorted.len(),
+        p50: percentile(&sorted, 50.0),
+        p95: percentile(&sorted, 95.0),
+        max: percentile(&sorted, 100.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +62,15 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+
+    #[test]
+    fn spread_of_unsorted_samples() {
+        let v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        let s = spread(&v);
+        assert_eq!((s.n, s.p50, s.p95, s.max), (20, 10.0, 19.0, 20.0));
+        let one = spread(&[3.0]);
+        assert_eq!((one.p50, one.p95, one.max), (3.0, 3.0, 3.0));
+        assert!(spread(&[]).p95.is_nan());
     }
 }

@@ -35,6 +35,16 @@ impl ServerProcess {
     /// Starts `bin` on `data` (see the module docs) and returns it once ready, with the
     /// time from spawn to the first 200 from /readyz.
     pub async fn start(bin: &Path, data: &Path, log: &Path) -> anyhow::Result<(Self, Duration)> {
+        Self::start_with(bin, data, log, |_| {}).await
+    }
+
+    /// [`ServerProcess::start`] with further arguments or environment set by `configure`.
+    pub async fn start_with(
+        bin: &Path,
+        data: &Path,
+        log: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<(Self, Duration)> {
         let kubeconfig = data.join("kubeconfig");
         match std::fs::remove_file(&kubeconfig) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -48,6 +58,7 @@ impl ServerProcess {
             .arg(data)
             .env_remove("RUST_LOG")
             .env_remove("KUBEVIRT_RS_LOG");
+        configure(&mut command);
         let mut process = Process::spawn(command, log).context("kubevirt-rs server")?;
         let endpoint = loop {
             process
