@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -152,6 +152,9 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
         workers: HashMap::new(),
         finished: HashSet::new(),
         tasks: JoinSet::new(),
+        binding: JoinSet::new(),
+        scheduling: HashSet::new(),
+        bound: HashSet::new(),
         cleaned: false,
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -160,18 +163,14 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
     let (mut pods_listed, mut node_listed) = (false, false);
     loop {
         tokio::select! {
-            event = pod_events.next() => match event {
-                Some(Ok(watcher::Event::InitDone)) => pods_listed = true,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed"),
-                None => anyhow::bail!("the pod watch ended"),
-            },
-            event = node_events.next() => match event {
-                Some(Ok(watcher::Event::InitDone)) => node_listed = true,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "node watch failed"),
-                None => anyhow::bail!("the node watch ended"),
-            },
+            event = pod_events.next() => {
+                note(event, &mut pods_listed, "pod")?;
+                // A burst of pod events costs one walk over the pods, not one each.
+                while let Some(event) = pod_events.next().now_or_never() {
+                    note(event, &mut pods_listed, "pod")?;
+                }
+            }
+            event = node_events.next() => note(event, &mut node_listed, "node")?,
             _ = heartbeat.tick() => {
                 if let Err(e) = agent.heartbeat(&client).await {
                     tracing::warn!(error = %e, "node heartbeat failed");
@@ -184,12 +183,36 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
                     runner.finished.insert(uid);
                 }
             }
+            Some(done) = runner.binding.join_next() => {
+                if let Ok((uid, bound)) = done {
+                    runner.scheduling.remove(&uid);
+                    if bound {
+                        runner.bound.insert(uid);
+                    }
+                }
+            }
             Some(_) = background.join_next() => anyhow::bail!("the log endpoint stopped"),
         }
         if pods_listed && node_listed {
-            runner.sync().await;
+            runner.sync();
         }
     }
+}
+
+/// Takes in one watch event: the end of the initial listing sets `listed`; an error is
+/// logged (the watcher retries); the end of the stream is fatal.
+fn note<K>(
+    event: Option<Result<watcher::Event<K>, watcher::Error>>,
+    listed: &mut bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    match event {
+        Some(Ok(watcher::Event::InitDone)) => *listed = true,
+        Some(Ok(_)) => {}
+        Some(Err(e)) => tracing::warn!(error = %e, "{what} watch failed"),
+        None => anyhow::bail!("the {what} watch ended"),
+    }
+    Ok(())
 }
 
 /// The runner's bookkeeping between events.
@@ -203,6 +226,12 @@ struct Runner {
     /// shows them.
     finished: HashSet<String>,
     tasks: JoinSet<String>,
+    /// Scheduling decisions being written, each its own task: (pod uid, whether bound).
+    binding: JoinSet<(String, bool)>,
+    /// Uids of the pods in `binding`.
+    scheduling: HashSet<String>,
+    /// Pods bound by us that the watch still shows without a node: not bound again.
+    bound: HashSet<String>,
     /// Whether state left by pods that no longer exist was removed.
     cleaned: bool,
 }
@@ -210,15 +239,11 @@ struct Runner {
 impl Runner {
     /// Schedules what waits for a node, feeds the workers, and (once) removes the state
     /// of pods that no longer exist.
-    async fn sync(&mut self) {
+    fn sync(&mut self) {
         let node = self.nodes.get(&ObjectRef::new(&self.node.name));
         let all = self.pods.state();
         if let Some(node) = &node {
-            for pod in &all {
-                if let Err(e) = scheduler::schedule(&self.node.client, pod, node).await {
-                    tracing::warn!(pod = ?pod.metadata.name, error = %e, "scheduling failed");
-                }
-            }
+            self.schedule(&all, node);
         }
         let ours: HashMap<String, Arc<Pod>> = all
             .into_iter()
@@ -260,6 +285,36 @@ impl Runner {
             self.cleaned = true;
             self.remove_orphans(&ours);
         }
+    }
+
+    /// Writes a decision for each pod waiting for a node, all at once: a burst of new
+    /// pods is bound together, not one after another.
+    fn schedule(&mut self, all: &[Arc<Pod>], node: &Arc<Node>) {
+        let mut waiting = HashSet::new();
+        for pod in all {
+            let Some(uid) = pod.metadata.uid.clone() else {
+                continue;
+            };
+            if scheduler::decide(pod, node) == scheduler::Decision::Skip {
+                continue;
+            }
+            waiting.insert(uid.clone());
+            if self.scheduling.contains(&uid) || self.bound.contains(&uid) {
+                continue;
+            }
+            self.scheduling.insert(uid.clone());
+            let (client, pod, node) = (self.node.client.clone(), pod.clone(), node.clone());
+            self.binding.spawn(async move {
+                match scheduler::schedule(&client, &pod, &node).await {
+                    Ok(bound) => (uid, bound),
+                    Err(e) => {
+                        tracing::warn!(pod = ?pod.metadata.name, error = %e, "scheduling failed");
+                        (uid, false)
+                    }
+                }
+            });
+        }
+        self.bound.retain(|uid| waiting.contains(uid));
     }
 
     /// Kills and removes what `state_dir` holds for pods this node no longer has.

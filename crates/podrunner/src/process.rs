@@ -3,13 +3,18 @@
 //!
 //! Each container runs under a small `/bin/sh` wrapper, [`WRAPPER`]:
 //!
-//! 1. The runner spawns `/bin/sh -c WRAPPER kubevirt-rs-pod EXIT_FILE PROGRAM ARGS...` in
-//!    a new session (`setsid` before exec, so it is its own process group and has no
-//!    controlling terminal), stdin `/dev/null`, stdout and stderr appended to
-//!    `<container>.log`. No parent-death signal: it outlives the runner.
-//! 2. The wrapper traps SIGTERM with a no-op (so a signal to the group does not end the
-//!    wrapper, and the trap resets to the default in its child), runs the program as its
-//!    child, and writes the program's exit status (`128 + signal` when signalled) to
+//! 1. The runner spawns `setsid /bin/sh -c WRAPPER kubevirt-rs-pod EXIT_FILE CGROUP_PROCS
+//!    PROGRAM ARGS...`: util-linux's `setsid` starts a new session (so the wrapper is its
+//!    own process group and has no controlling terminal) and execs the shell in the same
+//!    process. Stdin is `/dev/null`, stdout and stderr are appended to `<container>.log`.
+//!    No parent-death signal: it outlives the runner. Nothing runs between fork and exec
+//!    in our process, so std spawns with `posix_spawn` (a vfork) instead of copying the
+//!    server's address space; where `setsid` is missing, a `pre_exec` hook does the same
+//!    with a fork.
+//! 2. The wrapper moves itself into the pod's cgroup when one is given (writing `0` to its
+//!    `cgroup.procs`), traps SIGTERM with a no-op (so a signal to the group does not end
+//!    the wrapper, and the trap resets to the default in its child), runs the program as
+//!    its child, and writes the program's exit status (`128 + signal` when signalled) to
 //!    `<container>.exit` before exiting.
 //! 3. The runner writes `<container>.pid`: the wrapper's pid, its start time in clock
 //!    ticks since boot (`/proc/<pid>/stat` field 22, which tells a reused pid apart) and
@@ -22,13 +27,12 @@
 //!    finish time). A wrapper killed with SIGKILL writes nothing: the code is then the
 //!    one `waitpid` saw, or 137 when nobody saw it.
 
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -39,7 +43,7 @@ use nix::unistd::Pid;
 use crate::spec::Launch;
 
 /// The wrapper script; `$1` is the exit file, the rest is the command.
-pub const WRAPPER: &str = r#"trap : TERM; exit_file=$1; shift; "$@"; echo $? > "$exit_file""#;
+pub const WRAPPER: &str = r#"trap : TERM; exit_file=$1; procs=$2; shift 2; [ -z "$procs" ] || { echo 0 > "$procs"; } 2>/dev/null; "$@"; echo $? > "$exit_file""#;
 
 /// The exit code reported when the wrapper died without recording one (SIGKILL).
 const KILLED: i32 = 128 + 9;
@@ -127,11 +131,23 @@ pub fn spawn(
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at("removing", &exit_file)(e)),
         _ => {}
     }
-    let mut cmd = Command::new("/bin/sh");
+    let mut cmd = match setsid() {
+        Some(setsid) => {
+            let mut cmd = Command::new(setsid);
+            cmd.arg("/bin/sh");
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new("/bin/sh");
+            detach(&mut cmd);
+            cmd
+        }
+    };
     cmd.arg("-c")
         .arg(WRAPPER)
         .arg("kubevirt-rs-pod")
         .arg(&exit_file)
+        .arg(cgroup_procs.map(Path::as_os_str).unwrap_or_default())
         .arg(&launch.program)
         .args(&launch.args)
         .env_clear()
@@ -140,8 +156,6 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr);
-    let procs = cgroup_procs.and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
-    detach(&mut cmd, procs);
     let child = cmd.spawn().map_err(at("starting", &launch.program))?;
     let pid = child.id() as i32;
     // std's Child neither kills nor waits when dropped: the wrapper is reaped by `poll`.
@@ -162,25 +176,28 @@ pub fn spawn(
     Ok(record)
 }
 
-/// New session, and into the cgroup, in the child between fork and exec.
+/// util-linux's `setsid`, from the usual system directories, if there.
+fn setsid() -> Option<&'static Path> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            ["/usr/bin/setsid", "/bin/setsid"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .as_deref()
+}
+
+/// A new session in the child between fork and exec, for machines without `setsid`.
 #[allow(unsafe_code)]
-fn detach(cmd: &mut Command, cgroup_procs: Option<CString>) {
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, open, write, close) on memory prepared
-    // before the fork; it allocates nothing and takes no locks.
+fn detach(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and makes one
+    // async-signal-safe system call; it allocates nothing and takes no locks.
     unsafe {
-        cmd.pre_exec(move || {
+        cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
-            }
-            if let Some(path) = &cgroup_procs {
-                // "0" moves the writing process. A failure leaves it unconfined; the
-                // runner has already logged whether limits are enforced.
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                }
             }
             Ok(())
         });
@@ -323,6 +340,36 @@ mod tests {
         signal(&r, Signal::SIGKILL);
         let e = wait_exit(dir.path(), "k", &r);
         assert_eq!((e.code, e.recorded), (137, false));
+    }
+
+    #[test]
+    fn the_wrapper_leads_its_own_session_and_joins_the_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        // A plain file stands in for `cgroup.procs`: the wrapper writes "0" to it.
+        let procs = dir.path().join("cgroup.procs");
+        fs::write(&procs, "").unwrap();
+        let launch = Launch {
+            container: "s".to_owned(),
+            image: "test".to_owned(),
+            program: "/bin/sh".into(),
+            args: vec!["-c".to_owned(), "cat /proc/$PPID/stat".to_owned()],
+            env: vec![],
+            working_dir: "/".into(),
+        };
+        let r = spawn(dir.path(), &launch, Some(&procs)).unwrap();
+        assert_eq!(wait_exit(dir.path(), "s", &r).code, 0);
+        assert_eq!(fs::read_to_string(&procs).unwrap(), "0\n");
+        // The wrapper's /proc stat, as its child saw it: pid, (comm), state, ppid, pgrp,
+        // session.
+        let stat = fs::read_to_string(log_path(dir.path(), "s")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let (pgrp, session) = (fields[2], fields[3]);
+        assert_eq!((pgrp, session), (&*r.pid.to_string(), &*r.pid.to_string()));
     }
 
     #[test]

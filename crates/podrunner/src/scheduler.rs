@@ -113,16 +113,17 @@ fn requirement(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
 }
 
 /// Acts on [`decide`]: binds the pod, or records why it stays pending (once per reason).
-pub async fn schedule(client: &Client, pod: &Pod, node: &Node) -> Result<(), kube::Error> {
+/// True when the pod is bound to the node now.
+pub async fn schedule(client: &Client, pod: &Pod, node: &Node) -> Result<bool, kube::Error> {
     let decision = decide(pod, node);
     if decision == Decision::Skip {
-        return Ok(());
+        return Ok(false);
     }
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     match decision {
-        Decision::Skip => Ok(()),
+        Decision::Skip => Ok(false),
         Decision::Bind => {
             let node_name = node.metadata.name.clone().unwrap_or_default();
             let binding = json!({
@@ -135,11 +136,11 @@ pub async fn schedule(client: &Client, pod: &Pod, node: &Node) -> Result<(), kub
                 .await
             {
                 // Bound already (a second pass before the watch caught up): fine.
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(true),
                 Err(e) => Err(e),
                 Ok(_) => {
                     tracing::info!(pod = %name, namespace = %ns, node = %node_name, "pod bound");
-                    Ok(())
+                    Ok(true)
                 }
             }
         }
@@ -156,7 +157,7 @@ pub async fn schedule(client: &Client, pod: &Pod, node: &Node) -> Result<(), kub
                         && c.message.as_deref() == Some(message.as_str())
                 });
             if noted {
-                return Ok(());
+                return Ok(false);
             }
             let now = crate::status::rfc3339(crate::process::now());
             let status = json!({"status": {"phase": "Pending", "conditions": [{
@@ -165,7 +166,7 @@ pub async fn schedule(client: &Client, pod: &Pod, node: &Node) -> Result<(), kub
             api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
                 .await?;
             tracing::info!(pod = %name, namespace = %ns, %message, "pod not schedulable");
-            Ok(())
+            Ok(false)
         }
     }
 }
