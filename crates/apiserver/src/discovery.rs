@@ -201,8 +201,11 @@ fn version_from_list(group: &str, version: &str, list: &Value) -> Value {
                     subs.push(entry);
                 }
             }
+            // A parent the server does not serve gets no responseKind, as kube-apiserver
+            // does it: clients then list only its subresources, and their REST mappers
+            // do not take `virtualmachines` for a resource of this group.
             None => resources.push(json!({
-                "resource": parent, "responseKind": kind, "scope": scope(r),
+                "resource": parent, "scope": scope(r),
                 "verbs": [], "subresources": [entry],
             })),
         }

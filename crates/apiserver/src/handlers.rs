@@ -688,3 +688,69 @@ async fn watch(
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// The kind an `authorization.k8s.io/v1` plural names, if it is a review.
+fn review_kind(plural: &str, namespaced: bool) -> Option<&'static str> {
+    match (plural, namespaced) {
+        ("subjectaccessreviews", false) => Some("SubjectAccessReview"),
+        ("selfsubjectaccessreviews", false) => Some("SelfSubjectAccessReview"),
+        ("localsubjectaccessreviews", true) => Some("LocalSubjectAccessReview"),
+        _ => None,
+    }
+}
+
+async fn answer_review(
+    state: &AppState,
+    user: Option<User>,
+    (plural, namespace): (&str, Option<&str>),
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = review_kind(plural, namespace.is_some()).ok_or_else(|| {
+        ApiError::not_found_path(&format!("/apis/authorization.k8s.io/v1/{plural}"))
+    })?;
+    let body = body::decode(headers, &body)?;
+    if body["kind"].as_str().is_some_and(|k| k != kind) {
+        return Err(ApiError::bad_request(format!(
+            "expected a {kind}, got a {}",
+            body["kind"].as_str().unwrap_or_default()
+        )));
+    }
+    let user = user.unwrap_or_else(crate::rbac::unsecured);
+    let mut answer = crate::rbac::review(state, &user, kind, namespace, body)?;
+    answer["apiVersion"] = json!("authorization.k8s.io/v1");
+    answer["kind"] = json!(kind);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// POST `/apis/authorization.k8s.io/v1/{subjectaccessreviews,selfsubjectaccessreviews}`.
+pub async fn access_review(
+    State(state): State<AppState>,
+    axum::extract::Path(plural): axum::extract::Path<String>,
+    user: Option<axum::Extension<User>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer_review(&state, user.map(|u| u.0), (&plural, None), &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// POST `/apis/authorization.k8s.io/v1/namespaces/{ns}/localsubjectaccessreviews`.
+pub async fn local_access_review(
+    State(state): State<AppState>,
+    axum::extract::Path((ns, plural)): axum::extract::Path<(String, String)>,
+    user: Option<axum::Extension<User>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer_review(
+        &state,
+        user.map(|u| u.0),
+        (&plural, Some(&ns)),
+        &headers,
+        body,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}

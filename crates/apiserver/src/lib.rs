@@ -28,6 +28,7 @@ mod openapi;
 mod ops;
 mod patch;
 mod protobuf;
+pub mod rbac;
 pub(crate) mod registry;
 mod request;
 mod schema;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The client certificate presented to aggregated API servers.
     pub proxy_identity: Option<Arc<ProxyIdentity>>,
+    /// Who may do what: the RBAC policy, cached.
+    pub authorizer: Arc<rbac::Authorizer>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
             store,
             registry: Arc::new(Registry::kubevirt()),
             proxy_identity: None,
+            authorizer: Arc::default(),
         }
     }
 
@@ -71,10 +75,13 @@ impl AppState {
             store,
             registry: Arc::new(Registry::new(&[])),
             proxy_identity: None,
+            authorizer: Arc::default(),
         };
         state.bootstrap().await?;
         state.install_crds().await?;
+        state.ensure_objects(rbac::bootstrap_policy()).await?;
         tokio::spawn(gc::run(state.clone()));
+        tokio::spawn(rbac::follow(state.clone()));
         Ok(state)
     }
 
@@ -168,6 +175,44 @@ impl AppState {
         Ok(())
     }
 
+    /// Creates each of `objects` (of built-in or installed kinds) that does not exist yet;
+    /// existing ones are left as they are.
+    pub async fn ensure_objects(&self, objects: Vec<serde_json::Value>) -> Result<(), ApiError> {
+        for obj in objects {
+            let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let kind = obj["kind"].as_str().unwrap_or_default();
+            let Some(r) = self
+                .registry
+                .resources()
+                .iter()
+                .find(|r| r.group == group && r.kind == kind)
+                .cloned()
+            else {
+                return Err(ApiError::bad_request(format!(
+                    "no resource of kind {kind} in {api_version}"
+                )));
+            };
+            let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
+            let version = version.to_owned();
+            match ops::create(
+                self,
+                &r,
+                &version,
+                ns.as_deref(),
+                obj,
+                ops::Write::default(),
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the namespaces every cluster has.
     async fn bootstrap(&self) -> Result<(), ApiError> {
         let Some(r) = self.registry.find("", "v1", "namespaces") else {
@@ -214,7 +259,19 @@ pub fn router(state: AppState) -> Router {
         .route("/apis", any(handlers::dispatch))
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
+        .route(
+            "/apis/authorization.k8s.io/v1/{plural}",
+            axum::routing::post(handlers::access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/namespaces/{ns}/{plural}",
+            axum::routing::post(handlers::local_access_review),
+        )
         .fallback(|uri: axum::http::Uri| async move { ApiError::not_found_path(uri.path()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rbac::authorize,
+        ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -56,6 +56,20 @@ fn name_problem(name: &str, label: bool) -> Option<String> {
     })
 }
 
+/// RBAC objects' names (`system:basic-user`) need only be usable in a path.
+fn path_segment_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("name or generateName is required".to_owned());
+    }
+    if name == "." || name == ".." {
+        return Some(format!("may not be '{name}'"));
+    }
+    ['/', '%']
+        .into_iter()
+        .find(|c| name.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+}
+
 /// Checks and converts a body for `resource`; returns it in the storage version.
 fn admit(
     resource: &Resource,
@@ -184,7 +198,12 @@ pub fn for_create(
         meta["name"] = json!(format!("{prefix}{suffix}"));
     }
     let name = meta["name"].as_str().unwrap_or_default();
-    if let Some(problem) = name_problem(name, resource.plural == "namespaces") {
+    let problem = if resource.group == crate::rbac::GROUP {
+        path_segment_problem(name)
+    } else {
+        name_problem(name, resource.plural == "namespaces")
+    };
+    if let Some(problem) = problem {
         return Err(ApiError::unprocessable(
             &resource.kind,
             name,

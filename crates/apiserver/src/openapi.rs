@@ -33,6 +33,7 @@ fn schema_name(r: &Resource, version: &str) -> String {
     let group = match r.group.as_str() {
         "" => "io.k8s.api.core".to_owned(),
         "coordination.k8s.io" => "io.k8s.api.coordination".to_owned(),
+        "rbac.authorization.k8s.io" => "io.k8s.api.rbac".to_owned(),
         "admissionregistration.k8s.io" => "io.k8s.api.admissionregistration".to_owned(),
         "apiextensions.k8s.io" => {
             "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions".to_owned()
@@ -46,7 +47,7 @@ fn schema_name(r: &Resource, version: &str) -> String {
 /// The built-in kinds' schemas, from k8s-openapi, into `defs`.
 fn builtin_schema(r: &Resource, generator: &mut SchemaGenerator) -> bool {
     use k8s_openapi::api::admissionregistration;
-    use k8s_openapi::api::{coordination, core};
+    use k8s_openapi::api::{coordination, core, rbac};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
     match (r.group.as_str(), r.kind.as_str()) {
         ("", "Namespace") => generator.subschema_for::<core::v1::Namespace>(),
@@ -58,6 +59,16 @@ fn builtin_schema(r: &Resource, generator: &mut SchemaGenerator) -> bool {
         ("", "Service") => generator.subschema_for::<core::v1::Service>(),
         ("", "ServiceAccount") => generator.subschema_for::<core::v1::ServiceAccount>(),
         ("coordination.k8s.io", "Lease") => generator.subschema_for::<coordination::v1::Lease>(),
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            generator.subschema_for::<rbac::v1::ClusterRole>()
+        }
+        ("rbac.authorization.k8s.io", "Role") => generator.subschema_for::<rbac::v1::Role>(),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            generator.subschema_for::<rbac::v1::ClusterRoleBinding>()
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            generator.subschema_for::<rbac::v1::RoleBinding>()
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             generator.subschema_for::<apiextensions::v1::CustomResourceDefinition>()
         }

@@ -135,10 +135,15 @@ pub async fn create(
     out(state, r, version, &kv).await
 }
 
-/// After a write: a CustomResourceDefinition changes what the server serves.
+/// After a write: a CustomResourceDefinition changes what the server serves; a role or
+/// binding changes who may do what (before the answer goes out, so the writer's next
+/// request sees it).
 fn after_write(state: &AppState, r: &Resource) {
     if r.builtin && r.plural == "customresourcedefinitions" {
         state.reload_crds();
+    }
+    if r.builtin && r.group == crate::rbac::GROUP {
+        state.authorizer.invalidate();
     }
 }
 

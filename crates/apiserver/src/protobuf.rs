@@ -81,6 +81,154 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             }
             o
         }
+        ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => {
+            use k8s_pb::api::rbac::v1 as rbac;
+            let (meta, rules, aggregation) = if kind == "Role" {
+                let r = rbac::Role::decode(raw).map_err(bad)?;
+                (r.metadata, r.rules, None)
+            } else {
+                let r = rbac::ClusterRole::decode(raw).map_err(bad)?;
+                (r.metadata, r.rules, r.aggregation_rule)
+            };
+            let mut o = with_meta(meta);
+            let rules: Vec<Value> = rules
+                .into_iter()
+                .map(|r| {
+                    let mut rule = Map::new();
+                    for (key, list) in [
+                        ("verbs", r.verbs),
+                        ("apiGroups", r.api_groups),
+                        ("resources", r.resources),
+                        ("resourceNames", r.resource_names),
+                        ("nonResourceURLs", r.non_resource_ur_ls),
+                    ] {
+                        if key == "verbs" || !list.is_empty() {
+                            rule.insert(key.into(), json!(list));
+                        }
+                    }
+                    Value::Object(rule)
+                })
+                .collect();
+            o.insert("rules".into(), json!(rules));
+            if let Some(a) = aggregation {
+                let selectors: Vec<Value> = a
+                    .cluster_role_selectors
+                    .into_iter()
+                    .map(|s| json!({"matchLabels": s.match_labels}))
+                    .collect();
+                o.insert(
+                    "aggregationRule".into(),
+                    json!({"clusterRoleSelectors": selectors}),
+                );
+            }
+            o
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => {
+            use k8s_pb::api::rbac::v1 as rbac;
+            let (meta, subjects, role_ref) = if kind == "RoleBinding" {
+                let b = rbac::RoleBinding::decode(raw).map_err(bad)?;
+                (b.metadata, b.subjects, b.role_ref)
+            } else {
+                let b = rbac::ClusterRoleBinding::decode(raw).map_err(bad)?;
+                (b.metadata, b.subjects, b.role_ref)
+            };
+            let mut o = with_meta(meta);
+            let subjects: Vec<Value> = subjects
+                .into_iter()
+                .map(|s| {
+                    let mut subject = Map::new();
+                    for (key, v) in [
+                        ("kind", s.kind),
+                        ("apiGroup", s.api_group),
+                        ("name", s.name),
+                        ("namespace", s.namespace),
+                    ] {
+                        if let Some(v) = v.filter(|v| !v.is_empty()) {
+                            subject.insert(key.into(), json!(v));
+                        }
+                    }
+                    Value::Object(subject)
+                })
+                .collect();
+            o.insert("subjects".into(), json!(subjects));
+            let r = role_ref.unwrap_or_default();
+            o.insert(
+                "roleRef".into(),
+                json!({"apiGroup": r.api_group.unwrap_or_default(),
+                       "kind": r.kind.unwrap_or_default(), "name": r.name.unwrap_or_default()}),
+            );
+            o
+        }
+        (
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview",
+        ) => {
+            use k8s_pb::api::authorization::v1 as authz;
+            let (meta, resource, non_resource, user, groups) = if kind == "SelfSubjectAccessReview"
+            {
+                let r = authz::SelfSubjectAccessReview::decode(raw).map_err(bad)?;
+                let spec = r.spec.unwrap_or_default();
+                (
+                    r.metadata,
+                    spec.resource_attributes,
+                    spec.non_resource_attributes,
+                    None,
+                    Vec::new(),
+                )
+            } else {
+                let r = if kind == "SubjectAccessReview" {
+                    authz::SubjectAccessReview::decode(raw).map_err(bad)?
+                } else {
+                    let l = authz::LocalSubjectAccessReview::decode(raw).map_err(bad)?;
+                    authz::SubjectAccessReview {
+                        metadata: l.metadata,
+                        spec: l.spec,
+                        status: l.status,
+                    }
+                };
+                let spec = r.spec.unwrap_or_default();
+                (
+                    r.metadata,
+                    spec.resource_attributes,
+                    spec.non_resource_attributes,
+                    spec.user,
+                    spec.groups,
+                )
+            };
+            let mut o = with_meta(meta);
+            let mut spec = Map::new();
+            if let Some(a) = resource {
+                let mut attrs = Map::new();
+                for (key, v) in [
+                    ("namespace", a.namespace),
+                    ("verb", a.verb),
+                    ("group", a.group),
+                    ("version", a.version),
+                    ("resource", a.resource),
+                    ("subresource", a.subresource),
+                    ("name", a.name),
+                ] {
+                    if let Some(v) = v.filter(|v| !v.is_empty()) {
+                        attrs.insert(key.into(), json!(v));
+                    }
+                }
+                spec.insert("resourceAttributes".into(), Value::Object(attrs));
+            }
+            if let Some(a) = non_resource {
+                spec.insert(
+                    "nonResourceAttributes".into(),
+                    json!({"path": a.path.unwrap_or_default(), "verb": a.verb.unwrap_or_default()}),
+                );
+            }
+            if let Some(user) = user.filter(|u| !u.is_empty()) {
+                spec.insert("user".into(), json!(user));
+            }
+            if !groups.is_empty() {
+                spec.insert("groups".into(), json!(groups));
+            }
+            o.insert("spec".into(), Value::Object(spec));
+            o
+        }
         _ => {
             return Err(ApiError::unsupported_media_type(&format!(
                 "application/vnd.kubernetes.protobuf ({api_version}, {kind})"

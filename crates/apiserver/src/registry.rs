@@ -301,6 +301,27 @@ pub fn builtins() -> Vec<Resource> {
             false,
         )
         .columns(&[AGE]),
+        Resource::builtin(crate::rbac::GROUP, "ClusterRole", "clusterroles", false).columns(&[(
+            "Created At",
+            "string",
+            ".metadata.creationTimestamp",
+            0,
+        )]),
+        Resource::builtin(crate::rbac::GROUP, "Role", "roles", true).columns(&[(
+            "Created At",
+            "string",
+            ".metadata.creationTimestamp",
+            0,
+        )]),
+        Resource::builtin(
+            crate::rbac::GROUP,
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+        )
+        .columns(&[("Role", "string", ".roleRef.name", 0), AGE]),
+        Resource::builtin(crate::rbac::GROUP, "RoleBinding", "rolebindings", true)
+            .columns(&[("Role", "string", ".roleRef.name", 0), AGE]),
         Resource::builtin("apiregistration.k8s.io", "APIService", "apiservices", false)
             .with_status()
             .columns(&[

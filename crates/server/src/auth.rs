@@ -8,8 +8,8 @@
 //!    RBAC opens to everyone ([`OPEN_PATHS`]), refused elsewhere.
 //!
 //! Every authenticated user is also in `system:authenticated`. Refusals are 401 with a
-//! `metav1.Status` body. Does not own: authorization (everyone authenticated may do
-//! everything for now) or TLS itself.
+//! `metav1.Status` body. Does not own: authorization (RBAC, [`apiserver::rbac`]) or TLS
+//! itself.
 
 use std::path::Path;
 

@@ -7,8 +7,8 @@
 //! lifecycle (start, SIGTERM/SIGINT, drain).
 //!
 //! Does not own: the API itself (routes, wire formats, watch semantics: [`apiserver`]),
-//! storage ([`store`]), authorization (every authenticated user may do everything for
-//! now), controllers and the node agent (to come, started from here).
+//! storage ([`store`]), authorization (RBAC, in [`apiserver::rbac`]; the components are
+//! bound to `cluster-admin` here), controllers and the node agent (started from here).
 //!
 //! A start, step by step:
 //! 1. Lock `DIR/lock` (another server on the same directory fails at once, naming it).
@@ -115,6 +115,20 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
         .await
         .map_err(ServerError::Bootstrap)?;
     state.proxy_identity = Some(Arc::new(proxy_identity(&pki)));
+    // The in-process components act for the whole cluster, as their upstream
+    // counterparts' ClusterRoles let them; here they are bound to cluster-admin.
+    let components: Vec<(&str, &str)> = pki::COMPONENTS
+        .iter()
+        .map(|(_, user, _)| ("User", *user))
+        .collect();
+    state
+        .ensure_objects(vec![apiserver::rbac::cluster_role_binding(
+            "kubevirt-rs:components",
+            "cluster-admin",
+            &components,
+        )])
+        .await
+        .map_err(ServerError::Bootstrap)?;
     let compactor = tokio::spawn(store::run_compactor(
         store.clone(),
         COMPACT_WINDOW,

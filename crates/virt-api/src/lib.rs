@@ -19,8 +19,10 @@
 //! Does not own: the API types, defaults and validation rules (crate `api`), what the
 //! controllers do with a VM's requests (crate `reconcile` decides, `controller` acts), the
 //! handler's endpoint (crate `handler`), certificates (the caller brings them).
-//! Authorization is not checked: the embedded API server has no SubjectAccessReview, so
-//! an authenticated caller may use every subresource.
+//! Authorization happens before a request gets here: the API server checks RBAC on the
+//! subresource (`virtualmachines/start` in `subresources.kubevirt.io`, verb `update`)
+//! before it forwards, and `register` installs upstream's `kubevirt.io:admin`, `:edit`,
+//! `:view` and `:migrate` ClusterRoles ([`roles`]).
 //!
 //! A subresource request, step by step:
 //! 1. The API server's aggregation proxy connects with its front-proxy client
@@ -42,6 +44,7 @@ mod forward;
 mod identity;
 mod lifecycle;
 mod register;
+pub mod roles;
 mod serve;
 
 use std::sync::Arc;

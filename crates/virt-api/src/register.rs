@@ -75,8 +75,22 @@ async fn apply(
     })
 }
 
-/// Creates or updates the Service, the APIService and the webhook configurations.
+/// Creates or updates the Service, the APIService, the webhook configurations and the
+/// users' ClusterRoles ([`crate::roles`]).
 pub async fn register(client: kube::Client, reg: Registration) -> Result<(), RegisterError> {
+    for obj in crate::roles::objects() {
+        let (kind, plural) = match obj["kind"].as_str() {
+            Some("ClusterRoleBinding") => ("ClusterRoleBinding", "clusterrolebindings"),
+            _ => ("ClusterRole", "clusterroles"),
+        };
+        apply(
+            &client,
+            &resource("rbac.authorization.k8s.io", "v1", kind, plural),
+            None,
+            obj,
+        )
+        .await?;
+    }
     let ns_resource = resource("", "v1", "Namespace", "namespaces");
     let namespaces: Api<DynamicObject> = Api::all_with(client.clone(), &ns_resource);
     let namespace: DynamicObject = serde_json::from_value(

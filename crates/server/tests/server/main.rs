@@ -12,6 +12,7 @@ mod https;
 mod kubectl;
 mod kubers;
 mod lifecycle;
+mod rbac;
 mod support;
 mod virtctl;
 mod vms;
