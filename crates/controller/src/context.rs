@@ -33,6 +33,10 @@ pub(crate) struct Context {
     pub vmi_expectations: Arc<Expectations<VirtualMachineInstance>>,
     pub caches: Caches,
     failures: Mutex<HashMap<String, u32>>,
+    /// By object uid, the resourceVersion a status write of ours replaced: a cached
+    /// object still at that version is older than what we know, and deciding on it
+    /// could undo the write (start a VM whose backoff the write recorded).
+    superseded: Mutex<HashMap<String, String>>,
     pub now: fn() -> Timestamp,
 }
 
@@ -111,6 +115,7 @@ impl Context {
             vmi_expectations: Arc::default(),
             caches: Caches::default(),
             failures: Mutex::default(),
+            superseded: Mutex::default(),
             now: Timestamp::now,
         }
     }
@@ -122,6 +127,33 @@ impl Context {
             obj.meta().namespace.as_deref().unwrap_or_default(),
             obj.meta().name.as_deref().unwrap_or_default()
         )
+    }
+
+    /// Our status write replaced `obj` at its current resourceVersion.
+    pub fn wrote_over<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        let meta = obj.meta();
+        if let (Some(uid), Some(rv)) = (&meta.uid, &meta.resource_version) {
+            let mut superseded = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+            superseded.insert(uid.clone(), rv.clone());
+        }
+    }
+
+    /// Whether the cache's `obj` is a version one of our status writes replaced: the
+    /// watch has not delivered the write yet.
+    pub fn is_stale<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
+        let meta = obj.meta();
+        let Some(uid) = &meta.uid else {
+            return false;
+        };
+        let mut superseded = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+        match superseded.get(uid) {
+            Some(rv) if Some(rv) == meta.resource_version.as_ref() => true,
+            Some(_) => {
+                superseded.remove(uid);
+                false
+            }
+            None => false,
+        }
     }
 
     /// A reconcile of `obj` succeeded: its next failure starts the backoff over.

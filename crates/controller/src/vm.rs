@@ -80,6 +80,10 @@ pub fn set_failure(conditions: &mut Vec<Condition>, message: Option<&str>, now: 
 }
 
 async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
+    if ctx.is_stale(vm) {
+        // Our last status write is on its way; its event reconciles again.
+        return Ok(Action::requeue(RACE_RETRY));
+    }
     let namespace = vm.metadata.namespace.clone().unwrap_or_default();
     let name = vm.metadata.name.clone().unwrap_or_default();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -207,7 +211,10 @@ async fn write_status(
         .replace_status(&name, &PostParams::default(), &next)
         .await
     {
-        Ok(_) => Ok(None),
+        Ok(_) => {
+            ctx.wrote_over(vm);
+            Ok(None)
+        }
         // Decided on an old VM: its new version triggers another reconcile.
         Err(e) if is_conflict(&e) => Ok(Some(Action::requeue(RACE_RETRY))),
         Err(e) if is_not_found(&e) => Ok(Some(Action::await_change())),
