@@ -5,8 +5,9 @@
 #                                          own kernel and initrd) + ext4 root partition
 #   $CACHE/guests/full.versions            kernel and main package versions
 #   $CACHE/guests/oci/full-containerdisk   its containerDisk image (guest/package.sh full)
-# Idempotent: does nothing when full.qcow2 is newer than guest/build-full.sh and
-# guest/full/*. FORCE=1 rebuilds; KEEP_WORK=1 keeps the work directory (root tree).
+# Idempotent: does nothing when full.qcow2 was built from the same guest/build-full.sh and
+# guest/full/* (their SHA-256 is kept in full.inputs, so a fresh clone reuses the cache).
+# FORCE=1 rebuilds; KEEP_WORK=1 keeps the work directory (root tree).
 # Needs root (debootstrap, chroot) and: debootstrap, e2fsprogs, fdisk, dosfstools, mtools,
 # syslinux, syslinux-common, qemu-utils, apt. Downloads only from the Debian mirror that
 # apt's sources already name.
@@ -28,15 +29,11 @@ packages=(python3-cffi-backend systemd-sysv udev dbus cloud-init qemu-guest-agen
 
 log() { echo "guest/build-full.sh: $*" >&2; }
 
-inputs=("$here/build-full.sh")
-while IFS= read -r f; do inputs+=("$f"); done < <(find "$here/full" -type f)
+# The inputs' names and contents, hashed: what full.qcow2 was built from.
+inputs=$(cd "$here" && find build-full.sh full -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 uptodate=1
 [ "${FORCE:-0}" = 1 ] && uptodate=0
-if [ -s "$out/full.qcow2" ]; then
-  for i in "${inputs[@]}"; do [ "$out/full.qcow2" -nt "$i" ] || uptodate=0; done
-else
-  uptodate=0
-fi
+[ -s "$out/full.qcow2" ] && [ "$(cat "$out/full.inputs" 2>/dev/null)" = "$inputs" ] || uptodate=0
 if [ "$uptodate" = 1 ]; then
   log "full guest up to date in $out"
   exec "$here/package.sh" full
@@ -208,5 +205,6 @@ qemu-img convert -c -f raw -O qcow2 "$work/disk.raw" "$work/full.qcow2"
 
 cp "$work/full.qcow2" "$out/.full.qcow2.tmp" && mv -f "$out/.full.qcow2.tmp" "$out/full.qcow2"
 cp "$root/etc/kubevirt-rs-guest" "$out/full.versions"
+echo "$inputs" >"$out/full.inputs"
 log "built $out/full.qcow2: $(du -h --apparent-size "$out/full.qcow2" | cut -f1), root tree $(du -sh "$root" | cut -f1), in $(( $(date +%s) - start )) s"
 "$here/package.sh" full   # not exec: the EXIT trap cleans $work up

@@ -4,7 +4,8 @@
 #   $CACHE/guests/initramfs.img  busybox initramfs with /init (guest/tiny/)
 #   $CACHE/guests/tiny.qcow2     BIOS-bootable disk (MBR + FAT + syslinux) holding both
 # then the OCI layouts (guest/package.sh).
-# Idempotent: does nothing when the outputs are newer than guest/build.sh and guest/tiny/*.
+# Idempotent: does nothing when the outputs were built from the same guest/build.sh and
+# guest/tiny/* (their SHA-256 is kept in tiny.inputs, so a fresh clone reuses the cache).
 # FORCE=1 rebuilds. Needs: apt-get, dpkg-deb, kmod (modinfo), xz, zstd, cpio, lz4,
 # fdisk (sfdisk), dosfstools, mtools, syslinux, syslinux-common, qemu-utils. No root needed
 # except for apt-get download in a root-only apt setup.
@@ -27,15 +28,14 @@ wanted=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pc
 
 log() { echo "guest/build.sh: $*" >&2; }
 
-inputs=("$here/build.sh" "$here"/tiny/*)
+# The inputs' names and contents, hashed: what the outputs were built from.
+inputs=$(cd "$here" && find build.sh tiny -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 outputs=("$out/vmlinuz" "$out/initramfs.img" "$out/tiny.qcow2")
 uptodate=1
 [ "${FORCE:-0}" = 1 ] && uptodate=0
+[ "$(cat "$out/tiny.inputs" 2>/dev/null)" = "$inputs" ] || uptodate=0
 for o in "${outputs[@]}"; do
-  [ -s "$o" ] || { uptodate=0; continue; }
-  for i in "${inputs[@]}"; do
-    [ "$o" -nt "$i" ] || uptodate=0
-  done
+  [ -s "$o" ] || uptodate=0
 done
 if [ "$uptodate" = 1 ]; then
   log "tiny guest up to date in $out"
@@ -172,5 +172,6 @@ for f in vmlinuz initramfs.img tiny.qcow2; do
   cp "$work/$f" "$out/.$f.tmp" && mv -f "$out/.$f.tmp" "$out/$f"
 done
 cp "$root/etc/kubevirt-rs-guest" "$out/tiny.versions"
+echo "$inputs" >"$out/tiny.inputs"
 log "built $(cd "$out" && ls -s --block-size=K vmlinuz initramfs.img tiny.qcow2 | tr '\n' ' ')"
 "$here/package.sh"   # not exec: the EXIT trap removes $work
