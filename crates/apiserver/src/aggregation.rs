@@ -254,6 +254,17 @@ pub async fn proxy(
     for h in HOP_BY_HOP {
         parts.headers.remove(h);
     }
+    // A request body goes on whole, with its length: a chunked one (kubectl streams a
+    // file with `replace --raw -f`) otherwise lost its framing with `transfer-encoding`.
+    let body = if upgrade {
+        body
+    } else {
+        let bytes = crate::body::read(body).await?;
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Body::from(bytes)
+    };
     if !upgrade {
         parts.headers.remove(header::CONNECTION);
         parts.headers.remove(header::UPGRADE);

@@ -40,7 +40,9 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 fn router(ctx: Arc<Ctx>) -> Router {
     let base = "/v1/namespaces/{ns}/virtualmachineinstances/{name}";
     Router::new()
-        .route(&format!("{base}/guestosinfo"), get(guest_os_info))
+        .route(&format!("{base}/guestosinfo"), get(agent_query))
+        .route(&format!("{base}/userlist"), get(agent_query))
+        .route(&format!("{base}/filesystemlist"), get(agent_query))
         .route(&format!("{base}/{{op}}"), put(operation).get(stream))
         .with_state(ctx)
 }
@@ -95,12 +97,20 @@ fn refusal(answer: Answer) -> Response {
 async fn operation(
     State(ctx): State<Arc<Ctx>>,
     Path((ns, name, op)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
 ) -> Response {
     let request = match op.as_str() {
         "pause" => Request::Pause,
         "unpause" => Request::Unpause,
         "reset" => Request::Reset,
         "softreboot" => Request::SoftReboot,
+        "unfreeze" => Request::Unfreeze,
+        "freeze" => match unfreeze_timeout(&body) {
+            Ok(seconds) => Request::Freeze {
+                unfreeze_timeout_seconds: seconds,
+            },
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
         _ => return error(StatusCode::NOT_FOUND, format!("no operation {op}")),
     };
     match ask(&ctx, &ns, &name, request).await {
@@ -110,11 +120,65 @@ async fn operation(
     }
 }
 
-async fn guest_os_info(
+/// The seconds of a freeze request's `unfreezeTimeout` (a Go duration: `5m0s`).
+fn unfreeze_timeout(body: &[u8]) -> Result<u64, String> {
+    let body: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("failed to unmarshal unfreeze timeout: {e}"))?;
+    let text = body["unfreezeTimeout"]
+        .as_str()
+        .ok_or("Unfreeze timeout in freeze request is not set")?;
+    let seconds = go_duration_seconds(text)
+        .ok_or_else(|| format!("unfreezeTimeout {text:?} is not a duration like 5m0s"))?;
+    Ok(seconds.ceil() as u64)
+}
+
+/// Seconds of a Go duration string: decimal numbers with units ns, us, µs, ms, s, m, h
+/// (`1h2m3.5s`, `300ms`, `0`); None for anything else or a negative one.
+pub(crate) fn go_duration_seconds(text: &str) -> Option<f64> {
+    if text == "0" {
+        return Some(0.0);
+    }
+    let mut rest = text;
+    let mut total = 0.0;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// `guestosinfo`, `userlist` or `filesystemlist`: the guest agent's answer as JSON.
+async fn agent_query(
     State(ctx): State<Arc<Ctx>>,
     Path((ns, name)): Path<(String, String)>,
+    uri: axum::http::Uri,
 ) -> Response {
-    match ask(&ctx, &ns, &name, Request::GuestOsInfo).await {
+    let request = match uri.path().rsplit('/').next() {
+        Some("userlist") => Request::UserList,
+        Some("filesystemlist") => Request::FilesystemList,
+        _ => Request::GuestOsInfo,
+    };
+    match ask(&ctx, &ns, &name, request).await {
         Ok(Answer::Value { value }) => axum::Json(value).into_response(),
         Ok(other) => refusal(other),
         Err(r) => r,
@@ -237,5 +301,32 @@ pub(crate) async fn serve(config: EndpointConfig, ctx: Arc<Ctx>) {
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_read_as_seconds() {
+        for (text, seconds) in [
+            ("5m0s", Some(300.0)),
+            ("1h2m3.5s", Some(3723.5)),
+            ("300ms", Some(0.3)),
+            ("0", Some(0.0)),
+            ("0s", Some(0.0)),
+            ("", None),
+            ("5", None),
+            ("-1s", None),
+            ("5 minutes", None),
+        ] {
+            assert_eq!(go_duration_seconds(text), seconds, "{text}");
+        }
+        assert_eq!(unfreeze_timeout(br#"{"unfreezeTimeout": "1m30s"}"#), Ok(90));
+        assert_eq!(
+            unfreeze_timeout(b"{}"),
+            Err("Unfreeze timeout in freeze request is not set".to_owned())
+        );
     }
 }

@@ -108,6 +108,10 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
                     serial_socket: None,
                     vnc_socket: None,
                     agent_connected: false,
+                    interfaces: Vec::new(),
+                    guest_interfaces: Vec::new(),
+                    guest_os_info: None,
+                    fs_freeze_status: None,
                 };
                 report(&ctx, &vmis, &name, &uid, &gone).await;
                 return;

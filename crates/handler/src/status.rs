@@ -43,9 +43,92 @@ fn set_condition(
 }
 
 /// The interfaces a running VMI reports: one per spec interface (the pod network's
-/// `default` when none is named), with the pod's address, which is how a masquerade or
-/// user-mode guest is reached.
-fn interfaces(vmi: &VirtualMachineInstance, pod_ip: Option<&str>) -> Vec<InterfaceStatus> {
+/// `default` when none is named) with the MAC the launcher gave it and the pod's
+/// address, which is how a masquerade or user-mode guest is reached; then what the guest
+/// agent adds ([`merge_guest`]).
+fn interfaces(
+    vmi: &VirtualMachineInstance,
+    launcher: &Status,
+    pod_ip: Option<&str>,
+) -> Vec<InterfaceStatus> {
+    let mut list = domain_interfaces(vmi, pod_ip);
+    for iface in &mut list {
+        iface.mac = launcher
+            .interfaces
+            .iter()
+            .find(|d| iface.name.as_deref() == Some(d.name.as_str()))
+            .map(|d| d.mac.clone());
+    }
+    merge_guest(&mut list, &launcher.guest_interfaces);
+    list
+}
+
+/// At most this many interfaces the agent reports and the spec does not have.
+const MAX_GUEST_ONLY: usize = 10;
+
+/// Adds what the guest agent reports, as upstream does: an interface whose MAC matches a
+/// spec interface gets the guest's name for it, `infoSource: domain, guest-agent`, and
+/// per address family the guest's addresses, unless it already had some (the pod's
+/// address stays first: that is how the guest is reached); a family the guest has no
+/// address in is cleared. IPv6 link-local addresses are left out. Other guest
+/// interfaces are listed after, nameless, with `infoSource: guest-agent`.
+fn merge_guest(list: &mut Vec<InterfaceStatus>, guest: &[launcher_proto::GuestInterface]) {
+    let v6 = |ip: &str| ip.contains(':');
+    let link_local = |ip: &str| ip.to_ascii_lowercase().starts_with("fe80:");
+    let mut guest_only = 0;
+    for g in guest {
+        let addresses: Vec<String> = g
+            .ip_addresses
+            .iter()
+            .filter(|ip| !link_local(ip))
+            .cloned()
+            .collect();
+        match list
+            .iter_mut()
+            .find(|i| i.mac.as_deref() == Some(g.mac.as_str()))
+        {
+            Some(iface) => {
+                let mut merged = Vec::new();
+                for family_v6 in [false, true] {
+                    let ours: Vec<&String> = iface
+                        .ip_addresses
+                        .iter()
+                        .filter(|ip| v6(ip) == family_v6)
+                        .collect();
+                    let theirs: Vec<&String> =
+                        addresses.iter().filter(|ip| v6(ip) == family_v6).collect();
+                    let kept = if theirs.is_empty() {
+                        Vec::new()
+                    } else if ours.is_empty() {
+                        theirs
+                    } else {
+                        ours
+                    };
+                    merged.extend(kept.into_iter().cloned());
+                }
+                iface.ip_address = merged.first().cloned();
+                iface.ip_addresses = merged;
+                iface.interface_name = Some(g.name.clone());
+                iface.info_source = Some("domain, guest-agent".into());
+            }
+            None if guest_only < MAX_GUEST_ONLY => {
+                guest_only += 1;
+                list.push(InterfaceStatus {
+                    ip_address: addresses.first().cloned(),
+                    ip_addresses: addresses,
+                    mac: Some(g.mac.clone()),
+                    interface_name: Some(g.name.clone()),
+                    info_source: Some("guest-agent".into()),
+                    ..InterfaceStatus::default()
+                });
+            }
+            None => {}
+        }
+    }
+}
+
+/// The spec's interfaces with the pod's address on the first.
+fn domain_interfaces(vmi: &VirtualMachineInstance, pod_ip: Option<&str>) -> Vec<InterfaceStatus> {
     let mut names: Vec<String> = vmi
         .spec
         .domain
@@ -167,9 +250,12 @@ pub fn apply(
     if matches!(
         launcher.state,
         DomainState::Running | DomainState::Paused { .. }
-    ) && status.interfaces.is_empty()
-    {
-        status.interfaces = interfaces(vmi, pod_ip);
+    ) {
+        status.interfaces = interfaces(vmi, launcher, pod_ip);
+        status.fs_freeze_status = launcher.fs_freeze_status.clone();
+        if let Some(os) = &launcher.guest_os_info {
+            status.guest_os_info = Some(api::v1::Opaque(os.clone()));
+        }
     }
     status
 }
@@ -202,6 +288,10 @@ mod tests {
             serial_socket: None,
             vnc_socket: None,
             agent_connected: false,
+            interfaces: Vec::new(),
+            guest_interfaces: Vec::new(),
+            guest_os_info: None,
+            fs_freeze_status: None,
         }
     }
 
@@ -239,6 +329,60 @@ mod tests {
             now,
         );
         assert!(condition(&kvm, "SoftwareEmulation").is_none());
+    }
+
+    #[test]
+    fn the_guest_agent_adds_names_addresses_and_its_own_interfaces() {
+        let mut r = report(DomainState::Running, true);
+        r.interfaces = vec![launcher_proto::DomainInterface {
+            name: "default".into(),
+            mac: "02:00:aa:bb:cc:dd".into(),
+        }];
+        r.guest_interfaces = vec![
+            launcher_proto::GuestInterface {
+                name: "enp1s0".into(),
+                mac: "02:00:aa:bb:cc:dd".into(),
+                ip_addresses: vec!["10.0.2.2".into(), "fd00::2".into(), "fe80::1".into()],
+            },
+            launcher_proto::GuestInterface {
+                name: "docker0".into(),
+                mac: "02:42:00:00:00:01".into(),
+                ip_addresses: vec!["172.17.0.1".into()],
+            },
+        ];
+        r.fs_freeze_status = Some("frozen".into());
+        r.guest_os_info = Some(json!({"id": "debian"}));
+        let s = apply(&vmi("Running"), &r, Some("10.0.0.5"), Timestamp::now());
+        let first = &s.interfaces[0];
+        assert_eq!(first.name.as_deref(), Some("default"));
+        assert_eq!(first.mac.as_deref(), Some("02:00:aa:bb:cc:dd"));
+        assert_eq!(first.interface_name.as_deref(), Some("enp1s0"));
+        assert_eq!(first.info_source.as_deref(), Some("domain, guest-agent"));
+        // The pod's IPv4 address stays (the guest is reached through it); the guest's
+        // IPv6 address is added, its link-local one is not.
+        assert_eq!(first.ip_addresses, vec!["10.0.0.5", "fd00::2"]);
+        assert_eq!(first.ip_address.as_deref(), Some("10.0.0.5"));
+        let extra = &s.interfaces[1];
+        assert_eq!(
+            (
+                extra.name.as_deref(),
+                extra.interface_name.as_deref(),
+                extra.info_source.as_deref()
+            ),
+            (None, Some("docker0"), Some("guest-agent"))
+        );
+        assert_eq!(s.fs_freeze_status.as_deref(), Some("frozen"));
+        assert_eq!(s.guest_os_info.unwrap().0, json!({"id": "debian"}));
+        // Thawed and without the agent: back to the domain's view.
+        let s = apply(
+            &vmi("Running"),
+            &report(DomainState::Running, true),
+            Some("10.0.0.5"),
+            Timestamp::now(),
+        );
+        assert_eq!(s.fs_freeze_status, None);
+        assert_eq!(s.interfaces.len(), 1);
+        assert_eq!(s.interfaces[0].info_source.as_deref(), Some("domain"));
     }
 
     #[test]

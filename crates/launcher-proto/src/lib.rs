@@ -48,8 +48,40 @@ pub enum Request {
     Shutdown {
         grace_seconds: u64,
     },
-    /// The guest agent's `guest-get-osinfo`, in upstream's `guestOSInfo` shape.
+    /// What the guest agent knows, in upstream's `VirtualMachineInstanceGuestAgentInfo`
+    /// shape (the `guestosinfo` subresource).
     GuestOsInfo,
+    /// The logged-in users (the `userlist` subresource).
+    UserList,
+    /// The mounted filesystems (the `filesystemlist` subresource).
+    FilesystemList,
+    /// Freezes the guest's filesystems through the agent; they thaw by themselves after
+    /// `unfreeze_timeout_seconds` unless that is 0.
+    #[serde(rename_all = "camelCase")]
+    Freeze {
+        unfreeze_timeout_seconds: u64,
+    },
+    /// Thaws the guest's filesystems.
+    Unfreeze,
+}
+
+/// An interface inside the guest, as the guest agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestInterface {
+    /// The guest's name for it (`eth0`, `enp1s0`).
+    pub name: String,
+    pub mac: String,
+    /// IPv4 addresses first, then IPv6.
+    pub ip_addresses: Vec<String>,
+}
+
+/// An interface of the domain: the spec's name and the MAC the launcher gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainInterface {
+    pub name: String,
+    pub mac: String,
 }
 
 /// What the domain is doing.
@@ -104,6 +136,18 @@ pub struct Status {
     /// Whether the guest agent answers.
     #[serde(default)]
     pub agent_connected: bool,
+    /// The domain's network interfaces, in spec order.
+    #[serde(default)]
+    pub interfaces: Vec<DomainInterface>,
+    /// The guest's interfaces, from the agent (empty without one).
+    #[serde(default)]
+    pub guest_interfaces: Vec<GuestInterface>,
+    /// The agent's OS information, in upstream's `guestOSInfo` shape.
+    #[serde(default)]
+    pub guest_os_info: Option<serde_json::Value>,
+    /// `frozen` while the guest's filesystems are frozen on request.
+    #[serde(default)]
+    pub fs_freeze_status: Option<String>,
 }
 
 /// A launcher's answer.
@@ -279,6 +323,10 @@ mod tests {
             serial_socket: None,
             vnc_socket: None,
             agent_connected: false,
+            interfaces: Vec::new(),
+            guest_interfaces: Vec::new(),
+            guest_os_info: None,
+            fs_freeze_status: None,
         }));
         let line = serde_json::to_string(&Envelope {
             version: VERSION,

@@ -124,6 +124,112 @@ impl Agent {
         Ok(os_info_from_agent(&info))
     }
 
+    /// Runs `command` and insists on an answer.
+    async fn ask(&self, command: &str, timeout: Duration) -> Result<Value, AgentError> {
+        Ok(self
+            .call(command, None, timeout, true)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// The `guestosinfo` subresource's answer (upstream's
+    /// `VirtualMachineInstanceGuestAgentInfo`): the agent's version and commands, host
+    /// name, OS, time zone, the first ten users and filesystems, the freeze state. Parts
+    /// an older agent does not know are left out.
+    pub async fn guest_info(&self, timeout: Duration) -> Result<Value, AgentError> {
+        let info = self.ask("guest-info", timeout).await?;
+        let mut out = serde_json::Map::new();
+        if let Some(v) = info["version"].as_str() {
+            out.insert("guestAgentVersion".into(), json!(v));
+        }
+        let commands: Vec<Value> = info["supported_commands"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| json!({"name": c["name"], "enabled": c["enabled"].as_bool().unwrap_or(false)}))
+            .collect();
+        if !commands.is_empty() {
+            out.insert("supportedCommands".into(), json!(commands));
+        }
+        if let Ok(host) = self.ask("guest-get-host-name", timeout).await
+            && let Some(name) = host["host-name"].as_str()
+        {
+            out.insert("hostname".into(), json!(name));
+        }
+        let os = self
+            .ask("guest-get-osinfo", timeout)
+            .await
+            .unwrap_or_default();
+        out.insert("os".into(), os_info_from_agent(&os));
+        if let Ok(tz) = self.ask("guest-get-timezone", timeout).await {
+            let zone = tz["zone"].as_str().unwrap_or_default();
+            out.insert(
+                "timezone".into(),
+                json!(format!("{zone}, {}", tz["offset"].as_i64().unwrap_or(0))),
+            );
+        }
+        if let Ok(users) = self.ask("guest-get-users", timeout).await {
+            let users: Vec<Value> = users_from_agent(&users).into_iter().take(10).collect();
+            if !users.is_empty() {
+                out.insert("userList".into(), json!(users));
+            }
+        }
+        let filesystems = match self.ask("guest-get-fsinfo", timeout).await {
+            Ok(fs) => filesystems_from_agent(&fs).into_iter().take(10).collect(),
+            Err(_) => Vec::new(),
+        };
+        out.insert("fsInfo".into(), json!({"disks": filesystems}));
+        if let Ok(state) = self.ask("guest-fsfreeze-status", timeout).await
+            && let Some(state) = state.as_str()
+        {
+            out.insert("fsFreezeStatus".into(), json!(state));
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// The `userlist` subresource's answer: every logged-in user.
+    pub async fn user_list(&self, timeout: Duration) -> Result<Value, AgentError> {
+        let users = self.ask("guest-get-users", timeout).await?;
+        Ok(json!({"metadata": {}, "items": users_from_agent(&users)}))
+    }
+
+    /// The `filesystemlist` subresource's answer: every mounted filesystem.
+    pub async fn filesystem_list(&self, timeout: Duration) -> Result<Value, AgentError> {
+        let fs = self.ask("guest-get-fsinfo", timeout).await?;
+        Ok(json!({"metadata": {}, "items": filesystems_from_agent(&fs)}))
+    }
+
+    /// The guest's network interfaces, without the loopback.
+    pub async fn interfaces(&self, timeout: Duration) -> Result<Vec<GuestInterface>, AgentError> {
+        let list = self.ask("guest-network-get-interfaces", timeout).await?;
+        Ok(interfaces_from_agent(&list))
+    }
+
+    /// `guest-fsfreeze-status`: `thawed` or `frozen`.
+    pub async fn freeze_status(&self, timeout: Duration) -> Result<String, AgentError> {
+        let state = self.ask("guest-fsfreeze-status", timeout).await?;
+        state
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| AgentError::Malformed(state.to_string()))
+    }
+
+    /// Freezes the guest's filesystems (nothing when they are frozen already).
+    pub async fn freeze(&self, timeout: Duration) -> Result<(), AgentError> {
+        if self.freeze_status(timeout).await? == "frozen" {
+            return Ok(());
+        }
+        self.ask("guest-fsfreeze-freeze", timeout).await.map(|_| ())
+    }
+
+    /// Thaws the guest's filesystems (nothing when they are not frozen).
+    pub async fn thaw(&self, timeout: Duration) -> Result<(), AgentError> {
+        if self.freeze_status(timeout).await? == "thawed" {
+            return Ok(());
+        }
+        self.ask("guest-fsfreeze-thaw", timeout).await.map(|_| ())
+    }
+
     /// Asks the guest to reboot itself.
     pub async fn reboot(&self, timeout: Duration) -> Result<(), AgentError> {
         self.call(
@@ -145,6 +251,91 @@ async fn next_line(lines: &mut Lines, timeout: Duration) -> Result<String, Agent
         Ok(Err(_) | Ok(None)) => Err(AgentError::NotConnected),
         Ok(Ok(Some(line))) => Ok(line),
     }
+}
+
+pub use launcher_proto::GuestInterface;
+
+/// `guest-network-get-interfaces` as [`GuestInterface`]s, the loopback left out.
+pub fn interfaces_from_agent(list: &Value) -> Vec<GuestInterface> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["name"] != "lo")
+        .filter_map(|i| {
+            let mac = i["hardware-address"].as_str()?.to_lowercase();
+            let addresses = i["ip-addresses"].as_array().cloned().unwrap_or_default();
+            let of = |family: &str| {
+                addresses
+                    .iter()
+                    .filter(|a| a["ip-address-type"] == family)
+                    .filter_map(|a| a["ip-address"].as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            };
+            let mut ip_addresses = of("ipv4");
+            ip_addresses.extend(of("ipv6"));
+            Some(GuestInterface {
+                name: i["name"].as_str().unwrap_or_default().to_owned(),
+                mac,
+                ip_addresses,
+            })
+        })
+        .collect()
+}
+
+/// `guest-get-users` in upstream's `VirtualMachineInstanceGuestOSUser` shape.
+pub fn users_from_agent(users: &Value) -> Vec<Value> {
+    users
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            let mut user = serde_json::Map::new();
+            user.insert(
+                "userName".into(),
+                json!(u["user"].as_str().unwrap_or_default()),
+            );
+            if let Some(domain) = u["domain"].as_str() {
+                user.insert("domain".into(), json!(domain));
+            }
+            if let Some(t) = u["login-time"].as_f64() {
+                user.insert("loginTime".into(), json!(t));
+            }
+            Value::Object(user)
+        })
+        .collect()
+}
+
+/// `guest-get-fsinfo` in upstream's `VirtualMachineInstanceFileSystem` shape.
+pub fn filesystems_from_agent(fs: &Value) -> Vec<Value> {
+    fs.as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let disks: Vec<Value> = f["disk"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let mut disk = json!({"busType": d["bus-type"].as_str().unwrap_or_default()});
+                    if let Some(serial) = d["serial"].as_str() {
+                        disk["serial"] = json!(serial);
+                    }
+                    disk
+                })
+                .collect();
+            let mut out = json!({
+                "diskName": f["name"].as_str().unwrap_or_default(),
+                "mountPoint": f["mountpoint"].as_str().unwrap_or_default(),
+                "fileSystemType": f["type"].as_str().unwrap_or_default(),
+                "usedBytes": f["used-bytes"].as_u64().unwrap_or(0),
+                "totalBytes": f["total-bytes"].as_u64().unwrap_or(0),
+            });
+            if !disks.is_empty() {
+                out["disk"] = json!(disks);
+            }
+            out
+        })
+        .collect()
 }
 
 /// The agent's `guest-get-osinfo` answer in upstream's field names.
@@ -211,6 +402,47 @@ mod tests {
             info,
             json!({"id": "debian", "name": "Debian GNU/Linux", "prettyName": "Debian GNU/Linux 13 (trixie)",
                    "versionId": "13", "kernelRelease": "6.12.0", "machine": "x86_64"})
+        );
+    }
+
+    #[test]
+    fn agent_lists_read_in_upstreams_shapes() {
+        let users = json!([{"user": "debian", "login-time": 1764000000.25},
+                           {"user": "Administrator", "domain": "CORP", "login-time": 1.5}]);
+        assert_eq!(
+            users_from_agent(&users),
+            vec![
+                json!({"userName": "debian", "loginTime": 1764000000.25}),
+                json!({"userName": "Administrator", "domain": "CORP", "loginTime": 1.5})
+            ]
+        );
+        let fs = json!([{"name": "vda1", "mountpoint": "/", "type": "ext4",
+            "used-bytes": 1000, "total-bytes": 4000,
+            "disk": [{"serial": "abc", "bus-type": "virtio", "bus": 0}]},
+            {"name": "sr0", "mountpoint": "/mnt", "type": "iso9660", "disk": []}]);
+        assert_eq!(
+            filesystems_from_agent(&fs),
+            vec![
+                json!({"diskName": "vda1", "mountPoint": "/", "fileSystemType": "ext4",
+                       "usedBytes": 1000, "totalBytes": 4000,
+                       "disk": [{"serial": "abc", "busType": "virtio"}]}),
+                json!({"diskName": "sr0", "mountPoint": "/mnt", "fileSystemType": "iso9660",
+                       "usedBytes": 0, "totalBytes": 0})
+            ]
+        );
+        let ifaces = json!([
+            {"name": "lo", "hardware-address": "00:00:00:00:00:00",
+             "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}]},
+            {"name": "enp1s0", "hardware-address": "52:54:00:AB:CD:EF", "ip-addresses": [
+                {"ip-address": "fe80::1", "ip-address-type": "ipv6", "prefix": 64},
+                {"ip-address": "10.0.2.2", "ip-address-type": "ipv4", "prefix": 24}]}]);
+        assert_eq!(
+            interfaces_from_agent(&ifaces),
+            vec![GuestInterface {
+                name: "enp1s0".into(),
+                mac: "52:54:00:ab:cd:ef".into(),
+                ip_addresses: vec!["10.0.2.2".into(), "fe80::1".into()],
+            }]
         );
     }
 

@@ -8,6 +8,7 @@
 mod devices;
 mod disks;
 mod net;
+pub use net::mac_address;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use api::defaults::{DefaultsConfig, set_vmi_defaults};
 use api::v1::{StartStrategy, VirtualMachineInstance};
-use launcher_proto::{Conn, DomainState, Exit, Request, Response, Status};
+use launcher_proto::{Conn, DomainInterface, DomainState, Exit, Request, Response, Status};
+use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Mutex, watch};
@@ -56,6 +57,8 @@ struct Shared {
     final_seen: watch::Sender<bool>,
     /// The guest agent's channel, once QEMU runs.
     agent: OnceLock<Arc<Agent>>,
+    /// The thaw due after a freeze with an unfreeze timeout.
+    thaw_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Serves until the VMI has ended; returns the process exit code.
@@ -87,6 +90,10 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
             serial_socket: None,
             vnc_socket: None,
             agent_connected: false,
+            interfaces: Vec::new(),
+            guest_interfaces: Vec::new(),
+            guest_os_info: None,
+            fs_freeze_status: None,
         }),
         launched: Mutex::new(None),
         config: LaunchConfig {
@@ -100,6 +107,7 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
         grace: opts.grace,
         final_seen: watch::Sender::new(false),
         agent: OnceLock::new(),
+        thaw_timer: Mutex::new(None),
     });
     let accept = {
         let shared = shared.clone();
@@ -235,17 +243,25 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             .await;
             Response::Ok
         }
-        Request::SoftReboot | Request::GuestOsInfo => {
-            let Some(agent) = shared.agent.get() else {
+        Request::SoftReboot
+        | Request::GuestOsInfo
+        | Request::UserList
+        | Request::FilesystemList
+        | Request::Freeze { .. }
+        | Request::Unfreeze => {
+            let Some(agent) = shared.agent.get().cloned() else {
                 return refused(AgentError::NotConnected.to_string(), true);
             };
-            let result = if let Request::SoftReboot = request {
-                agent.reboot(AGENT_TIMEOUT).await.map(|()| Response::Ok)
-            } else {
-                agent
-                    .os_info(AGENT_TIMEOUT)
-                    .await
-                    .map(|value| Response::Value { value })
+            let value = |v: Value| Response::Value { value: v };
+            let result = match request {
+                Request::SoftReboot => agent.reboot(AGENT_TIMEOUT).await.map(|()| Response::Ok),
+                Request::GuestOsInfo => agent.guest_info(AGENT_TIMEOUT).await.map(value),
+                Request::UserList => agent.user_list(AGENT_TIMEOUT).await.map(value),
+                Request::FilesystemList => agent.filesystem_list(AGENT_TIMEOUT).await.map(value),
+                Request::Freeze {
+                    unfreeze_timeout_seconds,
+                } => freeze(shared, agent, unfreeze_timeout_seconds).await,
+                _ => thaw(shared, &agent).await,
             };
             result.unwrap_or_else(|e| refused(e.to_string(), matches!(e, AgentError::NotConnected)))
         }
@@ -292,7 +308,20 @@ async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     };
     let mut state = launched.domain.state();
     let pid = launched.domain.pid();
+    let interfaces = vmi
+        .spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .filter(|i| i.state.as_deref() != Some("absent"))
+        .map(|i| DomainInterface {
+            name: i.name.clone(),
+            mac: crate::argv::mac_address(&vmi, i),
+        })
+        .collect();
     shared.status.send_modify(|s| {
+        s.interfaces = interfaces;
         s.qemu_pid = pid;
         s.serial_socket = Some(launched.sockets.serial.clone());
         s.vnc_socket = Some(launched.sockets.vnc.clone());
@@ -320,7 +349,53 @@ async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     }
 }
 
+/// Freezes the guest's filesystems, and thaws them after `timeout_seconds` (unless 0 or
+/// thawed before).
+async fn freeze(
+    shared: &Arc<Shared>,
+    agent: Arc<Agent>,
+    timeout_seconds: u64,
+) -> Result<Response, AgentError> {
+    if !matches!(shared.status.borrow().state, DomainState::Running) {
+        return Ok(refused("the VMI is not running", true));
+    }
+    agent.freeze(AGENT_TIMEOUT).await?;
+    shared
+        .status
+        .send_modify(|s| s.fs_freeze_status = Some("frozen".into()));
+    let mut timer = shared.thaw_timer.lock().await;
+    if let Some(old) = timer.take() {
+        old.abort();
+    }
+    if timeout_seconds > 0 {
+        let shared = shared.clone();
+        *timer = Some(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(timeout_seconds)).await;
+            warn!(
+                timeout_seconds,
+                "no unfreeze within the unfreeze timeout: thawing"
+            );
+            match agent.thaw(AGENT_TIMEOUT).await {
+                Ok(()) => shared.status.send_modify(|s| s.fs_freeze_status = None),
+                Err(e) => warn!(error = %e, "the automatic thaw failed"),
+            }
+        }));
+    }
+    Ok(Response::Ok)
+}
+
+/// Thaws the guest's filesystems and cancels a pending automatic thaw.
+async fn thaw(shared: &Arc<Shared>, agent: &Agent) -> Result<Response, AgentError> {
+    if let Some(timer) = shared.thaw_timer.lock().await.take() {
+        timer.abort();
+    }
+    agent.thaw(AGENT_TIMEOUT).await?;
+    shared.status.send_modify(|s| s.fs_freeze_status = None);
+    Ok(Response::Ok)
+}
+
 /// Follows whether the guest agent answers: every 2 s until it does, then every 10 s.
+/// While it does, the guest's interfaces are read at each poll and its OS once.
 async fn watch_agent(agent: Arc<Agent>, shared: Arc<Shared>) {
     let mut connected = false;
     loop {
@@ -334,7 +409,25 @@ async fn watch_agent(agent: Arc<Agent>, shared: Arc<Shared>) {
         if now != connected {
             connected = now;
             info!(connected, "guest agent");
-            shared.status.send_modify(|s| s.agent_connected = connected);
+            let os = if connected {
+                agent.os_info(AGENT_TIMEOUT).await.ok()
+            } else {
+                None
+            };
+            shared.status.send_modify(|s| {
+                s.agent_connected = connected;
+                s.guest_os_info = os;
+                if !connected {
+                    s.guest_interfaces.clear();
+                }
+            });
+        }
+        if connected && let Ok(interfaces) = agent.interfaces(AGENT_TIMEOUT).await {
+            shared.status.send_if_modified(|s| {
+                let changed = s.guest_interfaces != interfaces;
+                s.guest_interfaces = interfaces;
+                changed
+            });
         }
     }
 }

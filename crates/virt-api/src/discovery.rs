@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::{GROUP, VERSION};
 
 /// The subresources served, with the verb each answers.
-const SUBRESOURCES: [(&str, &str); 10] = [
+const SUBRESOURCES: [(&str, &str); 14] = [
     ("virtualmachines/start", "update"),
     ("virtualmachines/stop", "update"),
     ("virtualmachines/restart", "update"),
@@ -17,7 +17,11 @@ const SUBRESOURCES: [(&str, &str); 10] = [
     ("virtualmachineinstances/unpause", "update"),
     ("virtualmachineinstances/softreboot", "update"),
     ("virtualmachineinstances/reset", "update"),
+    ("virtualmachineinstances/freeze", "update"),
+    ("virtualmachineinstances/unfreeze", "update"),
     ("virtualmachineinstances/guestosinfo", "get"),
+    ("virtualmachineinstances/userlist", "get"),
+    ("virtualmachineinstances/filesystemlist", "get"),
     ("virtualmachineinstances/console", "get"),
     ("virtualmachineinstances/vnc", "get"),
 ];

@@ -179,6 +179,14 @@ pub fn check(vmi: &VirtualMachineInstance, op: &str) -> Result<(), StatusError> 
         "pause" if paused => conflict("VMI is already paused"),
         "unpause" if !paused => conflict("VMI is not paused"),
         "softreboot" if paused => conflict("VMI is paused"),
+        "guestosinfo" | "userlist" | "filesystemlist"
+            if vmi
+                .status
+                .as_ref()
+                .is_none_or(|s| !s.conditions.iter().any(|c| c.type_ == "AgentConnected")) =>
+        {
+            conflict("VMI does not have guest agent connected")
+        }
         _ => Ok(()),
     }
 }
@@ -212,9 +220,22 @@ impl HandlerClient {
         url: String,
         name: &str,
     ) -> Result<Bytes, StatusError> {
+        self.call_with(method, endpoint, url, name, Bytes::new())
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        method: reqwest::Method,
+        endpoint: &str,
+        url: String,
+        name: &str,
+        body: Bytes,
+    ) -> Result<Bytes, StatusError> {
         let http = self.http.as_ref().map_err(|e| unreachable(endpoint, e))?;
         let resp = http
             .request(method, url)
+            .body(body)
             .send()
             .await
             .map_err(|e| unreachable(endpoint, e))?;
@@ -266,14 +287,18 @@ impl HandlerClient {
     }
 }
 
-/// `PUT .../virtualmachineinstances/{name}/{pause|unpause|softreboot|reset}`.
+/// `PUT .../virtualmachineinstances/{name}/{pause|unpause|softreboot|reset|freeze|unfreeze}`
+/// (the body, `freeze`'s `unfreezeTimeout`, goes on to the handler).
 pub async fn operation(
     State(state): State<AppState>,
     Path((namespace, name, op)): Path<(String, String, String)>,
     caller: Caller,
     body: Bytes,
 ) -> Result<Response, StatusError> {
-    if !matches!(op.as_str(), "pause" | "unpause" | "softreboot" | "reset") {
+    if !matches!(
+        op.as_str(),
+        "pause" | "unpause" | "softreboot" | "reset" | "freeze" | "unfreeze"
+    ) {
         return Err(StatusError::not_found_path(&format!(
             "virtualmachineinstances/{name}/{op}"
         )));
@@ -289,13 +314,13 @@ pub async fn operation(
         let url = handler_url(&endpoint, &namespace, &name, &op);
         state
             .handlers
-            .call(reqwest::Method::PUT, &endpoint, url, &name)
+            .call_with(reqwest::Method::PUT, &endpoint, url, &name, body)
             .await?;
     }
     Ok(http::StatusCode::OK.into_response())
 }
 
-/// `GET .../virtualmachineinstances/{name}/{guestosinfo|console|vnc}`.
+/// `GET .../virtualmachineinstances/{name}/{guestosinfo|userlist|filesystemlist|console|vnc}`.
 pub async fn get_subresource(
     State(state): State<AppState>,
     Path((namespace, name, op)): Path<(String, String, String)>,
@@ -303,7 +328,7 @@ pub async fn get_subresource(
     req: Request,
 ) -> Result<Response, StatusError> {
     match op.as_str() {
-        "guestosinfo" => {
+        "guestosinfo" | "userlist" | "filesystemlist" => {
             let (_, endpoint) = target(&state, &namespace, &name, &op).await?;
             let url = handler_url(&endpoint, &namespace, &name, &op);
             let body = state

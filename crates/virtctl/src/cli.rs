@@ -91,6 +91,10 @@ pub enum Command {
     },
     /// Print the guest OS information the guest agent reports.
     Guestosinfo { name: String },
+    /// Print the users logged in on the guest (through the guest agent).
+    Userlist { name: String },
+    /// Print the filesystems mounted in the guest (through the guest agent).
+    Fslist { name: String },
     /// Print a manifest.
     Create {
         #[command(subcommand)]

@@ -125,14 +125,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), Error> {
                 .await?;
             println!("VMI {name} was scheduled to soft reboot");
         }
-        Command::Guestosinfo { name } => {
-            let text = ctx.get(&ctx.path(VMIS, &name, "guestosinfo")).await?;
-            let value: Value = serde_json::from_str(&text).map_err(|e| Error::Api {
-                code: 0,
-                message: format!("the guest OS information is not JSON: {e}"),
-            })?;
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or(text));
-        }
+        Command::Guestosinfo { name } => agent_query(ctx, &name, "guestosinfo").await?,
+        Command::Userlist { name } => agent_query(ctx, &name, "userlist").await?,
+        Command::Fslist { name } => agent_query(ctx, &name, "filesystemlist").await?,
         Command::Console { name, timeout } => stream::console(ctx, &name, timeout).await?,
         Command::Vnc {
             name,
@@ -183,5 +178,17 @@ async fn pause(ctx: &Ctx, op: &str, kind: Kind, name: &str, dry: bool) -> Result
     ctx.put(&ctx.path(VMIS, name, op), &json!({"dryRun": dry_run(dry)}))
         .await?;
     println!("VMI {name} was scheduled to {op}");
+    Ok(())
+}
+
+/// Prints a guest agent subresource's answer (`guestosinfo`, `userlist`,
+/// `filesystemlist`) as indented JSON, as upstream's virtctl does.
+async fn agent_query(ctx: &Ctx, name: &str, what: &str) -> Result<(), Error> {
+    let text = ctx.get(&ctx.path(VMIS, name, what)).await?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| Error::Api {
+        code: 0,
+        message: format!("the {what} answer is not JSON: {e}"),
+    })?;
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or(text));
     Ok(())
 }

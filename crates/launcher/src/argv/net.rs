@@ -13,6 +13,23 @@ use api::v1::{Interface, VirtualMachineInstance};
 
 use super::{Args, BuildError, Runtime, escape, invalid, unsupported};
 
+/// The MAC of the interface `name` of `vmi`: the spec's `macAddress`, else one made from
+/// the VMI's uid and the interface's name, so that it stays the same across restarts of
+/// the domain and the launcher and the guest agent's interfaces can be matched to the
+/// spec's. The `02:00` prefix marks it locally administered and unicast.
+pub fn mac_address(vmi: &VirtualMachineInstance, iface: &Interface) -> String {
+    if let Some(mac) = &iface.mac_address {
+        return mac.replace('-', ":").to_lowercase();
+    }
+    use sha2::Digest;
+    let uid = vmi.metadata.uid.as_deref().unwrap_or_default();
+    let digest = sha2::Sha256::digest(format!("{uid}/{}", iface.name).as_bytes());
+    format!(
+        "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
+        digest[0], digest[1], digest[2], digest[3]
+    )
+}
+
 pub(super) fn add(
     vmi: &VirtualMachineInstance,
     rt: &Runtime,
@@ -96,12 +113,12 @@ pub(super) fn add(
             ));
         }
         a.push("-netdev", netdev);
-        a.device(nic(iface, &id, &field)?);
+        a.device(nic(iface, &mac_address(vmi, iface), &id, &field)?);
     }
     Ok(())
 }
 
-fn nic(iface: &Interface, id: &str, field: &str) -> Result<String, BuildError> {
+fn nic(iface: &Interface, mac: &str, id: &str, field: &str) -> Result<String, BuildError> {
     let model = match iface.model.as_deref().unwrap_or("virtio") {
         "virtio" => "virtio-net-pci",
         "e1000" => "e1000",
@@ -117,10 +134,7 @@ fn nic(iface: &Interface, id: &str, field: &str) -> Result<String, BuildError> {
             ));
         }
     };
-    let mut dev = format!("{model},netdev={id},id={id}");
-    if let Some(mac) = &iface.mac_address {
-        dev.push_str(&format!(",mac={}", mac.replace('-', ":")));
-    }
+    let mut dev = format!("{model},netdev={id},id={id},mac={mac}");
     match iface.boot_order {
         Some(order) => dev.push_str(&format!(",bootindex={order}")),
         // No network boot asked for: skip the PXE option ROM, which slows every boot.

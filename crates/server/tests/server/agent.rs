@@ -1,6 +1,7 @@
 //! The full Debian guest (`make guest-full`) through the whole system: real cloud-init
 //! runs the user data, qemu-guest-agent connects (the AgentConnected condition), and
-//! `virtctl guestosinfo` and `virtctl soft-reboot` go through it. Slow under TCG (a
+//! `virtctl guestosinfo`, `userlist`, `fslist`, freeze/unfreeze and `virtctl soft-reboot`
+//! go through it; the VMI's status shows the guest's interface and OS. Slow under TCG (a
 //! minute or more to boot).
 
 use std::path::Path;
@@ -91,13 +92,101 @@ async fn cloud_init_runs_and_the_guest_agent_answers_virtctl() {
         String::from_utf8_lossy(&info.stderr)
     );
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(info["id"], "debian", "{info}");
+    assert_eq!(info["os"]["id"], "debian", "{info}");
     assert!(
-        info["kernelRelease"]
+        info["os"]["kernelRelease"]
             .as_str()
             .is_some_and(|k| !k.is_empty()),
         "{info}"
     );
+    assert_eq!(info["hostname"], "full", "{info}");
+    assert_eq!(info["fsFreezeStatus"], "thawed", "{info}");
+    assert!(info["guestAgentVersion"].is_string(), "{info}");
+
+    // Users and filesystems, in upstream's list shapes.
+    let json_of = |out: std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let users = json_of(virtctl(&kc, &["userlist", "full"]));
+    assert!(users["items"].is_array(), "{users}");
+    let filesystems = json_of(virtctl(&kc, &["fslist", "full"]));
+    let root = filesystems["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["mountPoint"] == "/")
+        .unwrap_or_else(|| panic!("no / in {filesystems}"))
+        .clone();
+    assert_eq!(root["fileSystemType"], "ext4", "{root}");
+    assert!(root["totalBytes"].as_u64().unwrap() > root["usedBytes"].as_u64().unwrap());
+
+    // The VMI's status takes the guest's OS and its name for the pod network interface.
+    let vmi = wait_until(
+        "the guest's interface in the status",
+        Duration::from_secs(60),
+        server,
+        || async {
+            let vmi = vmis.get("full").await.ok()?;
+            let iface = vmi.status.as_ref()?.interfaces.first()?.clone();
+            (iface.info_source.as_deref() == Some("domain, guest-agent")).then_some(vmi)
+        },
+    )
+    .await;
+    let status = vmi.status.unwrap();
+    let iface = &status.interfaces[0];
+    assert_eq!(iface.name.as_deref(), Some("default"));
+    assert!(
+        iface
+            .interface_name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("e")),
+        "{iface:?}"
+    );
+    assert_eq!(status.guest_os_info.unwrap().0["id"], "debian");
+
+    // Freeze and unfreeze through the API; a freeze whose timeout passes thaws itself.
+    let raw_put = |sub: &str, body: &str| {
+        let file = scratch.path(&format!("{sub}.json"));
+        std::fs::write(&file, body).unwrap();
+        let path = format!(
+            "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/full/{sub}"
+        );
+        kubectl_ok(
+            &kc,
+            &scratch,
+            &["replace", "--raw", &path, "-f", file.to_str().unwrap()],
+        );
+    };
+    let freeze_status = || async { vmis.get("full").await.ok()?.status?.fs_freeze_status };
+    raw_put("freeze", r#"{"unfreezeTimeout": "1m0s"}"#);
+    wait_until("frozen", Duration::from_secs(30), server, || async {
+        (freeze_status().await.as_deref() == Some("frozen")).then_some(())
+    })
+    .await;
+    let info = json_of(virtctl(&kc, &["guestosinfo", "full"]));
+    assert_eq!(info["fsFreezeStatus"], "frozen", "{info}");
+    raw_put("unfreeze", "{}");
+    wait_until("thawed", Duration::from_secs(30), server, || async {
+        freeze_status().await.is_none().then_some(())
+    })
+    .await;
+    raw_put("freeze", r#"{"unfreezeTimeout": "2s"}"#);
+    wait_until("frozen", Duration::from_secs(30), server, || async {
+        (freeze_status().await.as_deref() == Some("frozen")).then_some(())
+    })
+    .await;
+    wait_until(
+        "the automatic thaw",
+        Duration::from_secs(30),
+        server,
+        || async { freeze_status().await.is_none().then_some(()) },
+    )
+    .await;
 
     // The guest reboots itself: the kernel says so on the console, QEMU stays the same.
     let qemu = qemu_pids(run_dir);

@@ -82,7 +82,14 @@ async fn fake_handler(c: &Cluster) -> (u16, Arc<Mutex<Vec<String>>>) {
             {
                 return (http::StatusCode::UNAUTHORIZED, "no client certificate").into_response();
             }
-            record.lock().unwrap().push(format!("{op} {name}"));
+            let body = axum::body::to_bytes(req.into_body(), 1 << 16)
+                .await
+                .unwrap_or_default();
+            let mut call = format!("{op} {name}");
+            if !body.is_empty() && body.as_ref() != b"{}" {
+                call.push_str(&format!(" {}", String::from_utf8_lossy(&body)));
+            }
+            record.lock().unwrap().push(call);
             if name == "refused" {
                 return (
                     http::StatusCode::CONFLICT,
@@ -149,6 +156,13 @@ async fn operations_reach_the_handler_of_the_vmi_node() {
             .await
             .unwrap();
     }
+    // A freeze's body (its unfreeze timeout) reaches the handler.
+    c.put(
+        "virtualmachineinstances/vm1/freeze",
+        json!({"unfreezeTimeout": "5m0s"}),
+    )
+    .await
+    .unwrap();
     // Unpause of a VMI without the Paused condition: refused before the handler.
     let e = c
         .put("virtualmachineinstances/vm1/unpause", json!({}))
@@ -158,7 +172,12 @@ async fn operations_reach_the_handler_of_the_vmi_node() {
     assert!(e.to_string().contains("VMI is not paused"), "{e}");
     assert_eq!(
         *calls.lock().unwrap(),
-        ["pause vm1", "softreboot vm1", "reset vm1"]
+        [
+            "pause vm1",
+            "softreboot vm1",
+            "reset vm1",
+            r#"freeze vm1 {"unfreezeTimeout":"5m0s"}"#
+        ]
     );
     // The handler's own 409 passes through with its message.
     let e = c
@@ -179,13 +198,30 @@ async fn operations_reach_the_handler_of_the_vmi_node() {
         .unwrap_err();
     assert_eq!(code(&e), 404);
 
+    // Guest agent queries need the agent: refused before the handler without it.
+    let e = c
+        .get("virtualmachineinstances/vm1/guestosinfo")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 409);
+    assert!(
+        e.to_string()
+            .contains("VMI does not have guest agent connected"),
+        "{e}"
+    );
+    c.create_vmi_with(
+        "agent",
+        json!({"phase": "Running", "nodeName": "node1",
+               "conditions": [{"type": "AgentConnected", "status": "True"}]}),
+    )
+    .await;
     let info: Value = serde_json::from_str(
-        &c.get("virtualmachineinstances/vm1/guestosinfo")
+        &c.get("virtualmachineinstances/agent/guestosinfo")
             .await
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(info["hostname"], "vm1");
+    assert_eq!(info["guestAgentVersion"], "5.2.0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
