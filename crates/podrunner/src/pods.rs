@@ -373,6 +373,9 @@ impl Worker {
                 }
             }
         }
+        // The processes are gone: their state goes before the pod does, so whoever sees
+        // the pod gone finds nothing of it left on the node (as kubelet cleans up first).
+        self.remove_state();
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
@@ -390,7 +393,6 @@ impl Worker {
                 return false;
             }
         }
-        self.remove_state();
         true
     }
 
