@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=(qemu-system-x86_64 busybox genisoimage cpio lz4 docker-registry skopeo passt socat mkfs.ext4 debootstrap virsh
-      syslinux mcopy mkfs.vfat sfdisk python3 xz zstd libvirtd virtlogd etcd)
+      syslinux mcopy mkfs.vfat sfdisk python3 xz zstd libvirtd virtlogd etcd ssh ssh-keygen scp)
 missing=0
 for cmd in "${need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/usr/bin/$cmd" ] || missing=1
@@ -28,7 +28,7 @@ $SUDO apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/
 $SUDO apt-get install -y -qq --no-install-recommends \
   busybox-static cpio lz4 genisoimage xorriso kmod socat e2fsprogs \
   docker-registry skopeo passt debootstrap \
-  syslinux syslinux-common mtools dosfstools fdisk python3 xz-utils zstd \
+  syslinux syslinux-common mtools dosfstools fdisk python3 xz-utils zstd openssh-client \
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients etcd-server >/dev/null
 # etcd-server enables a system-wide etcd on 127.0.0.1:2379; `make bench` starts its own on
 # free ports, so a service this script just installed is switched off again.

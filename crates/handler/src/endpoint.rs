@@ -43,6 +43,12 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .route(&format!("{base}/guestosinfo"), get(agent_query))
         .route(&format!("{base}/userlist"), get(agent_query))
         .route(&format!("{base}/filesystemlist"), get(agent_query))
+        .route(&format!("{base}/vnc/screenshot"), get(screenshot))
+        .route(&format!("{base}/portforward/{{port}}"), get(port_forward))
+        .route(
+            &format!("{base}/portforward/{{port}}/{{proto}}"),
+            get(port_forward),
+        )
         .route(&format!("{base}/{{op}}"), put(operation).get(stream))
         .with_state(ctx)
 }
@@ -167,6 +173,67 @@ pub(crate) fn go_duration_seconds(text: &str) -> Option<f64> {
     Some(total)
 }
 
+/// `portforward/{port}[/{protocol}]`: a websocket to the guest's TCP port. Any number
+/// of these may be open at once.
+async fn port_forward(
+    State(ctx): State<Arc<Ctx>>,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let param = |key: &str| params.get(key).cloned().unwrap_or_default();
+    let (ns, name) = (param("ns"), param("name"));
+    let Ok(port) = param("port").parse::<u16>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("bad port {:?}", param("port")),
+        );
+    };
+    if !matches!(param("proto").as_str(), "" | "tcp") {
+        return error(StatusCode::BAD_REQUEST, "only TCP ports can be forwarded");
+    }
+    let address = match ask(&ctx, &ns, &name, Request::PortForward { port }).await {
+        Ok(Answer::Value { value }) => value["address"].as_str().unwrap_or_default().to_owned(),
+        Ok(other) => return refusal(other),
+        Err(r) => return r,
+    };
+    upgrade
+        .protocols(["plain.kubevirt.io"])
+        .on_upgrade(move |mut ws| async move {
+            match tokio::net::TcpStream::connect(&address).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    // Never replaced: the sender goes away at once.
+                    let (_, never) = tokio::sync::watch::channel(0);
+                    pipe(ws, tcp, never, 0, "port").await;
+                }
+                Err(e) => close(&mut ws, format!("port {port} of VMI {ns}/{name}: {e}")).await,
+            }
+        })
+}
+
+/// The display as a PNG image.
+async fn screenshot(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    match ask(&ctx, &ns, &name, Request::Screenshot).await {
+        Ok(Answer::Value { value }) => {
+            let png = value["png"].as_str().unwrap_or_default();
+            match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, png) {
+                Ok(bytes) => {
+                    ([(axum::http::header::CONTENT_TYPE, "image/png")], bytes).into_response()
+                }
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the launcher's screenshot: {e}"),
+                ),
+            }
+        }
+        Ok(other) => refusal(other),
+        Err(r) => r,
+    }
+}
+
 /// `guestosinfo`, `userlist` or `filesystemlist`: the guest agent's answer as JSON.
 async fn agent_query(
     State(ctx): State<Arc<Ctx>>,
@@ -204,18 +271,81 @@ async fn stream_socket(
             format!("VMI {ns}/{name} has no {what} yet"),
         );
     };
-    let stream = match UnixStream::connect(&path).await {
-        Ok(s) => s,
-        Err(e) => {
-            return error(
-                StatusCode::CONFLICT,
-                format!("{what} of VMI {ns}/{name}: {e}"),
-            );
-        }
-    };
+    // This connection takes over from any other on the same socket: QEMU serves one
+    // client at a time, and a second one would wait, silent, until the first left.
+    let slot = ctx.streams.slot(&path);
+    let mine = slot.next_turn();
     upgrade
         .protocols(["plain.kubevirt.io"])
-        .on_upgrade(move |ws| pipe(ws, stream))
+        .on_upgrade(move |mut ws| async move {
+            let _turn = slot.turn.lock().await;
+            if *slot.latest.borrow() != mine {
+                // An even newer connection came while this one waited.
+                close(
+                    &mut ws,
+                    format!("another connection to the {what} took over"),
+                )
+                .await;
+                return;
+            }
+            match UnixStream::connect(&path).await {
+                Ok(stream) => pipe(ws, stream, slot.latest.subscribe(), mine, what).await,
+                Err(e) => close(&mut ws, format!("{what} of VMI {ns}/{name}: {e}")).await,
+            }
+        })
+}
+
+/// The console and VNC connections of this node, one slot per socket.
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    by_socket: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Arc<Slot>>>,
+}
+
+/// One socket's connections: the newest asks the one before to end, then waits its turn.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// Held by the connection using the socket.
+    turn: tokio::sync::Mutex<()>,
+    /// The number of the newest connection.
+    latest: tokio::sync::watch::Sender<u64>,
+}
+
+impl Slot {
+    /// Takes the next number; the connection holding the socket sees it and ends.
+    fn next_turn(&self) -> u64 {
+        let mut mine = 0;
+        self.latest.send_modify(|n| {
+            *n += 1;
+            mine = *n;
+        });
+        mine
+    }
+}
+
+impl Streams {
+    fn slot(&self, socket: &std::path::Path) -> Arc<Slot> {
+        let mut slots = self.by_socket.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget sockets nobody uses (their VMIs are gone).
+        slots.retain(|_, s| Arc::strong_count(s) > 1 || s.turn.try_lock().is_err());
+        slots
+            .entry(socket.to_path_buf())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    turn: tokio::sync::Mutex::new(()),
+                    latest: tokio::sync::watch::Sender::new(0),
+                })
+            })
+            .clone()
+    }
+}
+
+/// Ends the websocket with a normal close carrying `reason`.
+async fn close(ws: &mut WebSocket, reason: String) {
+    let frame = axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: reason.into(),
+    };
+    let _ = ws.send(Message::Close(Some(frame))).await;
 }
 
 /// `console` (the serial console) or `vnc` (the VNC server) as a websocket.
@@ -233,10 +363,18 @@ async fn stream(
 }
 
 /// Copies bytes between the websocket (binary messages) and the unix socket until either
-/// side closes.
-async fn pipe(ws: WebSocket, stream: UnixStream) {
+/// side closes, or until a newer connection (`latest` past `mine`) takes over.
+async fn pipe<S>(
+    ws: WebSocket,
+    stream: S,
+    mut latest: tokio::sync::watch::Receiver<u64>,
+    mine: u64,
+    what: &str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let (mut ws_tx, mut ws_rx) = ws.split();
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let upstream = async {
         while let Some(Ok(msg)) = ws_rx.next().await {
             let bytes = match msg {
@@ -268,9 +406,18 @@ async fn pipe(ws: WebSocket, stream: UnixStream) {
         }
         let _ = ws_tx.send(Message::Close(None)).await;
     };
-    tokio::select! {
-        _ = upstream => {}
-        _ = downstream => {}
+    let replaced = async { latest.wait_for(|n| *n != mine).await.is_ok() };
+    let taken_over = tokio::select! {
+        _ = upstream => false,
+        _ = downstream => false,
+        true = replaced => true,
+    };
+    if taken_over && let Ok(mut ws) = ws_rx.reunite(ws_tx) {
+        close(
+            &mut ws,
+            format!("another connection to the {what} took over"),
+        )
+        .await;
     }
 }
 

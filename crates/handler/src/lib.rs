@@ -51,6 +51,8 @@ struct Ctx {
     node: String,
     run_dir: PathBuf,
     sessions: Mutex<HashMap<String, session::Session>>,
+    /// The console and VNC connections, one per socket ([`endpoint::Streams`]).
+    streams: endpoint::Streams,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -77,6 +79,7 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
         node: config.node_name.clone(),
         run_dir: config.run_dir.clone(),
         sessions: Mutex::new(HashMap::new()),
+        streams: endpoint::Streams::default(),
     });
     let advertise = config.endpoint.as_ref().map(|e| e.advertise.clone());
     let labels = node::Labels {

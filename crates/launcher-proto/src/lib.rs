@@ -63,6 +63,13 @@ pub enum Request {
     },
     /// Thaws the guest's filesystems.
     Unfreeze,
+    /// The display as PNG, answered as `{"png": "<base64>"}`.
+    Screenshot,
+    /// A TCP port of the guest made reachable from this node, answered as
+    /// `{"address": "127.0.0.1:<port>"}` (the same address for the same port).
+    PortForward {
+        port: u16,
+    },
 }
 
 /// An interface inside the guest, as the guest agent reports it.

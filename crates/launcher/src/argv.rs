@@ -8,7 +8,7 @@
 mod devices;
 mod disks;
 mod net;
-pub use net::mac_address;
+pub use net::{mac_address, pod_netdev};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

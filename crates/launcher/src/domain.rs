@@ -30,6 +30,8 @@ pub enum DomainError {
     MonitorTimeout(Duration),
     #[error(transparent)]
     Qmp(#[from] qmp::QmpError),
+    #[error("qemu refused: {0}")]
+    Refused(String),
 }
 
 /// What the guest is doing, as the handler reports it.
@@ -147,6 +149,39 @@ impl Domain {
 
     pub async fn reset(&self) -> Result<(), DomainError> {
         Ok(self.qmp.system_reset().await?)
+    }
+
+    /// Forwards `host` (TCP, on this machine) to `guest` through the user-mode network
+    /// `netdev` (HMP `hostfwd_add`: QMP has no command for it).
+    pub async fn forward_port(
+        &self,
+        netdev: &str,
+        host: std::net::SocketAddrV4,
+        guest: std::net::SocketAddrV4,
+    ) -> Result<(), DomainError> {
+        let command = format!(
+            "hostfwd_add {netdev} tcp:{}:{}-{}:{}",
+            host.ip(),
+            host.port(),
+            guest.ip(),
+            guest.port()
+        );
+        let args = serde_json::json!({"command-line": command});
+        let out = self
+            .qmp
+            .execute("human-monitor-command", Some(args))
+            .await?;
+        match out.as_str().map(str::trim) {
+            Some("") | None => Ok(()),
+            Some(message) => Err(DomainError::Refused(message.to_owned())),
+        }
+    }
+
+    /// Writes the display's current picture to `path` as PNG (QMP `screendump`).
+    pub async fn screenshot(&self, path: &std::path::Path) -> Result<(), DomainError> {
+        let args = serde_json::json!({"filename": path, "format": "png"});
+        self.qmp.execute("screendump", Some(args)).await?;
+        Ok(())
     }
 
     /// Presses the ACPI power button, waits up to `grace` for the guest to power off, then

@@ -59,6 +59,10 @@ struct Shared {
     agent: OnceLock<Arc<Agent>>,
     /// The thaw due after a freeze with an unfreeze timeout.
     thaw_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The pod network's netdev and the guest's address on it, once started.
+    pod_netdev: OnceLock<Option<(String, std::net::Ipv4Addr)>>,
+    /// Guest port -> the local address forwarding to it.
+    forwards: Mutex<std::collections::HashMap<u16, std::net::SocketAddrV4>>,
 }
 
 /// Serves until the VMI has ended; returns the process exit code.
@@ -108,6 +112,8 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
         final_seen: watch::Sender::new(false),
         agent: OnceLock::new(),
         thaw_timer: Mutex::new(None),
+        pod_netdev: OnceLock::new(),
+        forwards: Mutex::new(std::collections::HashMap::new()),
     });
     let accept = {
         let shared = shared.clone();
@@ -265,6 +271,32 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             };
             result.unwrap_or_else(|e| refused(e.to_string(), matches!(e, AgentError::NotConnected)))
         }
+        Request::PortForward { port } => match forward(shared, port).await {
+            Ok(address) => Response::Value {
+                value: serde_json::json!({"address": address.to_string()}),
+            },
+            Err(message) => refused(message, true),
+        },
+        Request::Screenshot => {
+            let guard = shared.launched.lock().await;
+            let Some(launched) = guard.as_ref() else {
+                return refused("the domain has not started", true);
+            };
+            let file = launched.sockets.vnc.with_file_name("screenshot.png");
+            let result = launched.domain.screenshot(&file).await;
+            let png = result.map_err(|e| e.to_string()).and_then(|()| {
+                std::fs::read(&file).map_err(|e| format!("reading the screenshot: {e}"))
+            });
+            let _ = std::fs::remove_file(&file);
+            match png {
+                Ok(png) => Response::Value {
+                    value: serde_json::json!({
+                        "png": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png)
+                    }),
+                },
+                Err(message) => refused(message, false),
+            }
+        }
         op @ (Request::Pause | Request::Unpause | Request::Reset) => {
             let guard = shared.launched.lock().await;
             let Some(launched) = guard.as_ref() else {
@@ -320,6 +352,7 @@ async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
             mac: crate::argv::mac_address(&vmi, i),
         })
         .collect();
+    let _ = shared.pod_netdev.set(crate::argv::pod_netdev(&vmi));
     shared.status.send_modify(|s| {
         s.interfaces = interfaces;
         s.qemu_pid = pid;
@@ -347,6 +380,36 @@ async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
             return;
         }
     }
+}
+
+/// A local address forwarding to the guest's TCP `port` on the pod network (made once
+/// per port).
+async fn forward(shared: &Arc<Shared>, port: u16) -> Result<std::net::SocketAddrV4, String> {
+    let mut forwards = shared.forwards.lock().await;
+    if let Some(address) = forwards.get(&port) {
+        return Ok(*address);
+    }
+    let Some(Some((netdev, guest_ip))) = shared.pod_netdev.get() else {
+        return Err("the VMI has no interface on the pod network".into());
+    };
+    let guard = shared.launched.lock().await;
+    let Some(launched) = guard.as_ref() else {
+        return Err("the domain has not started".into());
+    };
+    // A free port: the kernel picks one, then QEMU binds it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free local port: {e}"))?;
+    let host = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, free.port());
+    let guest = std::net::SocketAddrV4::new(*guest_ip, port);
+    launched
+        .domain
+        .forward_port(netdev, host, guest)
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(%host, %guest, "forwarding a port to the guest");
+    forwards.insert(port, host);
+    Ok(host)
 }
 
 /// Freezes the guest's filesystems, and thaws them after `timeout_seconds` (unless 0 or

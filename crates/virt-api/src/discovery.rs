@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::{GROUP, VERSION};
 
 /// The subresources served, with the verb each answers.
-const SUBRESOURCES: [(&str, &str); 14] = [
+const SUBRESOURCES: [(&str, &str); 17] = [
     ("virtualmachines/start", "update"),
     ("virtualmachines/stop", "update"),
     ("virtualmachines/restart", "update"),
@@ -24,6 +24,9 @@ const SUBRESOURCES: [(&str, &str); 14] = [
     ("virtualmachineinstances/filesystemlist", "get"),
     ("virtualmachineinstances/console", "get"),
     ("virtualmachineinstances/vnc", "get"),
+    ("virtualmachineinstances/vnc/screenshot", "get"),
+    ("virtualmachineinstances/portforward", "get"),
+    ("virtualmachines/portforward", "get"),
 ];
 
 fn group_document() -> Value {

@@ -337,25 +337,86 @@ pub async fn get_subresource(
                 .await?;
             Ok(([(http::header::CONTENT_TYPE, "application/json")], body).into_response())
         }
-        "console" | "vnc" => {
-            let (mut parts, _) = req.into_parts();
-            let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
-                .await
-                .map_err(|e| StatusError::bad_request(e.body_text()))?;
-            let (_, endpoint) = target(&state, &namespace, &name, &op).await?;
-            let url = handler_url(&endpoint, &namespace, &name, &op);
-            let handler = state.handlers.websocket(&endpoint, &url, &name).await?;
-            tracing::info!(user = %caller.user, %namespace, %name, %op, "streaming");
-            let upgrade = upgrade.protocols([PLAIN_PROTOCOL, BASE64_PROTOCOL]);
-            let base64 = upgrade
-                .selected_protocol()
-                .is_some_and(|p| p.as_bytes() == BASE64_PROTOCOL.as_bytes());
-            Ok(upgrade.on_upgrade(move |client| pipe(client, handler, base64)))
-        }
+        "console" | "vnc" => stream(&state, &namespace, &name, &op, &op, &caller, req).await,
         _ => Err(StatusError::not_found_path(&format!(
             "virtualmachineinstances/{name}/{op}"
         ))),
     }
+}
+
+/// A websocket to the handler's `path` for VMI `name`, after the checks for `op`.
+async fn stream(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+    op: &str,
+    path: &str,
+    caller: &Caller,
+    req: Request,
+) -> Result<Response, StatusError> {
+    let (mut parts, _) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|e| StatusError::bad_request(e.body_text()))?;
+    let (_, endpoint) = target(state, namespace, name, op).await?;
+    let url = handler_url(&endpoint, namespace, name, path);
+    let handler = state.handlers.websocket(&endpoint, &url, name).await?;
+    tracing::info!(user = %caller.user, %namespace, %name, %path, "streaming");
+    let upgrade = upgrade.protocols([PLAIN_PROTOCOL, BASE64_PROTOCOL]);
+    let base64 = upgrade
+        .selected_protocol()
+        .is_some_and(|p| p.as_bytes() == BASE64_PROTOCOL.as_bytes());
+    Ok(upgrade.on_upgrade(move |client| pipe(client, handler, base64)))
+}
+
+/// `GET .../{virtualmachineinstances|virtualmachines}/{name}/portforward/{port}[/{protocol}]`:
+/// a websocket to a TCP port of the guest (a VM's is its VMI's, of the same name).
+pub async fn port_forward(
+    State(state): State<AppState>,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    caller: Caller,
+    req: Request,
+) -> Result<Response, StatusError> {
+    let param = |key: &str| params.get(key).cloned().unwrap_or_default();
+    let (namespace, name, port) = (param("namespace"), param("name"), param("port"));
+    if port.parse::<u16>().is_err() {
+        return Err(StatusError::bad_request(format!("bad port {port:?}")));
+    }
+    let protocol = match param("protocol").as_str() {
+        "" | "tcp" => "tcp",
+        other => {
+            return Err(StatusError::bad_request(format!(
+                "protocol {other:?} cannot be forwarded: only tcp"
+            )));
+        }
+    };
+    let path = format!("portforward/{port}/{protocol}");
+    stream(
+        &state,
+        &namespace,
+        &name,
+        "portforward",
+        &path,
+        &caller,
+        req,
+    )
+    .await
+}
+
+/// `GET .../virtualmachineinstances/{name}/vnc/screenshot`: the display as PNG.
+pub async fn screenshot(
+    State(state): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+    caller: Caller,
+) -> Result<Response, StatusError> {
+    let (_, endpoint) = target(&state, &namespace, &name, "vnc").await?;
+    tracing::info!(user = %caller.user, %namespace, %name, "screenshot");
+    let url = handler_url(&endpoint, &namespace, &name, "vnc/screenshot");
+    let png = state
+        .handlers
+        .call(reqwest::Method::GET, &endpoint, url, &name)
+        .await?;
+    Ok(([(http::header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
 /// Moves messages between the client and the handler until either closes.
@@ -395,7 +456,15 @@ async fn pipe(client: WebSocket, handler: HandlerSocket, base64: bool) {
                 tungstenite::Message::Text(t) => {
                     Message::Binary(Bytes::copy_from_slice(t.as_str().as_bytes()))
                 }
-                tungstenite::Message::Close(_) => break,
+                // The handler's reason (another connection took over) reaches the client.
+                tungstenite::Message::Close(frame) => {
+                    let frame = frame.map(|f| axum::extract::ws::CloseFrame {
+                        code: u16::from(f.code),
+                        reason: f.reason.as_str().into(),
+                    });
+                    let _ = client_tx.send(Message::Close(frame)).await;
+                    break;
+                }
                 _ => continue,
             };
             if client_tx.send(out).await.is_err() {

@@ -129,6 +129,26 @@ pub fn router(client: kube::Client, config: Config) -> Router {
             put(forward::operation).get(forward::get_subresource),
         )
         .route(
+            &format!("{ns}/virtualmachineinstances/{{name}}/vnc/screenshot"),
+            get(forward::screenshot),
+        )
+        .route(
+            &format!("{ns}/virtualmachineinstances/{{name}}/portforward/{{port}}"),
+            get(forward::port_forward),
+        )
+        .route(
+            &format!("{ns}/virtualmachineinstances/{{name}}/portforward/{{port}}/{{protocol}}"),
+            get(forward::port_forward),
+        )
+        .route(
+            &format!("{ns}/virtualmachines/{{name}}/portforward/{{port}}"),
+            get(forward::port_forward),
+        )
+        .route(
+            &format!("{ns}/virtualmachines/{{name}}/portforward/{{port}}/{{protocol}}"),
+            get(forward::port_forward),
+        )
+        .route(
             "/mutate-virtualmachineinstances",
             post(admission::mutate_vmi),
         )

@@ -79,9 +79,14 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
-    /// Proxy the VNC display of a virtual machine instance to a local port.
+    /// Proxy the VNC display of a virtual machine instance to a local port
+    /// (`vnc screenshot NAME --file F.png` saves the display instead).
+    #[command(args_conflicts_with_subcommands = true)]
     Vnc {
-        name: String,
+        #[command(subcommand)]
+        screenshot: Option<VncCommand>,
+        #[arg(required = true)]
+        name: Option<String>,
         /// Only listen and print {"port":N}; start no viewer.
         #[arg(long)]
         proxy_only: bool,
@@ -91,6 +96,41 @@ pub enum Command {
     },
     /// Print the guest OS information the guest agent reports.
     Guestosinfo { name: String },
+    /// Forward local ports to a VM's or VMI's ports (TYPE/NAME[.NAMESPACE], TYPE vm or vmi;
+    /// ports as LOCAL:REMOTE or PORT).
+    PortForward {
+        target: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+        /// Pipe stdin and stdout to the one port instead of listening (for ssh's
+        /// ProxyCommand).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
+        stdio: bool,
+    },
+    /// Open an SSH session to a VM or VMI ([USER@]TYPE/NAME[.NAMESPACE]) with the local
+    /// OpenSSH client, through a port-forward.
+    Ssh {
+        destination: String,
+        #[command(flatten)]
+        ssh: SshArgs,
+        /// Run this command instead of a shell.
+        #[arg(short = 'c', long)]
+        command: Option<String>,
+    },
+    /// Copy files to or from a VM or VMI with the local scp, through a port-forward; one
+    /// side is [USER@]TYPE/NAME[.NAMESPACE]:PATH.
+    Scp {
+        source: String,
+        destination: String,
+        #[command(flatten)]
+        ssh: SshArgs,
+        /// Copy directories recursively.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+    },
     /// Print the users logged in on the guest (through the guest agent).
     Userlist { name: String },
     /// Print the filesystems mounted in the guest (through the guest agent).
@@ -135,4 +175,36 @@ pub struct CreateVm {
     pub memory: Option<String>,
     #[arg(long, default_value_t = 180)]
     pub termination_grace_period: i64,
+}
+
+/// `virtctl vnc screenshot`.
+#[derive(Debug, Subcommand)]
+pub enum VncCommand {
+    /// Save the display of a virtual machine instance as a PNG image.
+    Screenshot {
+        name: String,
+        /// Where the PNG goes.
+        #[arg(long, short)]
+        file: std::path::PathBuf,
+    },
+}
+
+/// What `ssh` and `scp` share, with upstream's flag names.
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The private key to log in with.
+    #[arg(short = 'i', long)]
+    pub identity_file: Option<PathBuf>,
+    /// The user to log in as (also USER@ in the destination).
+    #[arg(short = 'l', long)]
+    pub username: Option<String>,
+    /// The guest's SSH port.
+    #[arg(short = 'p', long, default_value_t = 22)]
+    pub port: u16,
+    /// Where the guests' host keys are kept (default ~/.ssh/kubevirt_known_hosts).
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// Options for the local ssh/scp, e.g. --local-ssh-opts="-o StrictHostKeyChecking=no".
+    #[arg(long = "local-ssh-opts", allow_hyphen_values = true)]
+    pub local_ssh_opts: Vec<String>,
 }

@@ -84,6 +84,24 @@ impl Ctx {
             .map_err(Error::kube(format!("GET {path}")))
     }
 
+    /// The raw body of `GET path` (an image, say).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Error> {
+        use futures_util::AsyncReadExt;
+        let req = http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let mut body = self
+            .client
+            .request_stream(req)
+            .await
+            .map_err(Error::kube(format!("GET {path}")))?;
+        let mut bytes = Vec::new();
+        body.read_to_end(&mut bytes)
+            .await
+            .map_err(Error::io(format!("reading GET {path}")))?;
+        Ok(bytes)
+    }
+
     /// A websocket to `path` with the `plain.kubevirt.io` subprotocol.
     pub async fn websocket(&self, path: &str) -> Result<Socket, Error> {
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();

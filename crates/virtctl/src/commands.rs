@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cli::{Command, Kind};
+use crate::cli::{Command, Kind, VncCommand};
 use crate::client::SUBRESOURCES;
 use crate::{Ctx, Error, stream};
 
@@ -126,14 +126,39 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), Error> {
             println!("VMI {name} was scheduled to soft reboot");
         }
         Command::Guestosinfo { name } => agent_query(ctx, &name, "guestosinfo").await?,
+        Command::PortForward {
+            target,
+            ports,
+            address,
+            stdio,
+        } => {
+            let target = crate::forward::Target::parse(&target)?;
+            crate::forward::port_forward(ctx, &target, &ports, &address, stdio).await?
+        }
+        Command::Ssh { .. } | Command::Scp { .. } => {
+            return Err(Error::Usage("ssh and scp run before connecting".into()));
+        }
         Command::Userlist { name } => agent_query(ctx, &name, "userlist").await?,
         Command::Fslist { name } => agent_query(ctx, &name, "filesystemlist").await?,
         Command::Console { name, timeout } => stream::console(ctx, &name, timeout).await?,
         Command::Vnc {
+            screenshot: Some(VncCommand::Screenshot { name, file }),
+            ..
+        } => {
+            let png = ctx
+                .get_bytes(&ctx.path(VMIS, &name, "vnc/screenshot"))
+                .await?;
+            std::fs::write(&file, png).map_err(Error::io(format!("writing {}", file.display())))?;
+        }
+        Command::Vnc {
             name,
             proxy_only,
             port,
-        } => stream::vnc(ctx, &name, proxy_only, port).await?,
+            ..
+        } => {
+            let name = name.ok_or_else(|| Error::Usage("vnc needs the name of a VMI".into()))?;
+            stream::vnc(ctx, &name, proxy_only, port).await?
+        }
         Command::Version { .. } => {
             println!("Client Version: {}", client_version());
             let text = ctx.get(&format!("{SUBRESOURCES}/version")).await?;

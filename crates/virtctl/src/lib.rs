@@ -20,6 +20,7 @@ pub mod cli;
 mod client;
 mod commands;
 mod create;
+mod forward;
 mod stream;
 
 pub use cli::Cli;
@@ -49,6 +50,9 @@ pub enum Error {
     },
     #[error("websocket: {0}")]
     WebSocket(String),
+    /// The local ssh or scp ended with this status (it has said why).
+    #[error("exit status {0}")]
+    Exit(i32),
 }
 
 impl Error {
@@ -86,6 +90,53 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     if let cli::Command::Version { client: true } = &cli.command {
         println!("Client Version: {}", commands::client_version());
         return Ok(());
+    }
+    // ssh and scp run the local client, whose ProxyCommand is this binary again.
+    let proxy = forward::Proxy {
+        kubeconfig: cli.kubeconfig.as_deref(),
+        namespace: cli.namespace.as_deref(),
+    };
+    fn ssh_options(a: &cli::SshArgs) -> forward::SshOptions<'_> {
+        forward::SshOptions {
+            identity: a.identity_file.as_ref(),
+            port: a.port,
+            known_hosts: a.known_hosts.as_ref(),
+            local_opts: &a.local_ssh_opts,
+        }
+    }
+    let status = match &cli.command {
+        cli::Command::Ssh {
+            destination,
+            ssh,
+            command,
+        } => Some(forward::ssh(
+            &proxy,
+            &ssh_options(ssh),
+            ssh.username.as_deref(),
+            destination,
+            command.as_deref(),
+        )?),
+        cli::Command::Scp {
+            source,
+            destination,
+            ssh,
+            recursive,
+        } => Some(forward::scp(
+            &proxy,
+            &ssh_options(ssh),
+            ssh.username.as_deref(),
+            *recursive,
+            source,
+            destination,
+        )?),
+        _ => None,
+    };
+    if let Some(status) = status {
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Exit(status.code().unwrap_or(1)))
+        };
     }
     let ctx = Ctx::new(cli.kubeconfig.as_deref(), cli.namespace.clone()).await?;
     commands::run(&ctx, cli.command).await

@@ -39,6 +39,10 @@ fn main() {
     let result = runtime.block_on(virtctl::run(cli));
     // A console's stdin reader may still be blocked in read(2): do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    if let Err(virtctl::Error::Exit(code)) = result {
+        // ssh or scp failed and has said why: pass its status on.
+        std::process::exit(code);
+    }
     if let Err(e) = result {
         let mut line = e.to_string();
         let mut source = std::error::Error::source(&e);

@@ -109,6 +109,10 @@ pub async fn console(ctx: &Ctx, name: &str, timeout_minutes: u64) -> Result<(), 
                     let _ = stdout.write_all(t.as_bytes());
                     let _ = stdout.flush();
                 }
+                // Closed with a reason: another console connection took over.
+                Some(Ok(Message::Close(Some(frame)))) if !frame.reason.is_empty() => {
+                    break Err(Error::WebSocket(frame.reason.to_string()));
+                }
                 Some(Ok(Message::Close(_))) | None => break Ok(()),
                 Some(Err(e)) => break Err(Error::WebSocket(e.to_string())),
                 Some(Ok(_)) => {}
@@ -148,12 +152,18 @@ pub async fn vnc(ctx: &Ctx, name: &str, proxy_only: bool, port: u16) -> Result<(
         .await
         .map_err(Error::io("accepting a VNC client"))?;
     let socket = open(ctx, name, "vnc", Duration::ZERO).await?;
-    pipe_tcp(tcp, socket).await;
+    let (rd, wr) = tcp.into_split();
+    pipe_halves(rd, wr, socket).await;
     Ok(())
 }
 
-async fn pipe_tcp(tcp: tokio::net::TcpStream, socket: Socket) {
-    let (mut tcp_rx, mut tcp_tx) = tcp.into_split();
+/// Copies bytes between a local reader and writer (a TCP connection's halves, or stdin
+/// and stdout) and the websocket until either side ends.
+pub(crate) async fn pipe_halves<R, W>(mut tcp_rx: R, mut tcp_tx: W, socket: Socket)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let (mut tx, mut rx) = socket.split();
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
@@ -172,7 +182,11 @@ async fn pipe_tcp(tcp: tokio::net::TcpStream, socket: Socket) {
     let down = async {
         while let Some(Ok(msg)) = rx.next().await {
             match msg {
-                Message::Binary(b) if tcp_tx.write_all(&b).await.is_err() => break,
+                Message::Binary(b)
+                    if tcp_tx.write_all(&b).await.is_err() || tcp_tx.flush().await.is_err() =>
+                {
+                    break;
+                }
                 Message::Close(_) => break,
                 _ => {}
             }

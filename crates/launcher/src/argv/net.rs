@@ -30,6 +30,31 @@ pub fn mac_address(vmi: &VirtualMachineInstance, iface: &Interface) -> String {
     )
 }
 
+/// The first interface on the pod network: its netdev's id and the address the guest
+/// gets there (the DHCP server's first lease), for forwarding ports to it.
+pub fn pod_netdev(vmi: &VirtualMachineInstance) -> Option<(String, Ipv4Addr)> {
+    let spec = &vmi.spec;
+    spec.domain
+        .devices
+        .interfaces
+        .iter()
+        .filter(|i| i.state.as_deref() != Some("absent"))
+        .find_map(|iface| {
+            let pod = spec
+                .networks
+                .iter()
+                .find(|n| n.name == iface.name)?
+                .pod
+                .as_ref()?;
+            let cidr = pod.vm_network_cidr.as_deref().unwrap_or("10.0.2.0/24");
+            let (net, _) = parse_cidr(cidr)?;
+            Some((
+                format!("ua-{}", iface.name),
+                Ipv4Addr::from(u32::from(net) + 2),
+            ))
+        })
+}
+
 pub(super) fn add(
     vmi: &VirtualMachineInstance,
     rt: &Runtime,

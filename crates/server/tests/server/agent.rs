@@ -30,6 +30,10 @@ spec:
     cloudInitNoCloud:
       userData: |
         #cloud-config
+        users:
+          - name: tester
+            shell: /bin/bash
+            ssh_authorized_keys: ['PUBLIC_KEY']
         runcmd:
           - echo full-guest-user-data-ran > /dev/ttyS0
 ";
@@ -65,7 +69,25 @@ async fn cloud_init_runs_and_the_guest_agent_answers_virtctl() {
     let (server, run_dir) = (&system.server, &system.run_dir);
     let kc = server.kubeconfig_path();
     let file = scratch.path("full.yaml");
-    std::fs::write(&file, VMI).unwrap();
+    // A key pair for `virtctl ssh`; the public half goes in through cloud-init.
+    let key = scratch.path("id_ed25519");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "kubevirt-rs-test",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    std::fs::write(&file, VMI.replace("PUBLIC_KEY", public.trim())).unwrap();
     kubectl_ok(&kc, &scratch, &["apply", "-f", file.to_str().unwrap()]);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(kube_client(&kc).await, "default");
 
@@ -148,6 +170,73 @@ async fn cloud_init_runs_and_the_guest_agent_answers_virtctl() {
         "{iface:?}"
     );
     assert_eq!(status.guest_os_info.unwrap().0["id"], "debian");
+
+    // The guest's sshd through a port-forward: its banner on a local port.
+    let local = crate::support::free_port();
+    let mut forward = std::process::Command::new(Path::new(BIN).with_file_name("virtctl"))
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["port-forward", "vmi/full", &format!("{local}:22")])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let banner = wait_until(
+        "the guest's SSH banner",
+        Duration::from_secs(120),
+        server,
+        || async {
+            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", local))
+                .await
+                .ok()?;
+            let mut line = vec![0u8; 64];
+            let n = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read(&mut tcp, &mut line),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let text = String::from_utf8_lossy(&line[..n]).into_owned();
+            text.starts_with("SSH-2.0-").then_some(text)
+        },
+    )
+    .await;
+    assert!(banner.contains("OpenSSH"), "{banner}");
+    forward.kill().unwrap();
+    forward.wait().unwrap();
+
+    // virtctl ssh and scp: the local OpenSSH client, through the same port-forward.
+    let known_hosts = scratch.path("known_hosts");
+    let ssh_opts = [
+        "--identity-file",
+        key.to_str().unwrap(),
+        "--known-hosts",
+        known_hosts.to_str().unwrap(),
+        "--local-ssh-opts=-o StrictHostKeyChecking=accept-new",
+        "--local-ssh-opts=-o BatchMode=yes",
+    ];
+    let mut args = vec!["ssh"];
+    args.extend(ssh_opts);
+    args.extend(["tester@vmi/full", "--command", "echo ssh-as-$(whoami)"]);
+    let out = virtctl(&kc, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ssh-as-tester");
+    let copy = scratch.path("hostname");
+    let mut args = vec!["scp"];
+    args.extend(ssh_opts);
+    args.extend(["tester@vmi/full:/etc/hostname", copy.to_str().unwrap()]);
+    let out = virtctl(&kc, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&copy).unwrap().trim(), "full");
 
     // Freeze and unfreeze through the API; a freeze whose timeout passes thaws itself.
     let raw_put = |sub: &str, body: &str| {

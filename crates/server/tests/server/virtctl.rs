@@ -146,6 +146,54 @@ async fn virtctl_starts_pauses_restarts_stops_and_shows_the_console() {
         )
     };
     assert!(refused(&virtctl(&kc, &["start", "vm-cirros"])).contains("VM is already running"));
+
+    // One console connection at a time: a new one takes over, and the old one ends
+    // saying why.
+    let mut first = Console::open(&kc, "vm-cirros", server).await;
+    let mut second = Console::open(&kc, "vm-cirros", server).await;
+    let ended = wait_until(
+        "the first console to end",
+        Duration::from_secs(20),
+        server,
+        || {
+            let status = first.child.try_wait().unwrap();
+            async move { status }
+        },
+    )
+    .await;
+    assert_eq!(ended.code(), Some(1));
+    let said = first.stderr();
+    assert!(
+        said.contains("websocket: another connection to the serial console took over"),
+        "{said}"
+    );
+    assert!(
+        second.child.try_wait().unwrap().is_none(),
+        "{}",
+        second.stderr()
+    );
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+
+    // The display as a PNG, no VNC viewer needed.
+    let png_path = scratch.path("vm-cirros.png");
+    let png_arg = png_path.to_str().unwrap();
+    ok(&virtctl(
+        &kc,
+        &["vnc", "screenshot", "vm-cirros", "--file", png_arg],
+    ));
+    let png = std::fs::read(&png_path).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    let (width, height) = (size(16), size(20));
+    assert!(width >= 640 && height >= 400, "{width}x{height}");
+    assert!(
+        refused(&virtctl(
+            &kc,
+            &["vnc", "screenshot", "nosuch", "--file", png_arg]
+        ))
+        .contains("nosuch")
+    );
     ok(&virtctl(&kc, &["pause", "vm", "vm-cirros"]));
     wait_until("Paused", Duration::from_secs(20), server, || async {
         (status() == "Paused").then_some(())
@@ -265,4 +313,55 @@ async fn virtctl_starts_pauses_restarts_stops_and_shows_the_console() {
         &scratch,
         &["delete", "vm", "--all", "--wait=true", "--timeout=30s"],
     ));
+}
+
+/// A `virtctl console` running in the background, its stderr collected.
+struct Console {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Console {
+    /// Starts `virtctl console NAME` and waits until it says it is connected.
+    async fn open(kubeconfig: &Path, name: &str, server: &crate::support::Server) -> Self {
+        let mut child = Command::new(virtctl_binary())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["console", name])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = std::io::Read::read(&mut pipe, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let console = Self { child, stderr };
+        wait_until(
+            "the console to connect",
+            Duration::from_secs(20),
+            server,
+            || {
+                let connected = console.stderr().contains("Successfully connected");
+                async move { connected.then_some(()) }
+            },
+        )
+        .await;
+        console
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
 }
