@@ -64,6 +64,10 @@ impl StatusError {
         Self::new(401, "Unauthorized", "Unauthorized")
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message)
+    }
+
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(
             500,

@@ -19,10 +19,11 @@
 //! Does not own: the API types, defaults and validation rules (crate `api`), what the
 //! controllers do with a VM's requests (crate `reconcile` decides, `controller` acts), the
 //! handler's endpoint (crate `handler`), certificates (the caller brings them).
-//! Authorization happens before a request gets here: the API server checks RBAC on the
-//! subresource (`virtualmachines/start` in `subresources.kubevirt.io`, verb `update`)
-//! before it forwards, and `register` installs upstream's `kubevirt.io:admin`, `:edit`,
-//! `:view` and `:migrate` ClusterRoles ([`roles`]).
+//! Authorization: the API server checks RBAC on the subresource (`virtualmachines/start`
+//! in `subresources.kubevirt.io`, verb `update`) before it forwards, and virt-api asks
+//! again with a SubjectAccessReview naming the whole subresource (`authz`), as upstream's
+//! does. `register` installs upstream's `kubevirt.io:admin`, `:edit`, `:view` and
+//! `:migrate` ClusterRoles ([`roles`]).
 //!
 //! A subresource request, step by step:
 //! 1. The API server's aggregation proxy connects with its front-proxy client
@@ -38,6 +39,7 @@
 //!    console and VNC websockets are piped message by message.
 
 mod admission;
+mod authz;
 mod discovery;
 mod error;
 mod forward;
@@ -112,14 +114,8 @@ pub fn router(client: kube::Client, config: Config) -> Router {
     for plural in admission::VALIDATED {
         router = router.route(&format!("/validate-{plural}"), post(admission::validate));
     }
-    router
-        .route("/apis", get(discovery::group_list))
-        .route(&format!("/apis/{GROUP}"), get(discovery::group))
-        .route(&base, get(discovery::resource_list))
-        .route(&format!("{base}/"), get(discovery::resource_list))
-        .route(&format!("{base}/version"), get(discovery::version))
-        .route(&format!("{base}/healthz"), get(discovery::healthz))
-        .route("/healthz", get(discovery::healthz))
+    // The subresources: each call is authorized for its caller first (`authz`).
+    let subresources = Router::new()
         .route(
             &format!("{ns}/virtualmachines/{{name}}/{{action}}"),
             put(lifecycle::handle),
@@ -148,6 +144,19 @@ pub fn router(client: kube::Client, config: Config) -> Router {
             &format!("{ns}/virtualmachines/{{name}}/portforward/{{port}}/{{protocol}}"),
             get(forward::port_forward),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authz::check,
+        ));
+    router
+        .route("/apis", get(discovery::group_list))
+        .route(&format!("/apis/{GROUP}"), get(discovery::group))
+        .route(&base, get(discovery::resource_list))
+        .route(&format!("{base}/"), get(discovery::resource_list))
+        .route(&format!("{base}/version"), get(discovery::version))
+        .route(&format!("{base}/healthz"), get(discovery::healthz))
+        .route("/healthz", get(discovery::healthz))
+        .merge(subresources)
         .route(
             "/mutate-virtualmachineinstances",
             post(admission::mutate_vmi),

@@ -105,6 +105,36 @@ async fn only_bound_users_may_use_vms_and_their_subresources() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // virt-api checks the whole subresource again: kubevirt.io:edit grants the VNC
+    // stream but not screenshots (upstream keeps those to kubevirt.io:admin).
+    let screenshot = "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/guarded/vnc/screenshot";
+    let out = run(&["--as", "alice", "get", "--raw", screenshot]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "User \"alice\" cannot get resource \"virtualmachineinstances/vnc/screenshot\""
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "create",
+            "rolebinding",
+            "carol-admin",
+            "--clusterrole=kubevirt.io:admin",
+            "--user=carol",
+        ],
+    );
+    // Allowed, so the answer is virt-api's own: there is no such VMI.
+    let out = run(&["--as", "carol", "get", "--raw", screenshot]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Kubernetes' view role takes in kubevirt.io:view: bob reads VMs cluster-wide but
     // may neither delete nor stop them.
     kubectl_ok(

@@ -41,11 +41,13 @@ fn tls_client(c: &Cluster, cert: &str, key: &str) -> reqwest::Client {
         .unwrap()
 }
 
-/// A PUT straight to virt-api as `alice`, with the given client certificate.
+/// A PUT straight to virt-api as `alice` in `system:masters` (so virt-api's own
+/// SubjectAccessReview allows her), with the given client certificate.
 pub async fn put_direct(c: &Cluster, cert: &str, key: &str, path: &str) -> u16 {
     tls_client(c, cert, key)
         .put(format!("https://127.0.0.1:{}{SUB}/{path}", c.virt_api_port))
         .header("x-remote-user", "alice")
+        .header("x-remote-group", "system:masters")
         .body("{}")
         .send()
         .await
