@@ -6,6 +6,7 @@
 mod agent;
 mod aggregation;
 mod cli;
+mod console;
 mod crash;
 mod examples;
 mod https;
