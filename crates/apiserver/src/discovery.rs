@@ -97,7 +97,8 @@ fn group_json(group: &str, versions: &[String]) -> Value {
     })
 }
 
-const VERBS: [&str; 8] = [
+/// Every verb a stored resource answers (also the RBAC roles' read-write set).
+pub(crate) const VERBS: [&str; 8] = [
     "create",
     "delete",
     "deletecollection",

@@ -34,13 +34,7 @@ pub async fn dispatch(State(state): State<AppState>, req: axum::extract::Request
         .extensions()
         .get::<User>()
         .cloned()
-        .unwrap_or_else(|| User {
-            name: "system:unsecured".to_owned(),
-            groups: vec![
-                "system:masters".to_owned(),
-                "system:authenticated".to_owned(),
-            ],
-        });
+        .unwrap_or_else(crate::rbac::unsecured);
     let mut segments = req.uri().path().trim_start_matches('/').split('/');
     if let (Some("apis"), Some(group), Some(version)) =
         (segments.next(), segments.next(), segments.next())

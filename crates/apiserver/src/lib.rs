@@ -215,18 +215,9 @@ impl AppState {
 
     /// Creates the namespaces every cluster has.
     async fn bootstrap(&self) -> Result<(), ApiError> {
-        let Some(r) = self.registry.find("", "v1", "namespaces") else {
-            return Ok(());
-        };
-        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            match ops::create(self, &r, "v1", None, body, ops::Write::default()).await {
-                Ok(_) => {}
-                Err(e) if e.code == 409 => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        let namespaces = ["default", "kube-system", "kube-public", "kube-node-lease"]
+            .map(|name| serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}));
+        self.ensure_objects(namespaces.into()).await
     }
 }
 

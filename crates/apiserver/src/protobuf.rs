@@ -136,18 +136,12 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             let subjects: Vec<Value> = subjects
                 .into_iter()
                 .map(|s| {
-                    let mut subject = Map::new();
-                    for (key, v) in [
+                    Value::Object(strings([
                         ("kind", s.kind),
                         ("apiGroup", s.api_group),
                         ("name", s.name),
                         ("namespace", s.namespace),
-                    ] {
-                        if let Some(v) = v.filter(|v| !v.is_empty()) {
-                            subject.insert(key.into(), json!(v));
-                        }
-                    }
-                    Value::Object(subject)
+                    ]))
                 })
                 .collect();
             o.insert("subjects".into(), json!(subjects));
@@ -198,8 +192,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             let mut o = with_meta(meta);
             let mut spec = Map::new();
             if let Some(a) = resource {
-                let mut attrs = Map::new();
-                for (key, v) in [
+                let attrs = strings([
                     ("namespace", a.namespace),
                     ("verb", a.verb),
                     ("group", a.group),
@@ -207,11 +200,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
                     ("resource", a.resource),
                     ("subresource", a.subresource),
                     ("name", a.name),
-                ] {
-                    if let Some(v) = v.filter(|v| !v.is_empty()) {
-                        attrs.insert(key.into(), json!(v));
-                    }
-                }
+                ]);
                 spec.insert("resourceAttributes".into(), Value::Object(attrs));
             }
             if let Some(a) = non_resource {
@@ -250,19 +239,23 @@ fn put_map(o: &mut Map<String, Value>, key: &str, map: &BTreeMap<String, String>
     }
 }
 
+/// The non-empty strings of `fields` as a JSON object (proto2 leaves unset ones `None`).
+fn strings<const N: usize>(fields: [(&str, Option<String>); N]) -> Map<String, Value> {
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), json!(v.filter(|v| !v.is_empty())?))))
+        .collect()
+}
+
 /// An object with its metadata: the fields a client may set on create.
 fn with_meta(meta: Option<ObjectMeta>) -> Map<String, Value> {
     let meta = meta.unwrap_or_default();
-    let mut m = Map::new();
-    let mut put = |k: &str, v: Option<String>| {
-        if let Some(v) = v.filter(|v| !v.is_empty()) {
-            m.insert(k.into(), json!(v));
-        }
-    };
-    put("name", meta.name);
-    put("generateName", meta.generate_name);
-    put("namespace", meta.namespace);
-    put("resourceVersion", meta.resource_version);
+    let mut m = strings([
+        ("name", meta.name),
+        ("generateName", meta.generate_name),
+        ("namespace", meta.namespace),
+        ("resourceVersion", meta.resource_version),
+    ]);
     put_map(&mut m, "labels", &meta.labels);
     put_map(&mut m, "annotations", &meta.annotations);
     if !meta.finalizers.is_empty() {

@@ -520,10 +520,10 @@ fn impersonate(state: &AppState, caller: &User, headers: &HeaderMap) -> Result<U
             "requested impersonation of groups without impersonating a user",
         ));
     };
-    let mut checks = vec![match name
+    let service_account = name
         .strip_prefix(SERVICE_ACCOUNT_PREFIX)
-        .and_then(|rest| rest.split_once(':'))
-    {
+        .and_then(|rest| rest.split_once(':'));
+    let mut checks = vec![match service_account {
         Some((ns, sa)) => ("serviceaccounts", ns.to_owned(), sa.to_owned()),
         None => ("users", String::new(), name.clone()),
     }];
@@ -548,10 +548,7 @@ fn impersonate(state: &AppState, caller: &User, headers: &HeaderMap) -> Result<U
         }
     }
     let mut all = groups;
-    if let Some((ns, _)) = name
-        .strip_prefix(SERVICE_ACCOUNT_PREFIX)
-        .and_then(|rest| rest.split_once(':'))
-    {
+    if let Some((ns, _)) = service_account {
         all.push("system:serviceaccounts".to_owned());
         all.push(format!("system:serviceaccounts:{ns}"));
     }
@@ -719,16 +716,7 @@ pub fn cluster_role_binding(name: &str, role: &str, subjects: &[(&str, &str)]) -
 /// `edit` and `view` (aggregated from `aggregate-to-*` ClusterRoles), discovery and
 /// self-review for every authenticated user, health and version for everyone.
 pub fn bootstrap_policy() -> Vec<Value> {
-    const RW: &[&str] = &[
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ];
+    const RW: &[&str] = &crate::discovery::VERBS;
     const R: &[&str] = &["get", "list", "watch"];
     let defaults = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
     let aggregate = |to: &str| {

@@ -325,8 +325,8 @@ impl Slot {
 impl Streams {
     fn slot(&self, socket: &std::path::Path) -> Arc<Slot> {
         let mut slots = self.by_socket.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget sockets nobody uses (their VMIs are gone).
-        slots.retain(|_, s| Arc::strong_count(s) > 1 || s.turn.try_lock().is_err());
+        // Forget sockets nobody uses (their VMIs are gone): a connection holds its slot.
+        slots.retain(|_, s| Arc::strong_count(s) > 1);
         slots
             .entry(socket.to_path_buf())
             .or_insert_with(|| {

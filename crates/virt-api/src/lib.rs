@@ -115,7 +115,16 @@ pub fn router(client: kube::Client, config: Config) -> Router {
         router = router.route(&format!("/validate-{plural}"), post(admission::validate));
     }
     // The subresources: each call is authorized for its caller first (`authz`).
-    let subresources = Router::new()
+    let mut subresources = Router::new();
+    for plural in ["virtualmachineinstances", "virtualmachines"] {
+        for tail in ["", "/{protocol}"] {
+            subresources = subresources.route(
+                &format!("{ns}/{plural}/{{name}}/portforward/{{port}}{tail}"),
+                get(forward::port_forward),
+            );
+        }
+    }
+    let subresources = subresources
         .route(
             &format!("{ns}/virtualmachines/{{name}}/{{action}}"),
             put(lifecycle::handle),
@@ -127,22 +136,6 @@ pub fn router(client: kube::Client, config: Config) -> Router {
         .route(
             &format!("{ns}/virtualmachineinstances/{{name}}/vnc/screenshot"),
             get(forward::screenshot),
-        )
-        .route(
-            &format!("{ns}/virtualmachineinstances/{{name}}/portforward/{{port}}"),
-            get(forward::port_forward),
-        )
-        .route(
-            &format!("{ns}/virtualmachineinstances/{{name}}/portforward/{{port}}/{{protocol}}"),
-            get(forward::port_forward),
-        )
-        .route(
-            &format!("{ns}/virtualmachines/{{name}}/portforward/{{port}}"),
-            get(forward::port_forward),
-        )
-        .route(
-            &format!("{ns}/virtualmachines/{{name}}/portforward/{{port}}/{{protocol}}"),
-            get(forward::port_forward),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -96,8 +96,8 @@ fn binding_to_authenticated(name: &str) -> Value {
            "subjects": [{"kind": "Group", "name": "system:authenticated", "apiGroup": RBAC}]})
 }
 
-/// The rules admin and edit share after the subresources: every kind of the other
-/// kubevirt groups, with `verbs`.
+/// The rules admin, edit and view share after the subresources: every kubevirt kind
+/// with `verbs` (migrations and migration policies read-only), plugins when asked.
 fn other_groups(verbs: &[&str], plugins: bool) -> Vec<Value> {
     let mut rules = vec![
         rule(&["kubevirt.io"], KUBEVIRT_KINDS, verbs),
@@ -154,9 +154,7 @@ pub fn objects() -> Vec<Value> {
     let mut edit = subresources(VMI_READ);
     edit.extend(other_groups(WRITE, false));
     edit.push(rule(&["kubevirt.io"], &["kubevirts"], &["get", "list"]));
-    let mut view_kinds = KUBEVIRT_KINDS.to_vec();
-    view_kinds.push("virtualmachineinstancemigrations");
-    let view = vec![
+    let mut view = vec![
         rule(&["kubevirt.io"], &["kubevirts"], &["get", "list"]),
         rule(
             &[SUB],
@@ -173,28 +171,9 @@ pub fn objects() -> Vec<Value> {
             &["get"],
         ),
         rule(&[SUB], &["expand-vm-spec"], &["update"]),
-        rule(&["kubevirt.io"], &view_kinds, READ),
-        rule(
-            &["snapshot.kubevirt.io"],
-            &[
-                "virtualmachinesnapshots",
-                "virtualmachinesnapshotcontents",
-                "virtualmachinerestores",
-            ],
-            READ,
-        ),
-        rule(
-            &["backup.kubevirt.io"],
-            &["virtualmachinebackups", "virtualmachinebackuptrackers"],
-            READ,
-        ),
-        rule(&["export.kubevirt.io"], &["virtualmachineexports"], READ),
-        rule(&["clone.kubevirt.io"], &["virtualmachineclones"], READ),
-        rule(&["instancetype.kubevirt.io"], INSTANCETYPES, READ),
-        rule(&["pool.kubevirt.io"], &["virtualmachinepools"], READ),
-        rule(&["migrations.kubevirt.io"], &["migrationpolicies"], READ),
-        rule(&["plugin.kubevirt.io"], &["plugins"], READ),
     ];
+    // Reading every kind of every kubevirt group, plugins included.
+    view.extend(other_groups(READ, true));
     vec![
         role(
             "kubevirt.io:default",

@@ -5,34 +5,15 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::v1::{VirtualMachineInstance, VmiPhase};
 use kube::Api;
 
-use crate::support::{BIN, Scratch, System, kube_client, kubectl_ok, wait_until};
+use crate::support::{BIN, Scratch, System, collect, kube_client, kubectl_ok, wait_until};
 
 /// How long the console stays idle: the five minutes.
 const IDLE: Duration = Duration::from_secs(300);
-
-/// Collects what `pipe` carries, in the background.
-fn collect(mut pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_console_is_still_connected_after_five_minutes() {

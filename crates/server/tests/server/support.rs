@@ -451,3 +451,23 @@ pub fn set_run_strategy(kubeconfig: &Path, scratch: &Scratch, vm: &str, strategy
         &["patch", "vm", vm, "--type", "merge", "-p", &patch],
     );
 }
+
+/// Collects what `pipe` (a child's stdout or stderr) carries, in the background.
+pub fn collect(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
