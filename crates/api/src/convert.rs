@@ -27,6 +27,7 @@ pub fn storage_version(group: &str, kind: &str) -> Option<&'static str> {
             | "VirtualMachinePreference"
             | "VirtualMachineClusterPreference",
         ) => Some("v1beta1"),
+        (crate::MIGRATIONS_GROUP, "MigrationPolicy") => Some("v1alpha1"),
         _ => None,
     }
 }

@@ -16,6 +16,7 @@ use crate::instancetype::{
     VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
     VirtualMachinePreference,
 };
+use crate::migrations::MigrationPolicy;
 use crate::v1::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstancePreset, VirtualMachineInstanceReplicaSet,
@@ -33,6 +34,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         labelled(VirtualMachineClusterInstancetype::crd()),
         labelled(VirtualMachinePreference::crd()),
         labelled(VirtualMachineClusterPreference::crd()),
+        labelled(MigrationPolicy::crd()),
     ];
     for crd in &mut crds {
         if crd.spec.names.kind == "VirtualMachineInstance" {
@@ -49,7 +51,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 /// `deploy/crds/`, compiled in, in the order of [`all`]: what a server installs. Reading
 /// these costs a YAML parse; generating the schemas ([`all`]) costs far more, and a test
 /// keeps the two equal.
-const MANIFESTS: [&str; 9] = [
+const MANIFESTS: [&str; 10] = [
     include_str!("../../../deploy/crds/virtualmachines.kubevirt.io.yaml"),
     include_str!("../../../deploy/crds/virtualmachineinstances.kubevirt.io.yaml"),
     include_str!("../../../deploy/crds/virtualmachineinstancereplicasets.kubevirt.io.yaml"),
@@ -63,10 +65,11 @@ const MANIFESTS: [&str; 9] = [
     include_str!(
         "../../../deploy/crds/virtualmachineclusterpreferences.instancetype.kubevirt.io.yaml"
     ),
+    include_str!("../../../deploy/crds/migrationpolicies.migrations.kubevirt.io.yaml"),
 ];
 
 /// The names of the compiled-in CRDs, in the same order.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "virtualmachines.kubevirt.io",
     "virtualmachineinstances.kubevirt.io",
     "virtualmachineinstancereplicasets.kubevirt.io",
@@ -76,6 +79,7 @@ pub const NAMES: [&str; 9] = [
     "virtualmachineclusterinstancetypes.instancetype.kubevirt.io",
     "virtualmachinepreferences.instancetype.kubevirt.io",
     "virtualmachineclusterpreferences.instancetype.kubevirt.io",
+    "migrationpolicies.migrations.kubevirt.io",
 ];
 
 /// The CRDs a server installs, read from the compiled-in manifests.

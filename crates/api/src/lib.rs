@@ -3,7 +3,7 @@
 //! Owns: the `kubevirt.io/v1` kinds (VirtualMachine, VirtualMachineInstance,
 //! VirtualMachineInstanceReplicaSet, VirtualMachineInstancePreset,
 //! VirtualMachineInstanceMigration) and `instancetype.kubevirt.io/v1beta1` instancetypes and
-//! preferences; strict parsing of manifests in any version we accept (`v1`, `v1alpha3`, the
+//! preferences, `migrations.kubevirt.io/v1alpha1` MigrationPolicy; strict parsing of manifests in any version we accept (`v1`, `v1alpha3`, the
 //! seed's `v1alpha2`); upstream's defaults; validation that reports every problem with its
 //! field path; preset application; instancetype and preference expansion; CRD generation.
 //!
@@ -16,6 +16,7 @@ pub mod crd;
 pub mod defaults;
 pub mod expand;
 pub mod instancetype;
+pub mod migrations;
 pub mod parse;
 pub mod preset;
 pub mod quantity;
@@ -27,5 +28,7 @@ pub use validate::{Cause, CauseReason};
 
 /// `kubevirt.io`, the core API group.
 pub const GROUP: &str = "kubevirt.io";
+/// `migrations.kubevirt.io`, the group of MigrationPolicy.
+pub const MIGRATIONS_GROUP: &str = "migrations.kubevirt.io";
 /// `instancetype.kubevirt.io`, the group of instancetypes and preferences.
 pub const INSTANCETYPE_GROUP: &str = "instancetype.kubevirt.io";

@@ -33,6 +33,7 @@ pub enum Object {
     VirtualMachineClusterInstancetype(VirtualMachineClusterInstancetype),
     VirtualMachinePreference(VirtualMachinePreference),
     VirtualMachineClusterPreference(VirtualMachineClusterPreference),
+    MigrationPolicy(crate::migrations::MigrationPolicy),
 }
 
 impl Object {
@@ -47,6 +48,7 @@ impl Object {
             Self::VirtualMachineClusterInstancetype(_) => "VirtualMachineClusterInstancetype",
             Self::VirtualMachinePreference(_) => "VirtualMachinePreference",
             Self::VirtualMachineClusterPreference(_) => "VirtualMachineClusterPreference",
+            Self::MigrationPolicy(_) => "MigrationPolicy",
         }
     }
 
@@ -61,6 +63,7 @@ impl Object {
             Self::VirtualMachineClusterInstancetype(o) => &o.metadata,
             Self::VirtualMachinePreference(o) => &o.metadata,
             Self::VirtualMachineClusterPreference(o) => &o.metadata,
+            Self::MigrationPolicy(o) => &o.metadata,
         }
     }
 
@@ -165,6 +168,7 @@ pub fn parse_object(mut value: Value) -> Result<Object, ParseError> {
         "VirtualMachineClusterPreference" => {
             typed(value).map(Object::VirtualMachineClusterPreference)
         }
+        "MigrationPolicy" => typed(value).map(Object::MigrationPolicy),
         _ => Err(unknown()),
     }
 }

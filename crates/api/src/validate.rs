@@ -143,6 +143,22 @@ pub fn validate(object: &Object) -> Vec<Cause> {
         Object::VirtualMachineClusterPreference(p) => {
             crate::expand::validate_preference(&p.spec.spec, &mut c)
         }
+        Object::MigrationPolicy(p) => {
+            if let Some(q) = &p.spec.bandwidth_per_migration
+                && crate::quantity::to_units(q).is_err()
+            {
+                c.invalid(
+                    "spec.bandwidthPerMigration",
+                    format!("{:?} is not a quantity of bytes", q.0),
+                );
+            }
+            if p.spec.completion_timeout_per_gib.is_some_and(|t| t <= 0) {
+                c.invalid("spec.completionTimeoutPerGiB", "must be positive");
+            }
+            if p.spec.allow_post_copy == Some(true) {
+                c.forbidden("spec.allowPostCopy", "post-copy migration is not supported");
+            }
+        }
     }
     c.0
 }

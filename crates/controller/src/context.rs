@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::v1::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use api::v1::{
+    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    VirtualMachineInstanceReplicaSet,
+};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -45,6 +48,7 @@ pub(crate) struct Context {
 pub(crate) struct Caches {
     vmis: std::sync::OnceLock<Store<VirtualMachineInstance>>,
     pods: std::sync::OnceLock<Store<Pod>>,
+    migrations: std::sync::OnceLock<Store<VirtualMachineInstanceMigration>>,
 }
 
 impl Caches {
@@ -63,6 +67,11 @@ impl Caches {
             .into_iter()
             .filter(|v| v.metadata.namespace.as_deref() == Some(namespace))
             .collect()
+    }
+
+    /// Every migration.
+    pub fn migrations(&self) -> Vec<Arc<VirtualMachineInstanceMigration>> {
+        Self::get(&self.migrations)
     }
 
     /// The VMI `namespace/name`.
@@ -194,13 +203,13 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
     let vmis = informer(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
-        3,
+        4,
         vec![ctx.vmi_expectations.clone()],
     );
     let pods = informer(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels("kubevirt.io=virt-launcher"),
-        1,
+        2,
         vec![ctx.pod_expectations.clone()],
     );
     let vms = informer(
@@ -215,18 +224,35 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
         1,
         Vec::new(),
     );
+    let migrations = informer(
+        Api::<VirtualMachineInstanceMigration>::all(client.clone()),
+        watcher::Config::default(),
+        1,
+        Vec::new(),
+    );
     let _ = ctx.caches.vmis.set(vmis.store.clone());
+    let _ = ctx.caches.migrations.set(migrations.store.clone());
     let _ = ctx.caches.pods.set(pods.store.clone());
     let writer = ctx.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
 
     let mut vmi_triggers = vmis.triggers.into_iter();
     let mut pod_triggers = pods.triggers.into_iter();
-    let (Some(vmi_self), Some(vmi_for_vm), Some(vmi_for_rs), Some(pod_trigger)) = (
+    let (
+        Some(vmi_self),
+        Some(vmi_for_vm),
+        Some(vmi_for_rs),
+        Some(vmi_for_migration),
+        Some(pod_trigger),
+        Some(pod_for_migration),
+    ) = (
+        vmi_triggers.next(),
         vmi_triggers.next(),
         vmi_triggers.next(),
         vmi_triggers.next(),
         pod_triggers.next(),
-    ) else {
+        pod_triggers.next(),
+    )
+    else {
         return;
     };
 
@@ -260,6 +286,26 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
         )
         .for_each(|r| async move { log_result(r) });
 
+    let mut migration_triggers = migrations.triggers;
+    let Some(migration_trigger) = migration_triggers.pop() else {
+        return;
+    };
+    let by_vmi = migrations.store.clone();
+    let by_pod = migrations.store.clone();
+    let migration_controller = Controller::for_stream(migration_trigger, migrations.store.clone())
+        .watches_stream(vmi_for_migration, move |vmi| {
+            crate::migration::for_vmi(&by_vmi, &vmi)
+        })
+        .watches_stream(pod_for_migration, move |pod| {
+            crate::migration::for_pod(&by_pod, &pod)
+        })
+        .run(
+            crate::migration::reconcile,
+            crate::migration::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move { log_result(r) });
+
     let events = async move {
         if let Some(w) = writer {
             w.run().await;
@@ -271,23 +317,31 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
     let pod_store = pods.store.clone();
     let vm_store = vms.store.clone();
     let rs_store = replicasets.store.clone();
+    let migration_store = migrations.store.clone();
     let controllers = async move {
         let synced = tokio::try_join!(
             vmi_store.wait_until_ready(),
             pod_store.wait_until_ready(),
             vm_store.wait_until_ready(),
             rs_store.wait_until_ready(),
+            migration_store.wait_until_ready(),
         );
         if synced.is_err() {
             return;
         }
-        tokio::join!(vmi_controller, vm_controller, rs_controller);
+        tokio::join!(
+            vmi_controller,
+            vm_controller,
+            rs_controller,
+            migration_controller
+        );
     };
     tokio::join!(
         vmis.driver,
         pods.driver,
         vms.driver,
         replicasets.driver,
+        migrations.driver,
         controllers,
         events,
     );

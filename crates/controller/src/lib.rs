@@ -15,6 +15,8 @@
 //!   `Scheduled` with the node, the finalizer, `Failed` when the pod goes;
 //! - the VirtualMachineInstanceReplicaSet controller ([`replicaset`]): scale, adopt,
 //!   release, status;
+//! - the VirtualMachineInstanceMigration controller ([`migration`]): the target pod, the
+//!   phases, the hand-over to the handlers, clean-up and cancel;
 //! - core/v1 Events for what the controllers did ([`events`]).
 //!
 //! Does not own: the decisions themselves (`reconcile`), anything on the node (the handler
@@ -31,6 +33,7 @@ pub mod events;
 pub mod informer;
 pub mod instancetype;
 pub mod leader;
+pub mod migration;
 pub mod replicaset;
 pub mod vm;
 pub mod vmi;

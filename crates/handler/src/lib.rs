@@ -14,6 +14,7 @@
 //! launchers it finds; a launcher keeps its guest running while no handler watches.
 
 pub mod endpoint;
+pub mod migration;
 pub mod node;
 pub mod session;
 pub mod status;
@@ -40,6 +41,8 @@ pub struct Config {
     /// The node's launcher run directory (`launcher::paths::NodePaths::run`): the
     /// launchers' control sockets are under it.
     pub run_dir: PathBuf,
+    /// The node's address, where migration targets on it are reached.
+    pub node_address: String,
     /// Set when guests are emulated (no usable KVM), with the reason: labels the node.
     pub software_emulation: Option<String>,
     /// The endpoint virt-api calls, if this handler serves one.
@@ -50,7 +53,12 @@ struct Ctx {
     client: kube::Client,
     node: String,
     run_dir: PathBuf,
+    node_address: String,
     sessions: Mutex<HashMap<String, session::Session>>,
+    /// Migration targets on this node, by VMI uid: the migration's uid and its session.
+    targets: Mutex<HashMap<String, (String, migration::TargetSession)>>,
+    /// The migrate and cancel requests already sent (`<migration uid>/<what>`).
+    migration_requests: Mutex<std::collections::HashSet<String>>,
     /// The console and VNC connections, one per socket ([`endpoint::Streams`]).
     streams: endpoint::Streams,
 }
@@ -78,7 +86,10 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
         client: client.clone(),
         node: config.node_name.clone(),
         run_dir: config.run_dir.clone(),
+        node_address: config.node_address.clone(),
         sessions: Mutex::new(HashMap::new()),
+        targets: Mutex::new(HashMap::new()),
+        migration_requests: Mutex::new(std::collections::HashSet::new()),
         streams: endpoint::Streams::default(),
     });
     let advertise = config.endpoint.as_ref().map(|e| e.advertise.clone());
@@ -92,15 +103,21 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
         .map(|e| tokio::spawn(endpoint::serve(e, ctx.clone())));
     let vmis: Api<VirtualMachineInstance> = Api::all(client);
     let selector = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", ctx.node));
+    let incoming =
+        watcher::Config::default().labels(&format!("{}={}", migration::TARGET_LABEL, ctx.node));
     let _guard = Aborter(heartbeat, server);
-    Controller::new(vmis, selector)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                debug!(error = %e, "reconcile");
-            }
-        })
-        .await;
+    let log = |r: Result<_, _>| async move {
+        if let Err(e) = r {
+            debug!(error = %e, "reconcile");
+        }
+    };
+    let local = Controller::new(vmis.clone(), selector)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(log);
+    let targets = Controller::new(vmis, incoming)
+        .run(reconcile_target, error_policy, ctx)
+        .for_each(log);
+    tokio::join!(local, targets);
     Ok(())
 }
 
@@ -154,7 +171,38 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Ctx>) -> Result<Ac
             }
         });
     }
+    drop(sessions);
+    migration::drive_source(&ctx, &vmi);
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// A VMI migrating to this node: follow the target until the migration ends.
+async fn reconcile_target(
+    vmi: Arc<VirtualMachineInstance>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
+    let Some(uid) = vmi.metadata.uid.clone() else {
+        return Ok(Action::await_change());
+    };
+    let state = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.migration_state.as_ref())
+        .filter(|s| s.target_node.as_deref() == Some(ctx.node.as_str()) && !s.is_final());
+    let mut targets = ctx.targets.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(migration_uid) = state.and_then(|s| s.migration_uid.clone()) else {
+        targets.remove(&uid);
+        return Ok(Action::await_change());
+    };
+    if vmi.metadata.deletion_timestamp.is_some() {
+        targets.remove(&uid);
+        return Ok(Action::await_change());
+    }
+    if targets.get(&uid).is_none_or(|(m, _)| *m != migration_uid) {
+        let session = migration::TargetSession::start(ctx.clone(), &vmi, migration_uid.clone());
+        targets.insert(uid, (migration_uid, session));
+    }
+    Ok(Action::await_change())
 }
 
 fn error_policy(_: Arc<VirtualMachineInstance>, _: &Error, _: Arc<Ctx>) -> Action {

@@ -73,6 +73,16 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
         if let Some(last) = left_behind(&socket)
             && last.uid == uid
         {
+            if matches!(
+                last.state,
+                DomainState::Exited {
+                    exit: launcher_proto::Exit::Migrated
+                }
+            ) {
+                // The guest migrated away: its new node reports it, and the word is stale.
+                let _ = std::fs::remove_file(socket.with_extension("exit"));
+                continue;
+            }
             report(&ctx, &vmis, &name, &uid, &last).await;
             let _ = std::fs::remove_file(socket.with_extension("exit"));
             return;
@@ -112,6 +122,7 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
                     guest_interfaces: Vec::new(),
                     guest_os_info: None,
                     fs_freeze_status: None,
+                    migration: None,
                 };
                 report(&ctx, &vmis, &name, &uid, &gone).await;
                 return;
@@ -159,6 +170,8 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
 
 /// The launcher pod's IP.
 async fn pod_ip(ctx: &Ctx, ns: &str, uid: &str) -> Option<String> {
+    let on_this_node =
+        |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(ctx.node.as_str());
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let list = pods
         .list(&ListParams::default().labels(&format!("kubevirt.io/created-by={uid}")))
@@ -166,6 +179,7 @@ async fn pod_ip(ctx: &Ctx, ns: &str, uid: &str) -> Option<String> {
         .ok()?;
     list.items
         .into_iter()
+        .filter(|p| on_this_node(p) && p.metadata.deletion_timestamp.is_none())
         .find_map(|p| p.status.and_then(|s| s.pod_ip))
 }
 
@@ -183,6 +197,10 @@ async fn report(
             return;
         };
         if vmi.metadata.uid.as_deref() != Some(uid) {
+            return;
+        }
+        // After a migration the VMI is the target node's to report.
+        if vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) != Some(ctx.node.as_str()) {
             return;
         }
         if ip.is_none()

@@ -173,13 +173,18 @@ pub fn apply(
     if status.phase.is_some_and(VmiPhase::is_final) {
         return status;
     }
+    crate::migration::apply(&mut status, launcher.migration.as_ref(), now);
     let emulation = launcher
         .software_emulation
         .as_deref()
         .map(|why| ("True", "KVMUnavailable", why));
     let conditions = &mut status.conditions;
     match &launcher.state {
-        DomainState::Waiting | DomainState::Created => return status,
+        DomainState::Waiting
+        | DomainState::Created
+        | DomainState::Exited {
+            exit: Exit::Migrated,
+        } => return status,
         DomainState::Running => {
             set_condition(conditions, "Ready", Some(("True", "", "")), now);
             let agent = launcher.agent_connected.then_some(("True", "", ""));
@@ -220,6 +225,7 @@ pub fn apply(
                     "the guest did not power off within its grace period and was killed".into(),
                 ),
                 Exit::Crashed { message } => (VmiPhase::Failed, "Crashed", message.clone()),
+                Exit::Migrated => return status,
             };
             set_condition(
                 conditions,
@@ -292,6 +298,7 @@ mod tests {
             guest_interfaces: Vec::new(),
             guest_os_info: None,
             fs_freeze_status: None,
+            migration: None,
         }
     }
 

@@ -70,6 +70,98 @@ pub enum Request {
     PortForward {
         port: u16,
     },
+    /// Become the target of migration `migration_uid`: prepare the disks, start QEMU
+    /// waiting for the incoming stream with the disks exported for copying, and listen for
+    /// the hand-over. Answered at once; the ports appear in [`MigrationStatus::ports`]
+    /// when the target is ready (asking twice changes nothing).
+    #[serde(rename_all = "camelCase")]
+    MigrationTarget {
+        vmi: Box<VirtualMachineInstance>,
+        migration_uid: String,
+    },
+    /// Live-migrate the guest to the target at `host` (idempotent per migration). The
+    /// progress is reported in [`Status::migration`]; on success the launcher exits with
+    /// [`Exit::Migrated`].
+    #[serde(rename_all = "camelCase")]
+    Migrate {
+        migration_uid: String,
+        host: String,
+        ports: TargetPorts,
+        options: MigrationOptions,
+    },
+    /// Abort the running migration; the guest keeps running here.
+    CancelMigration,
+}
+
+/// Where a migration target listens, on its node's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetPorts {
+    /// QEMU's incoming migration stream.
+    pub memory: u16,
+    /// The NBD server the source copies the local disks to.
+    pub disks: u16,
+    /// The launcher's hand-over: the console history, then the word to resume.
+    pub handover: u16,
+}
+
+/// How a migration may go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationOptions {
+    /// Abort when the remaining memory has not shrunk for this long.
+    pub progress_timeout_seconds: u64,
+    /// Abort when the whole migration takes longer than this.
+    pub completion_timeout_seconds: u64,
+    /// The longest pause of the guest the switch-over may cost.
+    pub max_downtime_ms: u64,
+    /// Bytes per second, 0 for no limit.
+    pub bandwidth_bytes_per_second: u64,
+    /// Let QEMU slow the vCPUs down when the guest dirties memory faster than it moves.
+    #[serde(default)]
+    pub auto_converge: bool,
+}
+
+/// Which end of a migration a launcher is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MigrationRole {
+    Source,
+    Target,
+}
+
+/// How far a migration has come, from one launcher's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MigrationPhase {
+    /// Target: preparing disks and QEMU. Source: copying the disks.
+    Preparing,
+    /// Target: listening for the source.
+    Ready,
+    /// The memory is being sent.
+    Running,
+    /// The guest runs on the target.
+    Completed,
+    Failed,
+}
+
+/// A launcher's part in a migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    pub uid: String,
+    pub role: MigrationRole,
+    pub phase: MigrationPhase,
+    /// Why it failed.
+    pub message: Option<String>,
+    /// Set when it failed because it was cancelled.
+    #[serde(default)]
+    pub aborted: bool,
+    /// QEMU's figures once the memory stream completed: total and guest-visible pause.
+    pub total_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    /// Target: where it listens, once ready.
+    pub ports: Option<TargetPorts>,
 }
 
 /// An interface inside the guest, as the guest agent reports it.
@@ -123,6 +215,8 @@ pub enum Exit {
     Stopped { forced: bool },
     /// QEMU died or the guest panicked.
     Crashed { message: String },
+    /// The guest moved to another node by live migration.
+    Migrated,
 }
 
 /// A launcher's report.
@@ -155,6 +249,9 @@ pub struct Status {
     /// `frozen` while the guest's filesystems are frozen on request.
     #[serde(default)]
     pub fs_freeze_status: Option<String>,
+    /// The migration this launcher takes part in, if any.
+    #[serde(default)]
+    pub migration: Option<MigrationStatus>,
 }
 
 /// A launcher's answer.
@@ -334,6 +431,7 @@ mod tests {
             guest_interfaces: Vec::new(),
             guest_os_info: None,
             fs_freeze_status: None,
+            migration: None,
         }));
         let line = serde_json::to_string(&Envelope {
             version: VERSION,

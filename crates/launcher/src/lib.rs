@@ -7,7 +7,8 @@
 //! its lifecycle ([`domain`]): start (optionally paused), pause, unpause, ACPI shutdown with a
 //! grace period then kill, reset, and the domain's state and events. [`standalone`] runs one
 //! VMI in the foreground for demos and tests; [`serve`] is the launcher in a VMI's pod, driven
-//! by the handler over [`launcher_proto`].
+//! by the handler over [`launcher_proto`]; [`migrate`] moves a running guest between two
+//! launchers.
 //!
 //! Does not own: the Kubernetes API, scheduling, or what the handler asks for; those talk
 //! to a launcher through its [`domain::Domain`].
@@ -18,6 +19,7 @@ pub mod argv;
 pub mod disks;
 pub mod domain;
 pub mod image;
+pub mod migrate;
 pub mod paths;
 pub mod registries;
 pub mod serve;

@@ -11,12 +11,16 @@
 //! started.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use api::defaults::{DefaultsConfig, set_vmi_defaults};
 use api::v1::{StartStrategy, VirtualMachineInstance};
-use launcher_proto::{Conn, DomainInterface, DomainState, Exit, Request, Response, Status};
+use launcher_proto::{
+    Conn, DomainInterface, DomainState, Exit, MigrationOptions, MigrationPhase, MigrationRole,
+    MigrationStatus, Request, Response, Status, TargetPorts,
+};
 use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -26,8 +30,9 @@ use tracing::{info, warn};
 use crate::accel::{self, Accel};
 use crate::agent::{Agent, AgentError};
 use crate::domain;
+use crate::migrate::{self, Incoming};
 use crate::paths::NodePaths;
-use crate::standalone::{LaunchConfig, Launched, RunError, launch};
+use crate::standalone::{LaunchConfig, Launched, RunError, launch_with};
 
 /// Options of `virt-launcher serve`.
 #[derive(Debug, Clone)]
@@ -59,10 +64,28 @@ struct Shared {
     agent: OnceLock<Arc<Agent>>,
     /// The thaw due after a freeze with an unfreeze timeout.
     thaw_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The disks a migration copies, once started.
+    local_disks: OnceLock<Vec<String>>,
     /// The pod network's netdev and the guest's address on it, once started.
     pod_netdev: OnceLock<Option<(String, std::net::Ipv4Addr)>>,
     /// Guest port -> the local address forwarding to it.
     forwards: Mutex<std::collections::HashMap<u16, std::net::SocketAddrV4>>,
+    /// Set to abort the outgoing migration.
+    cancel_migration: watch::Sender<bool>,
+    /// The guest left for another node: QEMU's end is reported as [`Exit::Migrated`].
+    migrated: AtomicBool,
+    /// The outgoing migration is sending memory: the switch-over's pause is not the user's.
+    migrating: AtomicBool,
+}
+
+impl Shared {
+    fn set_migration(&self, f: impl FnOnce(&mut MigrationStatus)) {
+        self.status.send_modify(|s| {
+            if let Some(m) = s.migration.as_mut() {
+                f(m);
+            }
+        });
+    }
 }
 
 /// Serves until the VMI has ended; returns the process exit code.
@@ -98,6 +121,7 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
             guest_interfaces: Vec::new(),
             guest_os_info: None,
             fs_freeze_status: None,
+            migration: None,
         }),
         launched: Mutex::new(None),
         config: LaunchConfig {
@@ -113,7 +137,11 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
         agent: OnceLock::new(),
         thaw_timer: Mutex::new(None),
         pod_netdev: OnceLock::new(),
+        local_disks: OnceLock::new(),
         forwards: Mutex::new(std::collections::HashMap::new()),
+        cancel_migration: watch::Sender::new(false),
+        migrated: AtomicBool::new(false),
+        migrating: AtomicBool::new(false),
     });
     let accept = {
         let shared = shared.clone();
@@ -152,7 +180,7 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
     drop(shared.launched.lock().await.take());
     Ok(match last.state {
         DomainState::Exited {
-            exit: Exit::GuestShutdown | Exit::Stopped { .. },
+            exit: Exit::GuestShutdown | Exit::Stopped { .. } | Exit::Migrated,
         } => 0,
         _ => 1,
     })
@@ -170,6 +198,12 @@ async fn stop(shared: &Arc<Shared>, why: &str, grace: Duration) {
         });
         return;
     }
+    // A migration target that never took over has no guest to shut down.
+    let unused_target =
+        shared.status.borrow().migration.as_ref().is_some_and(|m| {
+            m.role == MigrationRole::Target && m.phase != MigrationPhase::Completed
+        });
+    let grace = if unused_target { Duration::ZERO } else { grace };
     let shared = shared.clone();
     tokio::spawn(async move {
         if let Some(l) = shared.launched.lock().await.as_ref() {
@@ -240,6 +274,65 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             current()
         }
         Request::Status | Request::Watch => current(),
+        Request::MigrationTarget { vmi, migration_uid } => {
+            let state = shared.status.borrow().state.clone();
+            let same = shared
+                .status
+                .borrow()
+                .migration
+                .as_ref()
+                .is_some_and(|m| m.uid == migration_uid);
+            if same {
+                return current();
+            }
+            if state != DomainState::Waiting {
+                return refused("this launcher already runs a domain", true);
+            }
+            shared.status.send_modify(|s| {
+                s.state = DomainState::Created;
+                s.migration = Some(migration_status(migration_uid, MigrationRole::Target));
+            });
+            tokio::spawn(start_target(*vmi, shared.clone()));
+            current()
+        }
+        Request::Migrate {
+            migration_uid,
+            host,
+            ports,
+            options,
+        } => {
+            let status = shared.status.borrow().clone();
+            if status
+                .migration
+                .as_ref()
+                .is_some_and(|m| m.uid == migration_uid && m.phase != MigrationPhase::Failed)
+            {
+                return current();
+            }
+            if !matches!(
+                status.state,
+                DomainState::Running | DomainState::Paused { .. }
+            ) {
+                return refused("the VMI is not running", true);
+            }
+            shared.cancel_migration.send_replace(false);
+            shared.status.send_modify(|s| {
+                s.migration = Some(migration_status(migration_uid, MigrationRole::Source));
+            });
+            tokio::spawn(start_source(shared.clone(), host, ports, options));
+            current()
+        }
+        Request::CancelMigration => {
+            let running = shared.status.borrow().migration.as_ref().is_some_and(|m| {
+                m.role == MigrationRole::Source
+                    && matches!(m.phase, MigrationPhase::Preparing | MigrationPhase::Running)
+            });
+            if !running {
+                return refused("no migration is running", true);
+            }
+            shared.cancel_migration.send_replace(true);
+            Response::Ok
+        }
         Request::Shutdown { grace_seconds } => {
             stop(
                 shared,
@@ -327,38 +420,10 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
 async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     let uid = vmi.metadata.uid.clone();
     set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &DefaultsConfig::default());
-    let launched = match launch(&vmi, &shared.config).await {
-        Ok(l) => l,
-        Err(e) => {
-            let message = crate::error_chain(&e);
-            warn!(message, "the VMI could not start");
-            shared
-                .status
-                .send_modify(|s| s.state = DomainState::Failed { message });
-            return;
-        }
+    let Some(launched) = launch_reported(&vmi, &shared, &[]).await else {
+        return;
     };
-    let mut state = launched.domain.state();
-    let pid = launched.domain.pid();
-    let interfaces = vmi
-        .spec
-        .domain
-        .devices
-        .interfaces
-        .iter()
-        .filter(|i| i.state.as_deref() != Some("absent"))
-        .map(|i| DomainInterface {
-            name: i.name.clone(),
-            mac: crate::argv::mac_address(&vmi, i),
-        })
-        .collect();
-    let _ = shared.pod_netdev.set(crate::argv::pod_netdev(&vmi));
-    shared.status.send_modify(|s| {
-        s.interfaces = interfaces;
-        s.qemu_pid = pid;
-        s.serial_socket = Some(launched.sockets.serial.clone());
-        s.vnc_socket = Some(launched.sockets.vnc.clone());
-    });
+    let state = launched.domain.state();
     let paused = vmi.spec.start_strategy == Some(StartStrategy::Paused);
     let started = if paused {
         Ok(())
@@ -372,12 +437,229 @@ async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     if let Err(e) = started {
         warn!(error = %e, "vCPUs did not start");
     }
+    follow_domain(state, &shared, paused).await;
+}
+
+/// What a launched domain tells the status from the start.
+fn record_launched(vmi: &VirtualMachineInstance, launched: &Launched, shared: &Arc<Shared>) {
+    let pid = launched.domain.pid();
+    let interfaces = vmi
+        .spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .filter(|i| i.state.as_deref() != Some("absent"))
+        .map(|i| DomainInterface {
+            name: i.name.clone(),
+            mac: crate::argv::mac_address(vmi, i),
+        })
+        .collect();
+    let _ = shared.pod_netdev.set(crate::argv::pod_netdev(vmi));
+    let _ = shared.local_disks.set(migrate::local_disks(vmi));
+    shared.status.send_modify(|s| {
+        s.interfaces = interfaces;
+        s.qemu_pid = pid;
+        s.serial_socket = Some(launched.sockets.serial.clone());
+        s.vnc_socket = Some(launched.sockets.vnc.clone());
+    });
+}
+
+/// Launches the VMI, reporting a failure as the domain's state.
+async fn launch_reported(
+    vmi: &VirtualMachineInstance,
+    shared: &Arc<Shared>,
+    extra: &[String],
+) -> Option<Launched> {
+    match launch_with(vmi, &shared.config, extra).await {
+        Ok(l) => {
+            record_launched(vmi, &l, shared);
+            Some(l)
+        }
+        Err(e) => {
+            let message = crate::error_chain(&e);
+            warn!(message, "the VMI could not start");
+            shared.set_migration(|m| {
+                m.phase = MigrationPhase::Failed;
+                m.message = Some(message.clone());
+            });
+            shared
+                .status
+                .send_modify(|s| s.state = DomainState::Failed { message });
+            None
+        }
+    }
+}
+
+/// Mirrors the domain's state into the status until QEMU has exited.
+async fn follow_domain(
+    mut state: watch::Receiver<domain::DomainState>,
+    shared: &Arc<Shared>,
+    paused: bool,
+) {
     loop {
-        let mapped = map_state(&state.borrow_and_update(), paused);
+        let mut mapped = map_state(&state.borrow_and_update(), paused);
+        if let DomainState::Exited { exit } = &mut mapped
+            && shared.migrated.load(Ordering::SeqCst)
+        {
+            *exit = Exit::Migrated;
+        }
+        if matches!(mapped, DomainState::Paused { .. }) && shared.migrating.load(Ordering::SeqCst) {
+            // The switch-over: the guest is about to run on the target.
+            mapped = DomainState::Running;
+        }
         let done = matches!(mapped, DomainState::Exited { .. });
         shared.status.send_modify(|s| s.state = mapped);
         if done || state.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+fn migration_status(uid: String, role: MigrationRole) -> MigrationStatus {
+    MigrationStatus {
+        uid,
+        role,
+        phase: MigrationPhase::Preparing,
+        message: None,
+        aborted: false,
+        total_ms: None,
+        downtime_ms: None,
+        ports: None,
+    }
+}
+
+/// The target's side: QEMU waiting for the stream, then the hand-over, then running.
+async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
+    let uid = vmi.metadata.uid.clone();
+    set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &DefaultsConfig::default());
+    let Some(launched) = launch_reported(&vmi, &shared, &migrate::target_args()).await else {
+        return;
+    };
+    let state = launched.domain.state();
+    let qmp = launched.domain.qmp().clone();
+    let serial_log = launched.sockets.serial_log.clone();
+    let agent = Arc::new(Agent::new(&launched.sockets.guest_agent));
+    let _ = shared.agent.set(agent.clone());
+    *shared.launched.lock().await = Some(launched);
+    match Incoming::listen(&qmp, &migrate::local_disks(&vmi)).await {
+        Ok(incoming) => {
+            let ports = incoming.ports;
+            shared.set_migration(|m| {
+                m.phase = MigrationPhase::Ready;
+                m.ports = Some(ports);
+            });
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                match incoming.finish(&qmp, &serial_log).await {
+                    Ok(()) => {
+                        info!("migrated in: the guest runs here");
+                        shared.set_migration(|m| m.phase = MigrationPhase::Completed);
+                        tokio::spawn(watch_agent(agent, shared.clone()));
+                    }
+                    Err(e) => fail_target(&shared, e.to_string()).await,
+                }
+            });
+        }
+        Err(e) => fail_target(&shared, e.to_string()).await,
+    }
+    follow_domain(state, &shared, false).await;
+    let failed_before_handover = shared
+        .status
+        .borrow()
+        .migration
+        .as_ref()
+        .is_some_and(|m| m.phase != MigrationPhase::Completed);
+    if failed_before_handover {
+        shared.set_migration(|m| {
+            if m.phase != MigrationPhase::Failed {
+                m.phase = MigrationPhase::Failed;
+                m.message = Some("the target's QEMU ended before the hand-over".into());
+            }
+        });
+    }
+}
+
+/// The target gave up: report why and end QEMU (the source keeps the guest).
+async fn fail_target(shared: &Arc<Shared>, message: String) {
+    warn!(message, "the migration target failed");
+    shared.set_migration(|m| {
+        m.phase = MigrationPhase::Failed;
+        m.message = Some(message);
+    });
+    if let Some(l) = shared.launched.lock().await.as_ref() {
+        l.domain.kill();
+    }
+}
+
+/// The source's side: copy disks and memory, hand over, then end QEMU here.
+async fn start_source(
+    shared: Arc<Shared>,
+    host: String,
+    ports: TargetPorts,
+    options: MigrationOptions,
+) {
+    let prepared = {
+        let guard = shared.launched.lock().await;
+        guard
+            .as_ref()
+            .map(|l| (l.domain.qmp().clone(), l.sockets.serial_log.clone()))
+    };
+    let Some((qmp, serial_log)) = prepared else {
+        shared.set_migration(|m| {
+            m.phase = MigrationPhase::Failed;
+            m.message = Some("the domain has not started".into());
+        });
+        return;
+    };
+    let disks = shared.local_disks.get().cloned().unwrap_or_default();
+    info!(%host, ?ports, ?disks, "migrating out");
+    let running = || {
+        shared.migrating.store(true, Ordering::SeqCst);
+        shared.set_migration(|m| m.phase = MigrationPhase::Running);
+    };
+    let outgoing = migrate::Outgoing {
+        host: &host,
+        ports,
+        options: &options,
+        disks: &disks,
+        serial_log: &serial_log,
+    };
+    let result =
+        migrate::run_source(&qmp, outgoing, shared.cancel_migration.subscribe(), running).await;
+    match result {
+        Ok(outcome) => {
+            info!(?outcome, "migrated out: the guest runs on the target");
+            shared.migrated.store(true, Ordering::SeqCst);
+            shared.set_migration(|m| {
+                m.phase = MigrationPhase::Completed;
+                m.total_ms = outcome.total_ms;
+                m.downtime_ms = outcome.downtime_ms;
+            });
+            if let Some(l) = shared.launched.lock().await.as_ref() {
+                l.domain.shutdown(Duration::ZERO).await;
+            }
+        }
+        Err(e) => {
+            shared.migrating.store(false, Ordering::SeqCst);
+            let aborted = *shared.cancel_migration.borrow();
+            let message = e.to_string();
+            warn!(
+                message,
+                aborted, "the migration failed; the guest stays here"
+            );
+            shared.set_migration(|m| {
+                m.phase = MigrationPhase::Failed;
+                m.message = Some(message);
+                m.aborted = aborted;
+            });
+            // A switch-over that failed leaves the guest stopped: it must run on.
+            if shared.status.borrow().state == DomainState::Running
+                && let Ok(s) = qmp.query_status().await
+                && s.status == "postmigrate"
+            {
+                let _ = qmp.cont().await;
+            }
         }
     }
 }

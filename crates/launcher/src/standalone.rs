@@ -127,6 +127,15 @@ pub async fn launch(
     vmi: &VirtualMachineInstance,
     cfg: &LaunchConfig,
 ) -> Result<Launched, RunError> {
+    launch_with(vmi, cfg, &[]).await
+}
+
+/// [`launch`] with `extra` arguments appended to QEMU's command line.
+pub async fn launch_with(
+    vmi: &VirtualMachineInstance,
+    cfg: &LaunchConfig,
+    extra: &[String],
+) -> Result<Launched, RunError> {
     let name = format!(
         "{}_{}",
         vmi.metadata.namespace.as_deref().unwrap_or("default"),
@@ -142,7 +151,8 @@ pub async fn launch(
         port_address: cfg.port_address.clone(),
         published: cfg.published.clone(),
     };
-    let args = argv::build(vmi, &prepared, &rt)?;
+    let mut args = argv::build(vmi, &prepared, &rt)?;
+    args.extend_from_slice(extra);
     let domain = Domain::spawn(&cfg.qemu, &args, &rt.sockets.qmp, &dir.0.join("qemu.log")).await?;
     info!(vmi = name, pid = domain.pid(), "qemu started");
     Ok(Launched {

@@ -160,11 +160,22 @@ pub async fn schedule(client: &Client, pod: &Pod, node: &Node) -> Result<bool, k
                 return Ok(false);
             }
             let now = crate::status::rfc3339(crate::process::now());
-            let status = json!({"status": {"phase": "Pending", "conditions": [{
+            // Under the resourceVersion decided on: another node's runner may have bound
+            // and started the pod meanwhile, and its status must not be overwritten.
+            let status = json!({
+                "metadata": {"resourceVersion": pod.metadata.resource_version},
+                "status": {"phase": "Pending", "conditions": [{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                 "message": message, "lastTransitionTime": now, "lastProbeTime": null}]}});
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-                .await?;
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
+                other => {
+                    other?;
+                }
+            }
             tracing::info!(pod = %name, namespace = %ns, %message, "pod not schedulable");
             Ok(false)
         }

@@ -40,14 +40,14 @@ pub struct Plan {
     pub finalizer: Option<bool>,
 }
 
-fn pod_phase(pod: &Pod) -> &str {
+pub(crate) fn pod_phase(pod: &Pod) -> &str {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("Pending")
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+pub(crate) fn pod_ready(pod: &Pod) -> bool {
     pod.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
@@ -56,7 +56,32 @@ fn pod_ready(pod: &Pod) -> bool {
     })
 }
 
-fn pod_node(pod: &Pod) -> Option<&str> {
+fn has_label(pod: &Pod, key: &str) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(key))
+}
+
+/// The `LiveMigratable` condition, as upstream sets it when the VMI is handed over.
+fn set_live_migratable(
+    vmi: &VirtualMachineInstance,
+    status: &mut VirtualMachineInstanceStatus,
+    now: Timestamp,
+) {
+    let (migratable, reason, message) = crate::migration::live_migratable(vmi);
+    status.conditions.retain(|c| c.type_ != "LiveMigratable");
+    status.conditions.push(api::v1::Condition {
+        type_: "LiveMigratable".into(),
+        status: if migratable { "True" } else { "False" }.into(),
+        last_probe_time: None,
+        last_transition_time: Some(Time(now)),
+        reason: (!reason.is_empty()).then(|| reason.to_owned()),
+        message: (!message.is_empty()).then_some(message),
+    });
+}
+
+pub(crate) fn pod_node(pod: &Pod) -> Option<&str> {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
@@ -148,7 +173,25 @@ pub fn decide(
         return plan;
     }
 
-    let pod = alive.first().copied();
+    // The VMI's pod: the one on its node once it has one (a migration's target pod is on
+    // another node until the migration completes), else the one not made for a migration.
+    let pod = match status.node_name.as_deref() {
+        Some(node) => alive.iter().copied().find(|p| pod_node(p) == Some(node)),
+        None => alive
+            .iter()
+            .copied()
+            .find(|p| !has_label(p, crate::migration::JOB_LABEL)),
+    };
+    // A pod that finished on a node the VMI has left (a migration's source) goes.
+    if let Some(node) = status.node_name.as_deref() {
+        for p in &alive {
+            if pod_node(p) != Some(node) && matches!(pod_phase(p), "Failed" | "Succeeded") {
+                plan.pods.push(PodAction::Delete {
+                    name: p.metadata.name.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
     match (phase, pod) {
         (VmiPhase::Unset | VmiPhase::Pending, None) => {
             plan.pods
@@ -166,6 +209,7 @@ pub fn decide(
                         set_phase(&mut status, VmiPhase::Scheduled, now);
                         status.node_name = Some(node.to_owned());
                         plan.labels.insert(NODE_LABEL.into(), node.to_owned());
+                        set_live_migratable(vmi, &mut status, now);
                     }
                     _ => set_phase(&mut status, VmiPhase::Scheduling, now),
                 },

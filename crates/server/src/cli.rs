@@ -46,6 +46,10 @@ pub struct ServerArgs {
     /// This machine's name as a node (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    /// How many nodes this machine acts as (each with its own pod runner and handler),
+    /// for live migration on one machine.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub nodes: u8,
     /// The virt-launcher binary launcher pods run (default: beside this binary).
     #[arg(long, value_name = "PATH")]
     pub launcher: Option<PathBuf>,
@@ -109,6 +113,7 @@ mod tests {
                 listen: "[::]:7443".parse().unwrap(),
                 advertise_host: Some("vms.example.org".into()),
                 node_name: Some("node7".into()),
+                nodes: 1,
                 launcher: Some("/opt/virt-launcher".into()),
                 api_only: false,
             }

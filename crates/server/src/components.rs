@@ -167,55 +167,22 @@ impl Drop for Components {
     }
 }
 
-/// Starts every component against the API server at `url`.
-pub async fn start(url: &str, pki: &Pki, node: NodeSetup) -> Result<Components, ComponentError> {
+/// Starts every component against the API server at `url`: a pod runner and a handler
+/// per node, one virt-api and one virt-controller.
+pub async fn start(
+    url: &str,
+    pki: &Pki,
+    nodes: &[NodeSetup],
+) -> Result<Components, ComponentError> {
     let mut tasks = Vec::new();
     let api_client = client(url, pki, "virt-api").await?;
     ensure_namespace(&api_client).await?;
-
-    // The pod runner: this machine as a node, running the launcher pods.
-    let log_listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| ComponentError::Listen {
-            component: "pod-runner",
-            source,
-        })?;
-    let runner_config = podrunner::Config {
-        node_name: node.name.clone(),
-        node_ip: "127.0.0.1".into(),
-        state_dir: node.pods_dir.clone(),
-        images: [(launcher_image(), node.launcher_binary.clone())].into(),
-        env: podrunner::runner_env(),
-        log_tls: server_tls(pki, "pod-runner")?,
-        log_listener,
+    for node in nodes {
+        start_node(url, pki, node, &mut tasks).await?;
+    }
+    let Some(first) = nodes.first() else {
+        return Ok(Components { tasks });
     };
-    tasks.push(spawn(
-        "pod-runner",
-        podrunner::run(client(url, pki, "pod-runner").await?, runner_config),
-    ));
-
-    // virt-handler, with its endpoint for virt-api.
-    let handler_listener = loopback("virt-handler").await?;
-    let handler_port = handler_listener
-        .local_addr()
-        .map_err(|source| ComponentError::Listen {
-            component: "virt-handler",
-            source,
-        })?
-        .port();
-    let handler_config = handler::Config {
-        node_name: node.name.clone(),
-        run_dir: node.run_dir.clone(),
-        software_emulation: node.software_emulation.clone(),
-        endpoint: Some(handler::endpoint::EndpointConfig {
-            listener: handler_listener,
-            advertise: format!("https://127.0.0.1:{handler_port}"),
-            tls: mutual_tls(pki, "virt-handler")?,
-        }),
-    };
-    tasks.push(spawn(
-        "virt-handler",
-        handler::run(client(url, pki, "virt-handler").await?, handler_config),
-    ));
 
     // virt-api: the webhooks and the aggregated subresources, behind a Service on loopback.
     let api_listener = loopback("virt-api").await?;
@@ -261,9 +228,9 @@ pub async fn start(url: &str, pki: &Pki, node: NodeSetup) -> Result<Components, 
     // virt-controller.
     let controller_config = controller::Config {
         launcher_image: launcher_image(),
-        software_emulation: node.software_emulation.is_some(),
+        software_emulation: first.software_emulation.is_some(),
         namespace: NAMESPACE.into(),
-        identity: format!("{}-virt-controller", node.name),
+        identity: format!("{}-virt-controller", first.name),
     };
     tasks.push(spawn(
         "virt-controller",
@@ -274,4 +241,66 @@ pub async fn start(url: &str, pki: &Pki, node: NodeSetup) -> Result<Components, 
     ));
 
     Ok(Components { tasks })
+}
+
+/// One node's pod runner and handler.
+async fn start_node(
+    url: &str,
+    pki: &Pki,
+    node: &NodeSetup,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(), ComponentError> {
+    // The pod runner: this machine as a node, running the launcher pods.
+    let log_listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| ComponentError::Listen {
+            component: "pod-runner",
+            source,
+        })?;
+    let runner_config = podrunner::Config {
+        node_name: node.name.clone(),
+        node_ip: "127.0.0.1".into(),
+        state_dir: node.pods_dir.clone(),
+        images: [(launcher_image(), node.launcher_binary.clone())].into(),
+        env: {
+            // The node's launchers keep their sockets under the node's run directory.
+            let mut env = podrunner::runner_env();
+            env.insert(
+                "KUBEVIRT_RS_RUN_DIR".into(),
+                node.run_dir.display().to_string(),
+            );
+            env
+        },
+        log_tls: server_tls(pki, "pod-runner")?,
+        log_listener,
+    };
+    tasks.push(spawn(
+        "pod-runner",
+        podrunner::run(client(url, pki, "pod-runner").await?, runner_config),
+    ));
+
+    // virt-handler, with its endpoint for virt-api.
+    let handler_listener = loopback("virt-handler").await?;
+    let handler_port = handler_listener
+        .local_addr()
+        .map_err(|source| ComponentError::Listen {
+            component: "virt-handler",
+            source,
+        })?
+        .port();
+    let handler_config = handler::Config {
+        node_name: node.name.clone(),
+        run_dir: node.run_dir.clone(),
+        node_address: "127.0.0.1".into(),
+        software_emulation: node.software_emulation.clone(),
+        endpoint: Some(handler::endpoint::EndpointConfig {
+            listener: handler_listener,
+            advertise: format!("https://127.0.0.1:{handler_port}"),
+            tls: mutual_tls(pki, "virt-handler")?,
+        }),
+    };
+    tasks.push(spawn(
+        "virt-handler",
+        handler::run(client(url, pki, "virt-handler").await?, handler_config),
+    ));
+    Ok(())
 }

@@ -152,10 +152,10 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
     let app = apiserver::router(state);
     // The components are clients of the listener above, which accepts once serving starts.
     let components = (!args.api_only).then(|| {
-        let node = node_setup(args, &dir);
+        let nodes = node_setups(args, &dir);
         let url = url.clone();
         tokio::spawn(async move {
-            match components::start(&url, &pki, node).await {
+            match components::start(&url, &pki, &nodes).await {
                 Ok(running) => {
                     // Held until the server stops; aborting this task drops them.
                     std::future::pending::<()>().await;
@@ -194,6 +194,24 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
     drop(store);
     info!("stopped");
     Ok(())
+}
+
+/// This machine as `--nodes` nodes: the first named by `--node-name` (or the host), the
+/// others after it with `-2`, `-3`... Each has its own pod runner, handler and launcher
+/// run directory, so a VMI can migrate between them.
+fn node_setups(args: &ServerArgs, dir: &DataDir) -> Vec<components::NodeSetup> {
+    let first = node_setup(args, dir);
+    let mut nodes = vec![first.clone()];
+    for i in 2..=args.nodes {
+        let name = format!("{}-{i}", first.name);
+        nodes.push(components::NodeSetup {
+            run_dir: first.run_dir.join("nodes").join(&name),
+            pods_dir: dir.root().join("nodes").join(&name).join("pods"),
+            name,
+            ..first.clone()
+        });
+    }
+    nodes
 }
 
 /// This machine as the node, from the flags and the environment.
@@ -317,6 +335,7 @@ mod tests {
             listen: "10.0.0.5:6443".parse().unwrap(),
             advertise_host: Some("vms.example.org".into()),
             node_name: None,
+            nodes: 1,
             launcher: None,
             api_only: false,
         };

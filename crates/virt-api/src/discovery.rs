@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use crate::{GROUP, VERSION};
 
 /// The subresources served, with the verb each answers.
-const SUBRESOURCES: [(&str, &str); 17] = [
+const SUBRESOURCES: [(&str, &str); 18] = [
     ("virtualmachines/start", "update"),
+    ("virtualmachines/migrate", "update"),
     ("virtualmachines/stop", "update"),
     ("virtualmachines/restart", "update"),
     ("virtualmachineinstances/pause", "update"),

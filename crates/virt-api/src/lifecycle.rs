@@ -1,4 +1,5 @@
-//! `start`, `stop` and `restart` of a VirtualMachine, as upstream's virt-api does them.
+//! `start`, `stop`, `restart` and `migrate` of a VirtualMachine, as upstream's virt-api does
+//! them.
 //!
 //! Each is decided by a pure function of the VM, its VMI and the options ([`plan`]):
 //! - `Always`/`Once` and `Halted` are flipped through `spec.runStrategy` (or the
@@ -286,6 +287,9 @@ pub async fn handle(
     caller: Caller,
     body: Bytes,
 ) -> Result<StatusCode, StatusError> {
+    if action == "migrate" {
+        return migrate(&state, &namespace, &name, &caller, &body).await;
+    }
     let Some(action) = parse_action(&action) else {
         return Err(StatusError::not_found_path(&format!(
             "virtualmachines/{name}/{action}"
@@ -331,6 +335,62 @@ pub async fn handle(
             .map_err(patched)?;
     }
     Ok(StatusCode::ACCEPTED)
+}
+
+/// `MigrateOptions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct MigrateOptions {
+    added_node_selector: std::collections::BTreeMap<String, String>,
+    dry_run: Vec<String>,
+}
+
+/// `PUT .../virtualmachines/{name}/migrate`: a VirtualMachineInstanceMigration for the
+/// VM's running VMI, as upstream creates it.
+async fn migrate(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+    caller: &Caller,
+    body: &Bytes,
+) -> Result<StatusCode, StatusError> {
+    let options: MigrateOptions = if body.iter().all(u8::is_ascii_whitespace) {
+        MigrateOptions::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| StatusError::bad_request(format!("the request body is invalid: {e}")))?
+    };
+    let vms: Api<VirtualMachine> = Api::namespaced(state.client.clone(), namespace);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(state.client.clone(), namespace);
+    get_opt(&vms, name)
+        .await?
+        .ok_or_else(|| StatusError::not_found(VM, name))?;
+    let running = get_opt(&vmis, name)
+        .await?
+        .is_some_and(|v| phase(&v) == VmiPhase::Running);
+    if !running {
+        return Err(StatusError::conflict(VM, name, "VM is not running"));
+    }
+    let migrations: Api<api::v1::VirtualMachineInstanceMigration> =
+        Api::namespaced(state.client.clone(), namespace);
+    let migration = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"generateName": "kubevirt-migrate-vm-", "namespace": namespace},
+        "spec": {"vmiName": name, "addedNodeSelector": options.added_node_selector},
+    });
+    let migration: api::v1::VirtualMachineInstanceMigration =
+        serde_json::from_value(migration).map_err(StatusError::internal)?;
+    let params = kube::api::PostParams {
+        dry_run: options.dry_run.iter().any(|d| d == "All"),
+        ..Default::default()
+    };
+    let created = migrations
+        .create(&params, &migration)
+        .await
+        .map_err(StatusError::from_kube)?;
+    tracing::info!(user = %caller.user, %namespace, %name,
+        migration = created.metadata.name.as_deref().unwrap_or_default(), "VM migration");
+    Ok(StatusCode::OK)
 }
 
 fn json_patch(ops: Value) -> Result<json_patch::Patch, StatusError> {

@@ -56,6 +56,17 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Live-migrate a virtual machine to another node.
+    Migrate {
+        name: String,
+        /// Labels the target node must also have (key=value,...).
+        #[arg(long = "addedNodeSelector", value_name = "KEY=VALUE,...")]
+        added_node_selector: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Cancel the live migration of a virtual machine.
+    MigrateCancel { name: String },
     /// Pause a virtual machine (vm or vmi NAME).
     Pause {
         kind: Kind,

@@ -110,6 +110,17 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), Error> {
             let grace = forced(grace_period, force)?;
             ending(ctx, "restart", "gracePeriodSeconds", &name, grace, d).await?
         }
+        Command::Migrate {
+            name,
+            added_node_selector,
+            dry_run: d,
+        } => {
+            let selector = node_selector(added_node_selector.as_deref())?;
+            let body = json!({"addedNodeSelector": selector, "dryRun": dry_run(d)});
+            ctx.put(&ctx.path(VMS, &name, "migrate"), &body).await?;
+            println!("VM {name} was scheduled to migrate");
+        }
+        Command::MigrateCancel { name } => migrate_cancel(ctx, &name).await?,
         Command::Pause {
             kind,
             name,
@@ -215,5 +226,47 @@ async fn agent_query(ctx: &Ctx, name: &str, what: &str) -> Result<(), Error> {
         message: format!("the {what} answer is not JSON: {e}"),
     })?;
     println!("{}", serde_json::to_string_pretty(&value).unwrap_or(text));
+    Ok(())
+}
+
+/// `key=value,key2=value2`.
+fn node_selector(text: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    let mut selector = std::collections::BTreeMap::new();
+    for pair in text
+        .iter()
+        .flat_map(|t| t.split(','))
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            Error::Usage(format!("--addedNodeSelector: {pair:?} is not key=value"))
+        })?;
+        selector.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(selector)
+}
+
+/// Deletes the VMI's unfinished migration, which makes the controller abort it.
+async fn migrate_cancel(ctx: &Ctx, name: &str) -> Result<(), Error> {
+    use api::v1::VirtualMachineInstanceMigration;
+    let api: kube::Api<VirtualMachineInstanceMigration> =
+        kube::Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let list = api
+        .list(&Default::default())
+        .await
+        .map_err(Error::kube("listing migrations"))?;
+    let active = list.items.iter().find(|m| {
+        m.spec.vmi_name.as_deref() == Some(name)
+            && m.metadata.deletion_timestamp.is_none()
+            && !api::v1::phase::is_final(m.status.as_ref().and_then(|s| s.phase.as_deref()))
+    });
+    let Some(migration) = active.and_then(|m| m.metadata.name.clone()) else {
+        return Err(Error::Usage(format!(
+            "found no migration to cancel for {name}"
+        )));
+    };
+    api.delete(&migration, &Default::default())
+        .await
+        .map_err(Error::kube(format!("deleting migration {migration}")))?;
+    println!("VM {name} was scheduled to migrate-cancel");
     Ok(())
 }

@@ -47,7 +47,7 @@ pub struct VirtualMachineInstanceStatus {
     pub interfaces: Vec<InterfaceStatus>,
     #[serde(rename = "guestOSInfo")]
     pub guest_os_info: Option<Opaque>,
-    pub migration_state: Option<Opaque>,
+    pub migration_state: Option<super::VirtualMachineInstanceMigrationState>,
     pub migration_method: Option<String>,
     pub qos_class: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -13,6 +13,7 @@ mod https;
 mod kubectl;
 mod kubers;
 mod lifecycle;
+mod migration;
 mod rbac;
 mod support;
 mod virtctl;

@@ -64,6 +64,8 @@ pub enum Node {
     /// The whole system; launchers keep their sockets under `run_dir`.
     Full {
         run_dir: PathBuf,
+        /// How many nodes the machine acts as (`--nodes`).
+        nodes: u8,
     },
 }
 
@@ -89,10 +91,16 @@ pub fn spawn_with(data: &Path, port: u16, log: &Path, node: &Node) -> Child {
         Node::ApiOnly => {
             cmd.arg("--api-only");
         }
-        Node::Full { run_dir } => {
-            cmd.args(["--node-name", "node1", "--launcher"])
-                .arg(launcher_binary())
-                .env("KUBEVIRT_RS_RUN_DIR", run_dir);
+        Node::Full { run_dir, nodes } => {
+            cmd.args([
+                "--node-name",
+                "node1",
+                "--nodes",
+                &nodes.to_string(),
+                "--launcher",
+            ])
+            .arg(launcher_binary())
+            .env("KUBEVIRT_RS_RUN_DIR", run_dir);
         }
     }
     cmd.env_remove("RUST_LOG")
@@ -405,11 +413,17 @@ pub struct System {
 
 impl System {
     pub async fn start(scratch: &Scratch) -> Self {
+        Self::start_nodes(scratch, 1).await
+    }
+
+    /// The whole system acting as `nodes` nodes: `node1`, `node1-2`, ...
+    pub async fn start_nodes(scratch: &Scratch, nodes: u8) -> Self {
         require_registry();
         let run_dir = scratch.path("run");
         let reaper = Reaper(run_dir.clone());
         let node = Node::Full {
             run_dir: run_dir.clone(),
+            nodes,
         };
         let server = Server::start_with(scratch, &node).await;
         Self {

@@ -1,0 +1,533 @@
+//! Live migration between two launchers, the way libvirt does it for local disks.
+//!
+//! Target ([`Incoming`]): QEMU starts with `-incoming defer` and its vCPUs held; its
+//! fresh disk overlays are exported read-write over NBD; QEMU listens for the memory
+//! stream; the launcher listens for the hand-over.
+//!
+//! Source ([`run_source`]):
+//! 1. Mirror every local writable disk into the target's export (`blockdev-mirror`,
+//!    `sync: top`, so only what the guest wrote above the shared base image travels;
+//!    `write-blocking`, so once in step the guest's writes reach both ends).
+//! 2. `migrate` the memory, polling its progress against the progress and completion
+//!    timeouts; the guest runs meanwhile and pauses only for the switch-over.
+//! 3. Complete the mirrors (`block-job-cancel` on a ready mirror finishes it cleanly).
+//! 4. Hand over: send the serial console's history; the target appends it to its own
+//!    log, stops the NBD server and resumes the guest.
+//!
+//! A failure anywhere before the hand-over leaves the guest running on the source: the
+//! memory stream and the mirrors are cancelled and the NBD clients removed.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use api::v1::VirtualMachineInstance;
+use launcher_proto::{MigrationOptions, TargetPorts};
+use qmp::Qmp;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+/// The largest console history handed over (QEMU's log grows without bound).
+const MAX_HISTORY: u64 = 4 << 20;
+/// How long the mirrors may take to reach step with the guest.
+const MIRROR_READY: Duration = Duration::from_secs(120);
+/// How often the memory stream's progress is read.
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{0}")]
+    Qmp(#[from] qmp::QmpError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MigrateError {
+    let what = what.into();
+    move |source| MigrateError::Io { what, source }
+}
+
+/// The node names of the disks a migration copies: every writable disk whose data lives
+/// on the node (container disks' overlays, empty and ephemeral disks, host disks).
+/// Cloud-init and other generated volumes are made again, identically, on the target.
+pub fn local_disks(vmi: &VirtualMachineInstance) -> Vec<String> {
+    vmi.spec
+        .domain
+        .devices
+        .disks
+        .iter()
+        .filter(|d| d.cdrom.is_none())
+        .filter(|d| d.disk.as_ref().and_then(|t| t.readonly) != Some(true))
+        .filter(|d| {
+            vmi.spec.volumes.iter().any(|v| {
+                v.name == d.name
+                    && (v.container_disk.is_some()
+                        || v.empty_disk.is_some()
+                        || v.ephemeral.is_some()
+                        || v.host_disk.is_some())
+            })
+        })
+        .map(|d| format!("drive-ua-{}", d.name))
+        .collect()
+}
+
+/// A free TCP port on loopback, picked by the kernel.
+fn free_port() -> Result<u16, MigrateError> {
+    StdListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(io("picking a free port"))
+}
+
+/// The extra QEMU arguments of a migration target.
+pub fn target_args() -> Vec<String> {
+    vec!["-incoming".into(), "defer".into()]
+}
+
+/// A target waiting for its source.
+#[derive(Debug)]
+pub struct Incoming {
+    pub ports: TargetPorts,
+    handover: TcpListener,
+}
+
+impl Incoming {
+    /// Exports `disks` and starts listening, on a QEMU started with [`target_args`].
+    pub async fn listen(qmp: &Qmp, disks: &[String]) -> Result<Self, MigrateError> {
+        let handover = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(io("listening for the hand-over"))?;
+        let ports = TargetPorts {
+            memory: free_port()?,
+            disks: free_port()?,
+            handover: handover
+                .local_addr()
+                .map_err(io("hand-over address"))?
+                .port(),
+        };
+        qmp.execute(
+            "migrate-set-capabilities",
+            Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
+        )
+        .await?;
+        qmp.execute(
+            "nbd-server-start",
+            Some(json!({"addr": {"type": "inet", "data": {
+                "host": "127.0.0.1", "port": ports.disks.to_string()}}})),
+        )
+        .await?;
+        for node in disks {
+            qmp.execute(
+                "block-export-add",
+                Some(json!({"type": "nbd", "id": node, "node-name": node,
+                    "name": node, "writable": true})),
+            )
+            .await?;
+        }
+        qmp.execute(
+            "migrate-incoming",
+            Some(json!({"uri": format!("tcp:127.0.0.1:{}", ports.memory)})),
+        )
+        .await?;
+        info!(?ports, "waiting for the migration source");
+        Ok(Self { ports, handover })
+    }
+
+    /// Waits for the source's hand-over, appends the console history it brings to
+    /// `serial_log`, stops the disk export and resumes the guest.
+    pub async fn finish(self, qmp: &Qmp, serial_log: &Path) -> Result<(), MigrateError> {
+        let (stream, peer) = self
+            .handover
+            .accept()
+            .await
+            .map_err(io("accepting the hand-over"))?;
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader
+            .read_line(&mut header)
+            .await
+            .map_err(io("reading the hand-over"))?;
+        let header: Value = serde_json::from_str(&header)
+            .map_err(|e| MigrateError::Failed(format!("a malformed hand-over: {e}")))?;
+        let length = header["history"].as_u64().unwrap_or(0).min(MAX_HISTORY);
+        let mut history = Vec::new();
+        (&mut reader)
+            .take(length)
+            .read_to_end(&mut history)
+            .await
+            .map_err(io("reading the console history"))?;
+        info!(%peer, history = history.len(), "hand-over from the source");
+        // The guest has not run here yet, so the log is empty: the history goes first.
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(serial_log)
+            .map_err(io(format!("opening {}", serial_log.display())))?;
+        std::io::Write::write_all(&mut log, &history)
+            .map_err(io(format!("writing {}", serial_log.display())))?;
+        qmp.execute("nbd-server-stop", None).await?;
+        qmp.cont().await?;
+        let mut stream = reader.into_inner();
+        stream
+            .write_all(b"resumed\n")
+            .await
+            .map_err(io("answering the hand-over"))?;
+        Ok(())
+    }
+}
+
+/// What the memory stream did, from QEMU's `query-migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub total_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+}
+
+/// Where and how the source sends the guest.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub host: &'a str,
+    pub ports: TargetPorts,
+    pub options: &'a MigrationOptions,
+    /// The node names of the disks to copy ([`local_disks`]).
+    pub disks: &'a [String],
+    pub serial_log: &'a Path,
+}
+
+/// The source's side: steps 1 to 4 of the module's description. `cancel` aborts it
+/// while the memory is still being sent; `on_running` is called once it is being sent.
+pub async fn run_source(
+    qmp: &Qmp,
+    out: Outgoing<'_>,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+    on_running: impl FnOnce(),
+) -> Result<Outcome, MigrateError> {
+    let Outgoing {
+        host,
+        ports,
+        options,
+        disks,
+        serial_log,
+    } = out;
+    let ip: Ipv4Addr = host
+        .parse()
+        .map_err(|_| MigrateError::Failed(format!("target address {host:?} is not IPv4")))?;
+    let mirrored = match mirror(qmp, ip, ports.disks, disks).await {
+        Ok(()) => disks.to_vec(),
+        Err(e) => {
+            abandon_mirrors(qmp, disks).await;
+            return Err(e);
+        }
+    };
+    let outcome = match memory(
+        qmp,
+        SocketAddrV4::new(ip, ports.memory),
+        options,
+        &mut cancel,
+        on_running,
+    )
+    .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            abandon_mirrors(qmp, &mirrored).await;
+            return Err(e);
+        }
+    };
+    // The guest is paused for good here: finish the copies, then let the target run.
+    complete_mirrors(qmp, &mirrored).await?;
+    handover(SocketAddrV4::new(ip, ports.handover), serial_log).await?;
+    Ok(outcome)
+}
+
+fn job(node: &str) -> String {
+    format!("mirror-{node}")
+}
+
+fn nbd_node(node: &str) -> String {
+    format!("migrate-{node}")
+}
+
+async fn mirror(qmp: &Qmp, ip: Ipv4Addr, port: u16, disks: &[String]) -> Result<(), MigrateError> {
+    for node in disks {
+        qmp.execute(
+            "blockdev-add",
+            Some(
+                json!({"driver": "nbd", "node-name": nbd_node(node), "export": node,
+                "server": {"type": "inet", "host": ip.to_string(), "port": port.to_string()}}),
+            ),
+        )
+        .await?;
+        qmp.execute(
+            "blockdev-mirror",
+            Some(
+                json!({"job-id": job(node), "device": node, "target": nbd_node(node),
+                "sync": "top", "copy-mode": "write-blocking", "auto-dismiss": true}),
+            ),
+        )
+        .await?;
+    }
+    let deadline = Instant::now() + MIRROR_READY;
+    loop {
+        let jobs = qmp.execute("query-block-jobs", None).await?;
+        let jobs = jobs.as_array().cloned().unwrap_or_default();
+        let ready = disks.iter().all(|node| {
+            jobs.iter()
+                .any(|j| j["device"] == job(node).as_str() && j["ready"] == true)
+        });
+        if ready {
+            return Ok(());
+        }
+        if let Some(node) = disks
+            .iter()
+            .find(|node| !jobs.iter().any(|j| j["device"] == job(node).as_str()))
+        {
+            return Err(MigrateError::Failed(format!(
+                "copying disk {node} to the target stopped"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(MigrateError::Failed(format!(
+                "the disks were not copied within {}s",
+                MIRROR_READY.as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Ends the mirrors at once (the migration failed) and drops their NBD clients.
+async fn abandon_mirrors(qmp: &Qmp, disks: &[String]) {
+    for node in disks {
+        let _ = qmp
+            .execute(
+                "block-job-cancel",
+                Some(json!({"device": job(node), "force": true})),
+            )
+            .await;
+    }
+    for node in disks {
+        // The job lets go of its target asynchronously: retry the removal briefly.
+        for _ in 0..50 {
+            match qmp
+                .execute("blockdev-del", Some(json!({"node-name": nbd_node(node)})))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if e.class() == Some("GenericError") => {
+                    if e.to_string().contains("not found")
+                        || e.to_string().contains("Failed to find")
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Finishes ready mirrors: the target then holds everything the guest wrote.
+async fn complete_mirrors(qmp: &Qmp, disks: &[String]) -> Result<(), MigrateError> {
+    for node in disks {
+        qmp.execute("block-job-cancel", Some(json!({"device": job(node)})))
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = qmp.execute("query-block-jobs", None).await?;
+        let left = jobs.as_array().is_some_and(|j| {
+            j.iter()
+                .any(|j| disks.iter().any(|n| j["device"] == job(n).as_str()))
+        });
+        if !left {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(MigrateError::Failed(
+                "the disk copies did not finish within 30s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn memory(
+    qmp: &Qmp,
+    target: SocketAddrV4,
+    options: &MigrationOptions,
+    cancel: &mut tokio::sync::watch::Receiver<bool>,
+    on_running: impl FnOnce(),
+) -> Result<Outcome, MigrateError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [
+            {"capability": "events", "state": true},
+            {"capability": "auto-converge", "state": options.auto_converge},
+        ]})),
+    )
+    .await?;
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({"downtime-limit": options.max_downtime_ms,
+            "max-bandwidth": options.bandwidth_bytes_per_second})),
+    )
+    .await?;
+    qmp.execute("migrate", Some(json!({"uri": format!("tcp:{target}")})))
+        .await?;
+    on_running();
+    let started = Instant::now();
+    let completion = Duration::from_secs(options.completion_timeout_seconds);
+    let progress = Duration::from_secs(options.progress_timeout_seconds);
+    let mut least_remaining = u64::MAX;
+    let mut progressed = Instant::now();
+    let mut abort: Option<String> = None;
+    loop {
+        let info = qmp.execute("query-migrate", None).await?;
+        match info["status"].as_str().unwrap_or_default() {
+            "completed" => {
+                return Ok(Outcome {
+                    total_ms: info["total-time"].as_u64(),
+                    downtime_ms: info["downtime"].as_u64(),
+                });
+            }
+            "failed" => {
+                let why = info["error-desc"]
+                    .as_str()
+                    .unwrap_or("the memory stream failed");
+                return Err(MigrateError::Failed(why.to_owned()));
+            }
+            "cancelled" => {
+                return Err(MigrateError::Failed(
+                    abort.unwrap_or_else(|| "the migration was cancelled".into()),
+                ));
+            }
+            _ => {}
+        }
+        if abort.is_none() {
+            let remaining = info["ram"]["remaining"].as_u64().unwrap_or(u64::MAX);
+            if remaining < least_remaining {
+                least_remaining = remaining;
+                progressed = Instant::now();
+            }
+            if *cancel.borrow() {
+                abort = Some("the migration was cancelled".into());
+            } else if started.elapsed() > completion {
+                abort = Some(format!(
+                    "the migration did not complete within {}s",
+                    completion.as_secs()
+                ));
+            } else if progressed.elapsed() > progress {
+                abort = Some(format!(
+                    "the migration made no progress for {}s",
+                    progress.as_secs()
+                ));
+            }
+            if let Some(why) = &abort {
+                warn!(why, "cancelling the migration");
+                qmp.execute("migrate_cancel", None).await?;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = cancel.changed() => {}
+        }
+    }
+}
+
+async fn handover(target: SocketAddrV4, serial_log: &Path) -> Result<(), MigrateError> {
+    let history = read_tail(serial_log, MAX_HISTORY);
+    let mut stream = TcpStream::connect(target)
+        .await
+        .map_err(io(format!("connecting to the target at {target}")))?;
+    let header = format!("{}\n", json!({"history": history.len()}));
+    stream
+        .write_all(header.as_bytes())
+        .await
+        .map_err(io("sending the hand-over"))?;
+    stream
+        .write_all(&history)
+        .await
+        .map_err(io("sending the console history"))?;
+    let mut answer = String::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(stream).read_line(&mut answer),
+    )
+    .await;
+    match read {
+        Ok(Ok(_)) if answer.trim() == "resumed" => Ok(()),
+        Ok(Ok(_)) => Err(MigrateError::Failed(
+            "the target did not resume the guest".into(),
+        )),
+        Ok(Err(e)) => Err(io("reading the target's answer")(e)),
+        Err(_) => Err(MigrateError::Failed(
+            "the target did not answer the hand-over within 30s".into(),
+        )),
+    }
+}
+
+/// The last `max` bytes of `path` (nothing when it cannot be read).
+fn read_tail(path: &Path, max: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    bytes
+}
+
+/// The serial console's log of a launched VMI.
+pub fn serial_log(serial_socket: &Path) -> PathBuf {
+    serial_socket.with_file_name("virt-serial0.log")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_local_writable_disks_are_copied() {
+        let vmi: VirtualMachineInstance = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "m"},
+            "spec": {"domain": {"devices": {"disks": [
+                {"name": "root", "disk": {"bus": "virtio"}},
+                {"name": "scratch", "disk": {}},
+                {"name": "ro", "disk": {"readonly": true}},
+                {"name": "cloudinit", "disk": {}},
+                {"name": "iso", "cdrom": {}}]}},
+              "volumes": [
+                {"name": "root", "containerDisk": {"image": "i"}},
+                {"name": "scratch", "emptyDisk": {"capacity": "1Gi"}},
+                {"name": "ro", "containerDisk": {"image": "i"}},
+                {"name": "cloudinit", "cloudInitNoCloud": {"userData": "x"}},
+                {"name": "iso", "containerDisk": {"image": "i"}}]}
+        }))
+        .unwrap();
+        assert_eq!(local_disks(&vmi), ["drive-ua-root", "drive-ua-scratch"]);
+    }
+
+    #[test]
+    fn the_history_is_the_tail_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("virt-serial0.log");
+        std::fs::write(&log, b"0123456789").unwrap();
+        assert_eq!(read_tail(&log, 4), b"6789");
+        assert_eq!(read_tail(&log, 100), b"0123456789");
+        assert!(read_tail(&dir.path().join("none"), 4).is_empty());
+    }
+}
