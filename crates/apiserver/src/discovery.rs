@@ -127,7 +127,12 @@ fn resources(state: &AppState, group: &str, version: &str) -> Result<Response, A
             "categories": r.categories,
         }));
         for (sub, kind, group, version) in subresources(r, version) {
-            list.push(json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "group": group, "version": version, "kind": kind, "verbs": ["get", "patch", "update"]}));
+            let verbs = if sub == "eviction" {
+                json!(["create"])
+            } else {
+                json!(["get", "patch", "update"])
+            };
+            list.push(json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "group": group, "version": version, "kind": kind, "verbs": verbs}));
         }
     }
     if list.is_empty() {
@@ -155,6 +160,15 @@ fn subresources(r: &Resource, version: &str) -> Vec<(&'static str, String, Strin
             r.kind.clone(),
             r.group.clone(),
             version.to_owned(),
+        ));
+    }
+    if r.builtin && r.plural == "pods" {
+        // What `kubectl drain` looks for before it evicts rather than deletes.
+        subs.push((
+            "eviction",
+            "Eviction".to_owned(),
+            "policy".to_owned(),
+            "v1".to_owned(),
         ));
     }
     if r.scale.is_some() {

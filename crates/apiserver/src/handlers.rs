@@ -122,6 +122,20 @@ async fn serve(
                 nodes::bind(state, &r, &target.version, &req.key(), &binding, req.how()).await?;
             Ok((StatusCode::CREATED, Json(done)).into_response())
         }
+        (&Method::POST, true, Some("eviction")) if r.builtin && r.plural == "pods" => {
+            let eviction = body::decode(headers, &bytes)?;
+            let done = crate::eviction::evict(
+                state,
+                &r,
+                &target.version,
+                &req.key(),
+                &eviction,
+                req.user.clone(),
+                &params,
+            )
+            .await?;
+            Ok((StatusCode::CREATED, Json(done)).into_response())
+        }
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale"))
             if r.scale.is_some() =>
         {
@@ -130,7 +144,7 @@ async fn serve(
         (_, true, Some(_))
             if !matches!(
                 target.subresource.as_deref(),
-                Some("status" | "scale" | "log" | "binding")
+                Some("status" | "scale" | "log" | "binding" | "eviction")
             ) =>
         {
             Err(ApiError::not_found_path(uri.path()))

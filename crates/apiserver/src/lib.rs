@@ -20,6 +20,7 @@ mod body;
 mod convert;
 mod discovery;
 mod error;
+mod eviction;
 mod gc;
 mod handlers;
 mod nodes;

@@ -251,6 +251,80 @@ async fn settings(
     Ok(settings)
 }
 
+/// The annotation on a migration a node drain started, naming the node.
+pub const EVACUATION: &str = "kubevirt.io/evacuationMigration";
+
+/// A VMI marked for evacuation from the node it runs on (`status.evacuationNodeName`, set
+/// by virt-api when a drain tried to evict its launcher) gets a migration, unless one is
+/// under way. The name is fixed per attempt, so a cache that lags cannot make two.
+pub(crate) async fn evacuate(vmi: &VirtualMachineInstance, ctx: &Context) -> Result<(), Error> {
+    let Some(status) = vmi.status.as_ref() else {
+        return Ok(());
+    };
+    let (Some(from), Some(node)) = (
+        status.evacuation_node_name.as_deref(),
+        status.node_name.as_deref(),
+    ) else {
+        return Ok(());
+    };
+    if from != node || status.phase != Some(api::v1::VmiPhase::Running) {
+        return Ok(());
+    }
+    let namespace = vmi.metadata.namespace.clone().unwrap_or_default();
+    let name = vmi.metadata.name.clone().unwrap_or_default();
+    let theirs: Vec<_> = ctx
+        .caches
+        .migrations()
+        .into_iter()
+        .filter(|m| {
+            m.metadata.namespace == vmi.metadata.namespace && m.spec.vmi_name == vmi.metadata.name
+        })
+        .collect();
+    let active = theirs
+        .iter()
+        .any(|m| !api::v1::phase::is_final(m.status.as_ref().and_then(|s| s.phase.as_deref())));
+    if active {
+        return Ok(());
+    }
+    let attempt = 1 + theirs
+        .iter()
+        .filter(|m| {
+            m.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(EVACUATION))
+                .is_some_and(|n| n == node)
+        })
+        .count();
+    let migration: VirtualMachineInstanceMigration = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"name": format!("kubevirt-evacuation-{name}-{attempt}"), "namespace": namespace,
+            "annotations": {EVACUATION: node}},
+        "spec": {"vmiName": name},
+    }))
+    .map_err(|e| Error::api("create", "VirtualMachineInstanceMigration", &name)(kube::Error::SerdeError(e)))?;
+    let api: Api<VirtualMachineInstanceMigration> = Api::namespaced(ctx.client.clone(), &namespace);
+    match api.create(&PostParams::default(), &migration).await {
+        Ok(_) => {
+            info!(vmi = %name, %node, "evacuating: created a migration");
+            ctx.recorder.record(
+                vmi,
+                VM_COMPONENT,
+                EventType::Normal,
+                "EvacuationStarted",
+                format!("Migrating off node {node}, which is being drained"),
+            );
+            Ok(())
+        }
+        Err(e) if is_conflict(&e) || matches!(&e, kube::Error::Api(s) if s.code == 409) => Ok(()),
+        Err(e) => Err(Error::api(
+            "create",
+            "VirtualMachineInstanceMigration",
+            &name,
+        )(e)),
+    }
+}
+
 /// Events on the VMI for the migration's milestones, as upstream records them.
 fn record_phase(ctx: &Context, vmi: &VirtualMachineInstance, migration: &str, phase: Option<&str>) {
     use api::v1::phase::{FAILED, SCHEDULING, SUCCEEDED};

@@ -174,6 +174,7 @@ async fn reconcile_vmi(cached: &VirtualMachineInstance, ctx: &Context) -> Result
             }
         }
     }
+    crate::migration::evacuate(vmi, ctx).await?;
     write(vmi.clone(), plan, ctx).await
 }
 

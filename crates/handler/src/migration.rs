@@ -344,6 +344,8 @@ async fn record(
                 state.target_node_domain_detected = Some(true);
                 state.target_node_domain_ready_timestamp = Some(now);
                 status.node_name = Some(ctx.node.clone());
+                // An evacuation is over once the guest has left the node.
+                status.evacuation_node_name = None;
                 let labels = vmi.metadata.labels.get_or_insert_with(Default::default);
                 labels.insert(NODE_LABEL.into(), ctx.node.clone());
                 labels.remove(TARGET_LABEL);

@@ -42,6 +42,7 @@ mod admission;
 mod authz;
 mod discovery;
 mod error;
+mod eviction;
 mod forward;
 mod identity;
 mod lifecycle;
@@ -155,6 +156,7 @@ pub fn router(client: kube::Client, config: Config) -> Router {
             post(admission::mutate_vmi),
         )
         .route("/mutate-virtualmachines", post(admission::mutate_vm))
+        .route("/launcher-eviction-interceptor", post(eviction::intercept))
         .fallback(|uri: http::Uri| async move { StatusError::not_found_path(uri.path()) })
         .with_state(state)
 }

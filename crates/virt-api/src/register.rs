@@ -165,7 +165,7 @@ pub async fn register(client: kube::Client, reg: Registration) -> Result<(), Reg
             &write,
         ),
     ];
-    let validating: Vec<Value> = VALIDATED
+    let mut validating: Vec<Value> = VALIDATED
         .iter()
         .map(|plural| {
             let group = if plural.contains("instancetype") || plural.contains("preference") {
@@ -182,6 +182,17 @@ pub async fn register(client: kube::Client, reg: Registration) -> Result<(), Reg
             )
         })
         .collect();
+    // Launcher pods' evictions (a node drain) become migrations.
+    let mut interceptor = hook(
+        "virt-launcher-eviction-interceptor.kubevirt.io",
+        "/launcher-eviction-interceptor",
+        "",
+        "pods/eviction",
+        &["CREATE"],
+    );
+    interceptor["rules"][0]["apiVersions"] = json!(["v1"]);
+    interceptor["sideEffects"] = json!("NoneOnDryRun");
+    validating.push(interceptor);
     apply(
         &client,
         &resource(

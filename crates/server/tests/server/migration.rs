@@ -199,6 +199,7 @@ spec:
         memory:
           guest: 128Mi
       terminationGracePeriodSeconds: 0
+      evictionStrategy: LiveMigrate
       volumes:
       - containerDisk:
           image: registry:5000/kubevirt/alpine-container-disk-demo:devel
@@ -485,6 +486,53 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
         "after {last}: {still:?}"
     );
     one_launcher(server, &kc, &scratch, "counter").await;
+
+    // Draining the node: the eviction becomes a migration, and the drain completes.
+    kubectl_ok(&kc, &scratch, &["delete", "migrationpolicy", "slow"]);
+    let drained = kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "drain",
+            &home,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=120s",
+        ],
+    );
+    assert!(
+        drained.contains(&format!("node/{home} drained")),
+        "{drained}"
+    );
+    let after = vmi(&client, "counter").await;
+    let status = after.status.clone().unwrap();
+    assert_ne!(status.node_name.as_deref(), Some(home.as_str()));
+    assert_eq!(status.phase, Some(api::v1::VmiPhase::Running));
+    assert_eq!(status.evacuation_node_name, None);
+    let evacuation = wait_phase(
+        server,
+        &client,
+        "counter",
+        "Succeeded",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        evacuation
+            .metadata
+            .name
+            .unwrap()
+            .starts_with("kubevirt-evacuation-counter-")
+    );
+    let last = *still.last().unwrap();
+    let drained_ticks = ticks(&console_output(&kc, "counter", Duration::from_secs(3)).await);
+    assert!(
+        drained_ticks.first().is_some_and(|n| *n > last),
+        "after {last}: {drained_ticks:?}"
+    );
+    let nodes = kubectl_ok(&kc, &scratch, &["get", "nodes"]);
+    assert!(nodes.contains("SchedulingDisabled"), "{nodes}");
+    kubectl_ok(&kc, &scratch, &["uncordon", &home]);
 
     drop(kubectl(
         &kc,
