@@ -34,6 +34,7 @@ pub(crate) mod registry;
 mod request;
 mod schema;
 mod selectors;
+mod services;
 mod table;
 
 use std::sync::Arc;

@@ -98,6 +98,9 @@ pub async fn create(
     }
     let (body, written) = convert::incoming(state, r, version, body).await?;
     let mut obj = objects::for_create(r, &written, ns, body, how.strict)?;
+    if r.builtin && r.plural == "services" {
+        crate::services::allocate(state, &mut obj)?;
+    }
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()

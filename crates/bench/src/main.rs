@@ -1,7 +1,7 @@
 //! `make bench`: what our stack costs against the one upstream KubeVirt runs on, measured
 //! side by side in the same run on the same machine.
 //!
-//! Three benchmarks, each printed as Markdown tables:
+//! Four benchmarks, each printed as Markdown tables:
 //! 1. `vm` ([`vm`]): how fast a VMI starts and how much memory each VM costs, for our
 //!    launcher and for the same guest started through libvirt (`virsh create`), the stack
 //!    upstream's virt-launcher uses. Latency runs from spawning the launcher (or calling
@@ -18,12 +18,16 @@
 //!    100 at once; API writes per start; the server's memory idle and with 100 VMIs; CPU
 //!    in quiet windows.
 //!
-//! Without an argument all three run; `kubevirt-rs-bench vm`, `... api` or `... cp` runs
-//! one.
+//! 4. `migrate` ([`migrate`]): live migration between two launchers, its total time and
+//!    the guest's pause, for a 128 MiB and a 1 GiB guest.
+//!
+//! Without an argument all four run; `kubevirt-rs-bench vm`, `... api`, `... cp` or
+//! `... migrate` runs one.
 
 mod api;
 mod cp;
 mod libvirt;
+mod migrate;
 mod ours;
 mod proc;
 mod stats;
@@ -45,6 +49,8 @@ struct Cli {
     api: api::ApiArgs,
     #[command(flatten)]
     cp: cp::CpArgs,
+    #[command(flatten)]
+    migrate: migrate::MigrateArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,6 +63,8 @@ enum Which {
     Api,
     /// The control plane with real VMs.
     Cp,
+    /// Live migration between two launchers.
+    Migrate,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +84,12 @@ fn main() -> anyhow::Result<()> {
             println!();
         }
         cp::run(&cli.cp, &cli.api.server, &cli.vm.launcher)?;
+    }
+    if all || cli.which == Which::Migrate {
+        if all {
+            println!();
+        }
+        migrate::run(&cli.migrate, &cli.vm.launcher)?;
     }
     Ok(())
 }

@@ -391,6 +391,7 @@ mod tests {
             aborted,
             total_ms: None,
             downtime_ms: None,
+            pause_ms: None,
             ports: None,
         }
     }

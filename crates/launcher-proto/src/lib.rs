@@ -157,9 +157,12 @@ pub struct MigrationStatus {
     /// Set when it failed because it was cancelled.
     #[serde(default)]
     pub aborted: bool,
-    /// QEMU's figures once the memory stream completed: total and guest-visible pause.
+    /// Source, once completed: QEMU's total time and downtime for the memory stream, and
+    /// the guest-visible pause (the downtime plus the hand-over until the target resumed).
     pub total_ms: Option<u64>,
     pub downtime_ms: Option<u64>,
+    #[serde(default)]
+    pub pause_ms: Option<u64>,
     /// Target: where it listens, once ready.
     pub ports: Option<TargetPorts>,
 }

@@ -33,8 +33,8 @@ use tracing::{info, warn};
 const MAX_HISTORY: u64 = 4 << 20;
 /// How long the mirrors may take to reach step with the guest.
 const MIRROR_READY: Duration = Duration::from_secs(120);
-/// How often the memory stream's progress is read.
-const POLL: Duration = Duration::from_millis(50);
+/// How often the memory stream's progress is read (it ends the switch-over's pause).
+const POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -183,11 +183,14 @@ impl Incoming {
     }
 }
 
-/// What the memory stream did, from QEMU's `query-migrate`.
+/// What the migration did: QEMU's figures for the memory stream (`query-migrate`), and
+/// the guest-visible pause: QEMU's downtime (from stopping the vCPUs here to the end of
+/// the stream) plus the time from then until the target said it resumed them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     pub total_ms: Option<u64>,
     pub downtime_ms: Option<u64>,
+    pub pause_ms: Option<u64>,
 }
 
 /// Where and how the source sends the guest.
@@ -226,7 +229,7 @@ pub async fn run_source(
             return Err(e);
         }
     };
-    let outcome = match memory(
+    let mut outcome = match memory(
         qmp,
         SocketAddrV4::new(ip, ports.memory),
         options,
@@ -242,8 +245,11 @@ pub async fn run_source(
         }
     };
     // The guest is paused for good here: finish the copies, then let the target run.
+    let completed = Instant::now();
     complete_mirrors(qmp, &mirrored).await?;
     handover(SocketAddrV4::new(ip, ports.handover), serial_log).await?;
+    let after = u64::try_from(completed.elapsed().as_millis()).unwrap_or(u64::MAX);
+    outcome.pause_ms = outcome.downtime_ms.map(|d| d + after);
     Ok(outcome)
 }
 
@@ -397,6 +403,7 @@ async fn memory(
                 return Ok(Outcome {
                     total_ms: info["total-time"].as_u64(),
                     downtime_ms: info["downtime"].as_u64(),
+                    pause_ms: None,
                 });
             }
             "failed" => {

@@ -525,6 +525,7 @@ fn migration_status(uid: String, role: MigrationRole) -> MigrationStatus {
         aborted: false,
         total_ms: None,
         downtime_ms: None,
+        pause_ms: None,
         ports: None,
     }
 }
@@ -635,6 +636,7 @@ async fn start_source(
                 m.phase = MigrationPhase::Completed;
                 m.total_ms = outcome.total_ms;
                 m.downtime_ms = outcome.downtime_ms;
+                m.pause_ms = outcome.pause_ms;
             });
             if let Some(l) = shared.launched.lock().await.as_ref() {
                 l.domain.shutdown(Duration::ZERO).await;

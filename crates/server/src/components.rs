@@ -1,6 +1,6 @@
 //! The KubeVirt components `kubevirt-rs server` runs in-process beside the API server:
-//! virt-api, virt-controller, virt-handler and the pod runner (this machine as the one
-//! node). Each is a plain Kubernetes client of the API server over HTTPS, with its own
+//! virt-api, virt-controller, and per node virt-handler and the pod runner (this machine
+//! as one node, or as `--nodes N`), plus the service proxy ([`crate::proxy`]). Each is a plain Kubernetes client of the API server over HTTPS, with its own
 //! client certificate ([`crate::pki::COMPONENTS`]), exactly as it would be on a cluster.
 //!
 //! Launcher processes are the pod runner's children in their own sessions: they outlive
@@ -183,6 +183,16 @@ pub async fn start(
     let Some(first) = nodes.first() else {
         return Ok(Components { tasks });
     };
+
+    // The service proxy: Services reachable on this machine (kube-proxy's part).
+    let run_dirs = nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.run_dir.clone()))
+        .collect();
+    tasks.push(spawn(
+        "service-proxy",
+        crate::proxy::run(client(url, pki, "pod-runner").await?, run_dirs),
+    ));
 
     // virt-api: the webhooks and the aggregated subresources, behind a Service on loopback.
     let api_listener = loopback("virt-api").await?;

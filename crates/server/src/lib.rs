@@ -35,6 +35,7 @@ pub mod datadir;
 pub mod files;
 pub mod kubeconfig;
 pub mod pki;
+pub mod proxy;
 pub mod serve;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -67,6 +67,8 @@ pub enum Command {
     },
     /// Cancel the live migration of a virtual machine.
     MigrateCancel { name: String },
+    /// Expose a vm, vmi or vmirs as a Service (selecting its launcher pods).
+    Expose(crate::expose::ExposeArgs),
     /// Pause a virtual machine (vm or vmi NAME).
     Pause {
         kind: Kind,

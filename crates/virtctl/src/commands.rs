@@ -121,6 +121,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), Error> {
             println!("VM {name} was scheduled to migrate");
         }
         Command::MigrateCancel { name } => migrate_cancel(ctx, &name).await?,
+        Command::Expose(args) => crate::expose::expose(ctx, &args).await?,
         Command::Pause {
             kind,
             name,

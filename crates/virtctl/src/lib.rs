@@ -20,6 +20,7 @@ pub mod cli;
 mod client;
 mod commands;
 mod create;
+pub mod expose;
 mod forward;
 mod stream;
 

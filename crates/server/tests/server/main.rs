@@ -9,6 +9,7 @@ mod cli;
 mod console;
 mod crash;
 mod examples;
+mod expose;
 mod https;
 mod kubectl;
 mod kubers;

@@ -25,13 +25,7 @@ fn example(name: &str) -> String {
 }
 
 fn virtctl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new(Path::new(BIN).with_file_name("virtctl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = crate::support::virtctl(kubeconfig, args);
     assert!(
         out.status.success(),
         "virtctl {args:?}: {}",

@@ -485,3 +485,14 @@ pub fn collect(
     });
     text
 }
+
+/// Runs the `virtctl` built beside `kubevirt-rs` with `kubeconfig`, stdin closed.
+pub fn virtctl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(Path::new(BIN).with_file_name("virtctl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
