@@ -211,10 +211,12 @@ async fn write_status(
         .replace_status(&name, &PostParams::default(), &next)
         .await
     {
-        Ok(_) => {
+        // A write the server found to change nothing keeps the version: not superseded.
+        Ok(written) if written.metadata.resource_version != vm.metadata.resource_version => {
             ctx.wrote_over(vm);
             Ok(None)
         }
+        Ok(_) => Ok(None),
         // Decided on an old VM: its new version triggers another reconcile.
         Err(e) if is_conflict(&e) => Ok(Some(Action::requeue(RACE_RETRY))),
         Err(e) if is_not_found(&e) => Ok(Some(Action::await_change())),

@@ -103,15 +103,15 @@ impl MemStore {
     }
 
     fn write(&self, f: impl FnOnce(&mut Inner) -> Result<Event, StoreError>) -> WriteFuture {
-        let result = {
-            let mut inner = self.lock();
-            f(&mut inner)
-        };
-        let result = result.map(|ev| {
+        // Sent under the lock: two writers must broadcast in revision order, or a watcher
+        // that saw the later event first would skip the earlier one for good.
+        let mut inner = self.lock();
+        let result = f(&mut inner).map(|ev| {
             let kv = ev.kv.clone();
             let _ = self.events.send(Arc::new(ev));
             kv
         });
+        drop(inner);
         Box::pin(ready(result))
     }
 }
