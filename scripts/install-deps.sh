@@ -29,6 +29,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   busybox-static cpio lz4 genisoimage xorriso kmod socat e2fsprogs \
   docker-registry skopeo passt debootstrap \
   syslinux syslinux-common mtools dosfstools fdisk python3 xz-utils zstd openssh-client \
+  chromium chromium-driver \
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients etcd-server >/dev/null
 # etcd-server enables a system-wide etcd on 127.0.0.1:2379; `make bench` starts its own on
 # free ports, so a service this script just installed is switched off again.

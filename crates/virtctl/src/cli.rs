@@ -101,8 +101,11 @@ pub enum Command {
         #[arg(required = true)]
         name: Option<String>,
         /// Only listen and print {"port":N}; start no viewer.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "web")]
         proxy_only: bool,
+        /// Serve the display to a browser at http://127.0.0.1:PORT/ (no viewer needed).
+        #[arg(long)]
+        web: bool,
         /// The local port (0: any free one).
         #[arg(long, default_value_t = 0)]
         port: u16,

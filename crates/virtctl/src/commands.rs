@@ -165,11 +165,16 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Vnc {
             name,
             proxy_only,
+            web,
             port,
             ..
         } => {
             let name = name.ok_or_else(|| Error::Usage("vnc needs the name of a VMI".into()))?;
-            stream::vnc(ctx, &name, proxy_only, port).await?
+            if web {
+                crate::web::serve(ctx, &name, port).await?
+            } else {
+                stream::vnc(ctx, &name, proxy_only, port).await?
+            }
         }
         Command::Version { .. } => {
             println!("Client Version: {}", client_version());

@@ -23,6 +23,7 @@ mod create;
 pub mod expose;
 mod forward;
 mod stream;
+mod web;
 
 pub use cli::Cli;
 pub use client::Ctx;

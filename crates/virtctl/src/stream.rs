@@ -132,6 +132,11 @@ pub async fn console(ctx: &Ctx, name: &str, timeout_minutes: u64) -> Result<(), 
     result
 }
 
+/// A websocket to the VMI's VNC display.
+pub(crate) async fn open_vnc(ctx: &Ctx, name: &str) -> Result<Socket, Error> {
+    open(ctx, name, "vnc", Duration::ZERO).await
+}
+
 /// `virtctl vnc NAME`: a local port whose first connection is piped to the VMI's VNC.
 pub async fn vnc(ctx: &Ctx, name: &str, proxy_only: bool, port: u16) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -5,6 +5,7 @@
 
 mod agent;
 mod aggregation;
+mod browser;
 mod cli;
 mod console;
 mod crash;
