@@ -109,9 +109,9 @@ pub fn apply(
     {
         return;
     }
-    // A cancel also ends the target, which may report first: the abort is still the
-    // reason, and it succeeded.
-    if state.failed == Some(true) && !(m.phase == MigrationPhase::Failed && m.aborted) {
+    // A cancel or a timeout also ends the target, which may report first: the source's
+    // decision is still the reason (and an abort succeeded).
+    if state.failed == Some(true) && !(m.phase == MigrationPhase::Failed && m.stopped_by_source) {
         return;
     }
     match m.phase {
@@ -389,6 +389,7 @@ mod tests {
             phase,
             message: Some("connection refused".into()),
             aborted,
+            stopped_by_source: aborted,
             total_ms: None,
             downtime_ms: None,
             pause_ms: None,

@@ -157,6 +157,10 @@ pub struct MigrationStatus {
     /// Set when it failed because it was cancelled.
     #[serde(default)]
     pub aborted: bool,
+    /// Set when the source stopped it (a cancel or a timeout): its message is the reason,
+    /// whatever the target said about its own end.
+    #[serde(default)]
+    pub stopped_by_source: bool,
     /// Source, once completed: QEMU's total time and downtime for the memory stream, and
     /// the guest-visible pause (the downtime plus the hand-over until the target resumed).
     pub total_ms: Option<u64>,

@@ -47,6 +47,9 @@ pub enum MigrateError {
     },
     #[error("{0}")]
     Failed(String),
+    /// This side stopped it: a cancel or a timeout.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MigrateError {
@@ -413,7 +416,7 @@ async fn memory(
                 return Err(MigrateError::Failed(why.to_owned()));
             }
             "cancelled" => {
-                return Err(MigrateError::Failed(
+                return Err(MigrateError::Stopped(
                     abort.unwrap_or_else(|| "the migration was cancelled".into()),
                 ));
             }

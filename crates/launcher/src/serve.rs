@@ -523,6 +523,7 @@ fn migration_status(uid: String, role: MigrationRole) -> MigrationStatus {
         phase: MigrationPhase::Preparing,
         message: None,
         aborted: false,
+        stopped_by_source: false,
         total_ms: None,
         downtime_ms: None,
         pause_ms: None,
@@ -645,6 +646,7 @@ async fn start_source(
         Err(e) => {
             shared.migrating.store(false, Ordering::SeqCst);
             let aborted = *shared.cancel_migration.borrow();
+            let stopped = matches!(e, migrate::MigrateError::Stopped(_));
             let message = e.to_string();
             warn!(
                 message,
@@ -654,6 +656,7 @@ async fn start_source(
                 m.phase = MigrationPhase::Failed;
                 m.message = Some(message);
                 m.aborted = aborted;
+                m.stopped_by_source = stopped;
             });
             // A switch-over that failed leaves the guest stopped: it must run on.
             if shared.status.borrow().state == DomainState::Running

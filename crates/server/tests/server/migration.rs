@@ -398,7 +398,28 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
         },
     )
     .await;
-    let after = vmi(&client, "counter").await;
+    // The source reports the abort; the target's end may have been reported first.
+    let after = wait_until(
+        "the abort reported",
+        Duration::from_secs(30),
+        server,
+        || {
+            let client = client.clone();
+            async move {
+                let v = vmi(&client, "counter").await;
+                let done = v
+                    .status
+                    .as_ref()?
+                    .migration_state
+                    .as_ref()?
+                    .abort_status
+                    .as_deref()
+                    == Some("Succeeded");
+                done.then_some(v)
+            }
+        },
+    )
+    .await;
     let state = after
         .status
         .as_ref()
@@ -478,6 +499,46 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
     assert!(
         still.first().is_some_and(|n| *n > last),
         "after {last}: {still:?}"
+    );
+    one_launcher(server, &kc, &scratch, "counter").await;
+
+    // The completion timeout (a second per GiB, at 1 MiB/s) ends a migration that takes
+    // too long; the guest stays.
+    let hasty = SLOW_POLICY.replace(
+        "bandwidthPerMigration: 1Mi",
+        "bandwidthPerMigration: 1Mi\n  completionTimeoutPerGiB: 1",
+    );
+    std::fs::write(&policy, hasty).unwrap();
+    kubectl_ok(&kc, &scratch, &["apply", "-f", policy.to_str().unwrap()]);
+    virtctl(&kc, &["migrate", "counter"]);
+    let timed_out = wait_until(
+        "the migration to time out",
+        Duration::from_secs(60),
+        server,
+        || {
+            let migrations = migrations.clone();
+            async move {
+                let list = migrations.list(&Default::default()).await.ok()?;
+                list.items.into_iter().find(|m| {
+                    m.status
+                        .as_ref()
+                        .and_then(|s| s.migration_state.as_ref())
+                        .is_some_and(|s| {
+                            s.failure_reason
+                                .as_deref()
+                                .is_some_and(|r| r.contains("did not complete within 1s"))
+                        })
+                })
+            }
+        },
+    )
+    .await;
+    assert_eq!(timed_out.status.unwrap().phase.as_deref(), Some("Failed"));
+    let after = vmi(&client, "counter").await;
+    assert_eq!(node_of(&after), home);
+    assert_eq!(
+        after.status.unwrap().phase,
+        Some(api::v1::VmiPhase::Running)
     );
     one_launcher(server, &kc, &scratch, "counter").await;
 
