@@ -8,7 +8,7 @@
 mod devices;
 mod disks;
 mod net;
-pub use net::{mac_address, pod_netdev};
+pub use net::{Forward, forwards, mac_address, pod_netdev};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,6 +74,10 @@ pub struct Runtime {
     pub port_address: String,
     /// Host port for a guest port, where it differs (standalone `--publish`).
     pub published: BTreeMap<u16, u16>,
+    /// Whether the interfaces' `ports` are forwarded from the start. A migration target's
+    /// are not: its source holds those host ports until the hand-over, after which the
+    /// target adds them ([`net::forwards`]).
+    pub forward_ports: bool,
 }
 
 /// Builds the full argument list, without the program name.

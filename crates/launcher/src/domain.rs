@@ -159,13 +159,20 @@ impl Domain {
         host: std::net::SocketAddrV4,
         guest: std::net::SocketAddrV4,
     ) -> Result<(), DomainError> {
-        let command = format!(
-            "hostfwd_add {netdev} tcp:{}:{}-{}:{}",
+        let rule = format!(
+            "tcp:{}:{}-{}:{}",
             host.ip(),
             host.port(),
             guest.ip(),
             guest.port()
         );
+        self.hostfwd(netdev, &rule).await
+    }
+
+    /// Adds the user-mode network forward `rule` (`proto:hostaddr:hostport-guestaddr:guestport`)
+    /// to `netdev`.
+    pub async fn hostfwd(&self, netdev: &str, rule: &str) -> Result<(), DomainError> {
+        let command = format!("hostfwd_add {netdev} {rule}");
         let args = serde_json::json!({"command-line": command});
         let out = self
             .qmp

@@ -131,6 +131,7 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
             port_address: "127.0.0.1".into(),
             tcg_tb_size_mib: opts.tcg_tb_size_mib,
             accel,
+            forward_ports: true,
         },
         grace: opts.grace,
         final_seen: watch::Sender::new(false),
@@ -420,7 +421,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
 async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     let uid = vmi.metadata.uid.clone();
     set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &DefaultsConfig::default());
-    let Some(launched) = launch_reported(&vmi, &shared, &[]).await else {
+    let Some(launched) = launch_reported(&vmi, &shared, &shared.config, &[]).await else {
         return;
     };
     let state = launched.domain.state();
@@ -469,9 +470,10 @@ fn record_launched(vmi: &VirtualMachineInstance, launched: &Launched, shared: &A
 async fn launch_reported(
     vmi: &VirtualMachineInstance,
     shared: &Arc<Shared>,
+    config: &LaunchConfig,
     extra: &[String],
 ) -> Option<Launched> {
-    match launch_with(vmi, &shared.config, extra).await {
+    match launch_with(vmi, config, extra).await {
         Ok(l) => {
             record_launched(vmi, &l, shared);
             Some(l)
@@ -535,9 +537,16 @@ fn migration_status(uid: String, role: MigrationRole) -> MigrationStatus {
 async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     let uid = vmi.metadata.uid.clone();
     set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &DefaultsConfig::default());
-    let Some(launched) = launch_reported(&vmi, &shared, &migrate::target_args()).await else {
+    // The source holds the forwarded host ports until the hand-over.
+    let config = LaunchConfig {
+        forward_ports: false,
+        ..shared.config.clone()
+    };
+    let Some(launched) = launch_reported(&vmi, &shared, &config, &migrate::target_args()).await
+    else {
         return;
     };
+    let forwards = crate::argv::forwards(&vmi, &config.published);
     let state = launched.domain.state();
     let qmp = launched.domain.qmp().clone();
     let serial_log = launched.sockets.serial_log.clone();
@@ -558,6 +567,7 @@ async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
                         info!("migrated in: the guest runs here");
                         shared.set_migration(|m| m.phase = MigrationPhase::Completed);
                         tokio::spawn(watch_agent(agent, shared.clone()));
+                        take_over_ports(&shared, forwards, &config.port_address).await;
                     }
                     Err(e) => fail_target(&shared, e.to_string()).await,
                 }
@@ -579,6 +589,29 @@ async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
                 m.message = Some("the target's QEMU ended before the hand-over".into());
             }
         });
+    }
+}
+
+/// Forwards the guest's `ports` here once the source has let go of them (it quits right
+/// after the hand-over): each is retried for up to 10 s.
+async fn take_over_ports(shared: &Arc<Shared>, forwards: Vec<crate::argv::Forward>, address: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for f in forwards {
+        let rule = format!("{}:{address}:{}-:{}", f.proto, f.host, f.guest);
+        loop {
+            let result = match shared.launched.lock().await.as_ref() {
+                Some(l) => l.domain.hostfwd(&f.netdev, &rule).await,
+                None => return,
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    warn!(rule, error = %e, "a forwarded port could not be taken over");
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 }
 

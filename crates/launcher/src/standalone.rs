@@ -111,6 +111,8 @@ pub struct LaunchConfig {
     pub port_address: String,
     pub tcg_tb_size_mib: u32,
     pub accel: Accel,
+    /// See [`crate::argv::Runtime::forward_ports`].
+    pub forward_ports: bool,
 }
 
 /// A started VMI: QEMU with its vCPUs still stopped, and its runtime directory, which is
@@ -150,6 +152,7 @@ pub async fn launch_with(
         tcg_tb_size_mib: cfg.tcg_tb_size_mib,
         port_address: cfg.port_address.clone(),
         published: cfg.published.clone(),
+        forward_ports: cfg.forward_ports,
     };
     let mut args = argv::build(vmi, &prepared, &rt)?;
     args.extend_from_slice(extra);
@@ -176,6 +179,7 @@ pub async fn run(opts: RunOptions) -> Result<Exit, RunError> {
         port_address: "127.0.0.1".into(),
         tcg_tb_size_mib: opts.tcg_tb_size_mib,
         accel,
+        forward_ports: true,
     };
     let launched = launch(&vmi, &cfg).await?;
     let domain = &launched.domain;

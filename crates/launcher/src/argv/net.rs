@@ -7,6 +7,7 @@
 //! from the pod's address. Unlike upstream's masquerade, an interface without `ports`
 //! forwards nothing inbound, since a user-mode stack cannot forward every port.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use api::v1::{Interface, VirtualMachineInstance};
@@ -132,6 +133,9 @@ pub(super) fn add(
                 }
             };
             let published = rt.published.get(&guest).copied().unwrap_or(guest);
+            if !rt.forward_ports {
+                continue;
+            }
             netdev.push_str(&format!(
                 ",hostfwd={proto}:{}:{published}-:{guest}",
                 rt.port_address
@@ -178,4 +182,49 @@ fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u32)> {
         u32::MAX << (32 - prefix)
     };
     Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+/// A forwarded port of the pod network: host port -> the guest's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The netdev it goes through (`ua-<interface>`).
+    pub netdev: String,
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// The forwards the pod-network interfaces' `ports` ask for (what `hostfwd` gets when
+/// [`super::Runtime::forward_ports`] is set). Ports the command line refuses are left out.
+pub fn forwards(vmi: &VirtualMachineInstance, published: &BTreeMap<u16, u16>) -> Vec<Forward> {
+    let on_pod_network = |name: &str| {
+        vmi.spec
+            .networks
+            .iter()
+            .any(|n| n.name == name && n.pod.is_some())
+    };
+    let mut list = Vec::new();
+    for iface in &vmi.spec.domain.devices.interfaces {
+        if !on_pod_network(&iface.name) || iface.state.as_deref() == Some("absent") {
+            continue;
+        }
+        for port in &iface.ports {
+            let Ok(guest) = u16::try_from(port.port) else {
+                continue;
+            };
+            let proto = match port.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => "tcp",
+                "UDP" => "udp",
+                _ => continue,
+            };
+            list.push(Forward {
+                netdev: format!("ua-{}", iface.name),
+                proto,
+                host: published.get(&guest).copied().unwrap_or(guest),
+                guest,
+            });
+        }
+    }
+    list
 }

@@ -8,6 +8,7 @@ use crate::disks::{DiskFormat, KernelBoot, PreparedVolume};
 
 fn runtime(accel: Accel) -> Runtime {
     Runtime {
+        forward_ports: true,
         sockets: Sockets::in_dir(Path::new("/run/vmi")),
         accel,
         tcg_tb_size_mib: 64,

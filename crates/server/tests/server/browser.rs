@@ -86,6 +86,11 @@ impl Browser {
         assert!(r["value"].is_null(), "opening {url}: {r}");
     }
 
+    /// Ends the session, which closes the browser.
+    async fn close(self) {
+        let _ = self.http.delete(&self.base).send().await;
+    }
+
     async fn script(&self, script: &str) -> Value {
         let r: Value = self
             .http
@@ -98,23 +103,6 @@ impl Browser {
             .await
             .unwrap();
         r["value"].clone()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let http = self.http.clone();
-        let session = self.base.clone();
-        // Ends the browser; the driver goes with `_driver`.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let _ = rt.block_on(http.delete(&session).send());
-        })
-        .join()
-        .ok();
     }
 }
 
@@ -150,24 +138,26 @@ async fn the_vmi_display_shows_in_a_browser_without_a_viewer() {
 
     // The display's size, as the server's screenshot has it.
     let png_path = scratch.path("screen.png");
-    let out = virtctl(
-        &kc,
-        &[
-            "vnc",
-            "screenshot",
-            "vmi-ephemeral",
-            "--file",
-            png_path.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let png = std::fs::read(&png_path).unwrap();
-    let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
-    let (width, height) = (size(16), size(20));
+    let screen_size = || {
+        let out = virtctl(
+            &kc,
+            &[
+                "vnc",
+                "screenshot",
+                "vmi-ephemeral",
+                "--file",
+                png_path.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let png = std::fs::read(&png_path).unwrap();
+        let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+        (u64::from(size(16)), u64::from(size(20)))
+    };
 
     let none = virtctl(&kc, &["vnc", "nosuch", "--web"]);
     assert_eq!(none.status.code(), Some(1));
@@ -218,11 +208,23 @@ async fn the_vmi_display_shows_in_a_browser_without_a_viewer() {
         },
     )
     .await;
-    assert_eq!(
-        (shown["width"].as_u64(), shown["height"].as_u64()),
-        (Some(u64::from(width)), Some(u64::from(height))),
-        "{shown}"
-    );
+    // The guest may switch modes while it boots (the firmware's 640x480, the kernel's
+    // 720x400 text): the page follows, and settles on the size the server's screenshot has.
+    let (width, height) = wait_until(
+        "the page at the display's size",
+        Duration::from_secs(30),
+        server,
+        || {
+            let browser = &browser;
+            let screen = screen_size();
+            async move {
+                let v = browser.script("return window.vnc").await;
+                (v["width"].as_u64() == Some(screen.0) && v["height"].as_u64() == Some(screen.1))
+                    .then_some(screen)
+            }
+        },
+    )
+    .await;
     let title = browser.script("return document.title").await;
     assert_eq!(
         title.as_str(),
@@ -249,7 +251,7 @@ async fn the_vmi_display_shows_in_a_browser_without_a_viewer() {
         }
     })
     .await;
-    drop(browser);
+    browser.close().await;
     drop(kubectl(
         &kc,
         &scratch,

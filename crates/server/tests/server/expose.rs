@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Scratch, System, kubectl, kubectl_ok, virtctl, wait_until};
+use crate::support::{Scratch, System, http_get, kubectl, kubectl_ok, virtctl, wait_until};
 
 const WEB: &str = r#"
 apiVersion: kubevirt.io/v1
@@ -34,26 +34,6 @@ spec:
         httpd -p 8080 -h /www
     name: cloudinitdisk
 "#;
-
-/// One HTTP GET of `/` at `addr`, as the body, if it answers.
-async fn get(addr: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
-        .await
-        .ok()?;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    answer.contains("200 OK").then_some(answer)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exposed_vmi_is_reachable_at_its_cluster_ip_and_node_port() {
@@ -124,12 +104,12 @@ async fn an_exposed_vmi_is_reachable_at_its_cluster_ip_and_node_port() {
         server,
         || {
             let at_ip = at_ip.clone();
-            async move { get(&at_ip).await }
+            async move { http_get(&at_ip).await }
         },
     )
     .await;
     assert!(body.contains("hello from web"), "{body}");
-    let body = get(&format!("127.0.0.1:{node_port}")).await.unwrap();
+    let body = http_get(&format!("127.0.0.1:{node_port}")).await.unwrap();
     assert!(body.contains("hello from web"), "{body}");
 
     // Bad requests are one-line errors.
@@ -154,7 +134,7 @@ async fn an_exposed_vmi_is_reachable_at_its_cluster_ip_and_node_port() {
         server,
         || {
             let at_ip = at_ip.clone();
-            async move { get(&at_ip).await.is_none().then_some(()) }
+            async move { http_get(&at_ip).await.is_none().then_some(()) }
         },
     )
     .await;

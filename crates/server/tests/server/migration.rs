@@ -13,7 +13,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::support::{
-    BIN, Scratch, Server, System, collect, kube_client, kubectl, kubectl_ok, qemu_pids, wait_until,
+    BIN, Scratch, Server, System, collect, http_get, kube_client, kubectl, kubectl_ok, qemu_pids,
+    wait_until,
 };
 
 fn example(name: &str) -> String {
@@ -190,8 +191,16 @@ spec:
             name: containerdisk
           - disk: {bus: virtio}
             name: cloudinitdisk
+          interfaces:
+          - name: default
+            masquerade: {}
+            ports:
+            - port: 18081
         memory:
           guest: 128Mi
+      networks:
+      - name: default
+        pod: {}
       terminationGracePeriodSeconds: 0
       evictionStrategy: LiveMigrate
       volumes:
@@ -203,6 +212,7 @@ spec:
             #!/bin/sh
             i=0
             while true; do echo "tick $i"; i=$((i+1)); sleep 1; done &
+            mkdir -p /www && echo counting > /www/index.html && httpd -p 18081 -h /www
         name: cloudinitdisk
 "#;
 
@@ -340,6 +350,18 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
         seen_after.first().is_some_and(|n| *n > seen_before),
         "counted {seen_before} before, then {seen_after:?}: the guest started over"
     );
+    // Its forwarded port moved with it.
+    wait_until(
+        "the forwarded port on the target",
+        Duration::from_secs(20),
+        server,
+        || async {
+            http_get("127.0.0.1:18081")
+                .await
+                .filter(|b| b.contains("counting"))
+        },
+    )
+    .await;
     let logs: Vec<PathBuf> = serial_logs(run_dir)
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("default_counter-"))

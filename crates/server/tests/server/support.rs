@@ -496,3 +496,23 @@ pub fn virtctl(kubeconfig: &Path, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// One HTTP GET of `/` at `addr`, as the body, if it answers.
+pub async fn http_get(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    answer.contains("200 OK").then_some(answer)
+}

@@ -15,6 +15,7 @@ pub fn launch_config(run: &Path) -> launcher::standalone::LaunchConfig {
     let mut paths = launcher::paths::NodePaths::from_process_env();
     paths.run = run.to_path_buf();
     launcher::standalone::LaunchConfig {
+        forward_ports: true,
         paths,
         qemu: "qemu-system-x86_64".into(),
         published: Default::default(),
