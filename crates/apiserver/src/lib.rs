@@ -215,6 +215,25 @@ impl AppState {
         Ok(())
     }
 
+    /// Deletes the cluster-scoped object `name` of `kind` in `group`, if it is there.
+    pub async fn remove_object(&self, group: &str, kind: &str, name: &str) -> Result<(), ApiError> {
+        let Some(r) = self
+            .registry
+            .resources()
+            .iter()
+            .find(|r| r.group == group && r.kind == kind)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let key = r.key(None, Some(name));
+        match ops::delete(self, &r, "v1", &key, &ops::DeleteOptions::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the namespaces every cluster has.
     async fn bootstrap(&self) -> Result<(), ApiError> {
         let namespaces = ["default", "kube-system", "kube-public", "kube-node-lease"]

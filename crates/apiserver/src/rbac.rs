@@ -683,7 +683,7 @@ pub fn review(
 }
 
 /// A ClusterRole with `rules`, each `(verbs, apiGroups, resources)`.
-fn cluster_role(name: &str, labels: Value, rules: &[(&[&str], &[&str], &[&str])]) -> Value {
+pub fn cluster_role(name: &str, labels: Value, rules: &[(&[&str], &[&str], &[&str])]) -> Value {
     let rules: Vec<Value> = rules
         .iter()
         .map(|(verbs, groups, resources)| {

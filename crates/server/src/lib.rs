@@ -35,6 +35,7 @@ pub mod datadir;
 pub mod files;
 pub mod kubeconfig;
 pub mod pki;
+pub mod policy;
 pub mod proxy;
 pub mod serve;
 
@@ -116,18 +117,18 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
         .await
         .map_err(ServerError::Bootstrap)?;
     state.proxy_identity = Some(Arc::new(proxy_identity(&pki)));
-    // The in-process components act for the whole cluster, as their upstream
-    // counterparts' ClusterRoles let them; here they are bound to cluster-admin.
-    let components: Vec<(&str, &str)> = pki::COMPONENTS
-        .iter()
-        .map(|(_, user, _)| ("User", *user))
-        .collect();
+    // Each in-process component may do what its calls need, as its upstream
+    // counterpart's ClusterRole lets it (`policy`), and no longer cluster-admin.
     state
-        .ensure_objects(vec![apiserver::rbac::cluster_role_binding(
-            "kubevirt-rs:components",
-            "cluster-admin",
-            &components,
-        )])
+        .remove_object(
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            policy::OLD_BINDING,
+        )
+        .await
+        .map_err(ServerError::Bootstrap)?;
+    state
+        .ensure_objects(policy::objects())
         .await
         .map_err(ServerError::Bootstrap)?;
     let compactor = tokio::spawn(store::run_compactor(

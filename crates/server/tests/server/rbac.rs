@@ -157,4 +157,46 @@ async fn only_bound_users_may_use_vms_and_their_subresources() {
         "no"
     );
     assert!(String::from_utf8_lossy(&stop("bob").stderr).contains("forbidden"));
+
+    // The components hold what their calls need, and nothing near cluster-admin.
+    let handler = "system:serviceaccount:kubevirt:kubevirt-handler";
+    let controller = "system:serviceaccount:kubevirt:kubevirt-controller";
+    let api = "system:serviceaccount:kubevirt:kubevirt-apiserver";
+    let node = "system:node:kubevirt-rs";
+    for (who, verb, what, want) in [
+        (
+            handler,
+            "update",
+            "virtualmachineinstances.kubevirt.io",
+            "yes",
+        ),
+        (handler, "patch", "nodes", "yes"),
+        (handler, "delete", "pods", "no"),
+        (handler, "get", "secrets", "no"),
+        (controller, "create", "pods", "yes"),
+        (
+            controller,
+            "update",
+            "virtualmachines.kubevirt.io/status",
+            "yes",
+        ),
+        (controller, "delete", "nodes", "no"),
+        (api, "patch", "virtualmachines.kubevirt.io", "yes"),
+        (
+            api,
+            "patch",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            "yes",
+        ),
+        (api, "delete", "virtualmachines.kubevirt.io", "no"),
+        (node, "create", "nodes", "yes"),
+        (
+            node,
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            "no",
+        ),
+    ] {
+        assert_eq!(can_i(who, &[verb, what, "-A"]), want, "{who} {verb} {what}");
+    }
 }

@@ -1,0 +1,187 @@
+//! What each in-process component may do: one ClusterRole per component with the rules
+//! its API calls need, bound to the component's identity ([`crate::pki::COMPONENTS`]).
+//! They follow upstream's `kubevirt-controller`, `kubevirt-handler` and
+//! `kubevirt-apiserver` roles and Kubernetes' `system:node`, cut to what this code calls.
+
+use serde_json::Value;
+
+/// The binding of every component to `cluster-admin` that earlier releases made; removed
+/// at start.
+pub const OLD_BINDING: &str = "kubevirt-rs:components";
+
+type Rule = (
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &[
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
+const UPDATE: &[&str] = &["get", "list", "watch", "update", "patch"];
+const STATUS: &[&str] = &["get", "update", "patch"];
+const APPLY: &[&str] = &["get", "create", "update", "patch"];
+const EVENTS: Rule = (&["create", "patch"], &[""], &["events"]);
+const KUBEVIRT: &[&str] = &["kubevirt.io"];
+const INSTANCETYPES: Rule = (
+    READ,
+    &["instancetype.kubevirt.io"],
+    &[
+        "virtualmachineinstancetypes",
+        "virtualmachineclusterinstancetypes",
+        "virtualmachinepreferences",
+        "virtualmachineclusterpreferences",
+    ],
+);
+
+/// The rules of the component whose certificate stem is `component`.
+pub fn rules(component: &str) -> Vec<Rule> {
+    match component {
+        "virt-controller" => vec![
+            (
+                WRITE,
+                KUBEVIRT,
+                &[
+                    "virtualmachineinstances",
+                    "virtualmachineinstancemigrations",
+                ],
+            ),
+            (
+                UPDATE,
+                KUBEVIRT,
+                &[
+                    "virtualmachines",
+                    "virtualmachineinstancereplicasets",
+                    "virtualmachineinstancepresets",
+                ],
+            ),
+            (
+                STATUS,
+                KUBEVIRT,
+                &[
+                    "virtualmachines/status",
+                    "virtualmachineinstancereplicasets/status",
+                    "virtualmachineinstancemigrations/status",
+                ],
+            ),
+            (
+                &["get", "list", "watch", "create", "delete"],
+                &[""],
+                &["pods"],
+            ),
+            (&["get"], &[""], &["namespaces"]),
+            (READ, &["migrations.kubevirt.io"], &["migrationpolicies"]),
+            INSTANCETYPES,
+            (
+                &["get", "create", "update"],
+                &["coordination.k8s.io"],
+                &["leases"],
+            ),
+            EVENTS,
+        ],
+        "virt-handler" => vec![
+            (UPDATE, KUBEVIRT, &["virtualmachineinstances"]),
+            (READ, &[""], &["pods"]),
+            (UPDATE, &[""], &["nodes"]),
+            EVENTS,
+        ],
+        "virt-api" => vec![
+            (
+                UPDATE,
+                KUBEVIRT,
+                &["virtualmachineinstances", "virtualmachines"],
+            ),
+            (STATUS, KUBEVIRT, &["virtualmachines/status"]),
+            (
+                &["get", "list", "watch", "create"],
+                KUBEVIRT,
+                &["virtualmachineinstancemigrations"],
+            ),
+            (READ, KUBEVIRT, &["virtualmachineinstancepresets"]),
+            INSTANCETYPES,
+            (READ, &[""], &["pods", "nodes"]),
+            (&["get", "create"], &[""], &["namespaces"]),
+            (APPLY, &[""], &["services"]),
+            (
+                &["create"],
+                &["authorization.k8s.io"],
+                &["subjectaccessreviews"],
+            ),
+            (
+                APPLY,
+                &["rbac.authorization.k8s.io"],
+                &["clusterroles", "clusterrolebindings"],
+            ),
+            (APPLY, &["apiregistration.k8s.io"], &["apiservices"]),
+            (
+                APPLY,
+                &["admissionregistration.k8s.io"],
+                &[
+                    "mutatingwebhookconfigurations",
+                    "validatingwebhookconfigurations",
+                ],
+            ),
+            EVENTS,
+        ],
+        "pod-runner" => vec![
+            (
+                &["get", "list", "watch", "update", "patch", "delete"],
+                &[""],
+                &["pods"],
+            ),
+            (&["create"], &[""], &["pods/binding"]),
+            (STATUS, &[""], &["pods/status", "nodes/status"]),
+            (
+                &["get", "list", "watch", "create", "update", "patch"],
+                &[""],
+                &["nodes"],
+            ),
+            (&["get", "create"], &[""], &["namespaces"]),
+            // The service proxy runs with the pod runner's identity.
+            (READ, &[""], &["services"]),
+            (
+                &["get", "create", "update", "patch"],
+                &["coordination.k8s.io"],
+                &["leases"],
+            ),
+            EVENTS,
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The components' ClusterRoles and ClusterRoleBindings, `kubevirt-rs:<component>`.
+pub fn objects() -> Vec<Value> {
+    let mut objects = Vec::new();
+    for (stem, user, _) in crate::pki::COMPONENTS {
+        let name = format!("kubevirt-rs:{stem}");
+        let labels = serde_json::json!({"kubevirt.io": "", "app.kubernetes.io/component": stem});
+        objects.push(apiserver::rbac::cluster_role(&name, labels, &rules(stem)));
+        objects.push(apiserver::rbac::cluster_role_binding(
+            &name,
+            &name,
+            &[("User", user)],
+        ));
+    }
+    objects
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_component_has_a_role_and_none_is_cluster_admin() {
+        for (stem, _, _) in crate::pki::COMPONENTS {
+            let rules = rules(stem);
+            assert!(!rules.is_empty(), "{stem}");
+            for (verbs, groups, resources) in rules {
+                assert!(
+                    !verbs.contains(&"*") && !groups.contains(&"*") && !resources.contains(&"*")
+                );
+            }
+        }
+        assert_eq!(objects().len(), 2 * crate::pki::COMPONENTS.len());
+    }
+}
