@@ -184,13 +184,7 @@ impl AppState {
             let api_version = obj["apiVersion"].as_str().unwrap_or_default();
             let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
             let kind = obj["kind"].as_str().unwrap_or_default();
-            let Some(r) = self
-                .registry
-                .resources()
-                .iter()
-                .find(|r| r.group == group && r.kind == kind)
-                .cloned()
-            else {
+            let Some(r) = self.resource_of(group, kind) else {
                 return Err(ApiError::bad_request(format!(
                     "no resource of kind {kind} in {api_version}"
                 )));
@@ -215,15 +209,18 @@ impl AppState {
         Ok(())
     }
 
-    /// Deletes the cluster-scoped object `name` of `kind` in `group`, if it is there.
-    pub async fn remove_object(&self, group: &str, kind: &str, name: &str) -> Result<(), ApiError> {
-        let Some(r) = self
-            .registry
+    /// The resource serving `kind` in `group`.
+    fn resource_of(&self, group: &str, kind: &str) -> Option<Arc<Resource>> {
+        self.registry
             .resources()
             .iter()
             .find(|r| r.group == group && r.kind == kind)
             .cloned()
-        else {
+    }
+
+    /// Deletes the cluster-scoped object `name` of `kind` in `group`, if it is there.
+    pub async fn remove_object(&self, group: &str, kind: &str, name: &str) -> Result<(), ApiError> {
+        let Some(r) = self.resource_of(group, kind) else {
             return Ok(());
         };
         let key = r.key(None, Some(name));
