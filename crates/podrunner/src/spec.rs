@@ -3,7 +3,9 @@
 //!
 //! Owns: the image -> program mapping, `command`/`args` (the first word of `command`
 //! names the image's program and is replaced by the mapped binary), and the environment
-//! (the runner's own variables, `POD_*`, then the container's `env`, which wins).
+//! (the runner's own variables, `POD_*`, then the container's `env`, which wins), with
+//! Kubernetes' `$(VAR)` references expanded ([`expand`]): in an `env` value to the
+//! container's variables defined before it, in `command` and `args` to all of them.
 //! Does not own: starting anything ([`crate::process`]).
 
 use std::collections::BTreeMap;
@@ -106,11 +108,23 @@ fn launch(pod: &Pod, c: &Container, host: &Host<'_>) -> Result<Launch, Refusal> 
         env.insert(k.to_owned(), v.clone().unwrap_or_default());
     }
     let mut ordered: Vec<(String, String)> = env.into_iter().collect();
+    // The container's own variables, as `$(VAR)` sees them.
+    let mut defined: BTreeMap<String, String> = BTreeMap::new();
     for var in c.env.iter().flatten() {
-        let value = env_value(pod, var, host)?;
+        let value = match &var.value_from {
+            None => expand(var.value.as_deref().unwrap_or_default(), |n| {
+                defined.get(n).cloned()
+            }),
+            Some(_) => env_value(pod, var, host)?,
+        };
+        defined.insert(var.name.clone(), value.clone());
         ordered.retain(|(k, _)| *k != var.name);
         ordered.push((var.name.clone(), value));
     }
+    let args = args
+        .iter()
+        .map(|a| expand(a, |n| defined.get(n).cloned()))
+        .collect();
     Ok(Launch {
         container: c.name.clone(),
         image,
@@ -119,6 +133,39 @@ fn launch(pod: &Pod, c: &Container, host: &Host<'_>) -> Result<Launch, Refusal> 
         env: ordered,
         working_dir: c.working_dir.clone().unwrap_or_else(|| "/".into()).into(),
     })
+}
+
+/// Kubernetes' variable references: `$(NAME)` becomes `lookup(NAME)`, or stays as written
+/// when that has no value; `$$` is a `$`.
+pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(close) = inner.find(')')
+        {
+            let name = &inner[..close];
+            match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &inner[close + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn env_value(pod: &Pod, var: &EnvVar, host: &Host<'_>) -> Result<String, Refusal> {
@@ -183,6 +230,37 @@ mod tests {
         assert_eq!(l.working_dir, PathBuf::from("/"));
         let l = host_plan(&pod(json!({"name": "c", "image": "img:1", "args": ["a"]}))).unwrap();
         assert_eq!(l.args, ["a"]);
+    }
+
+    #[test]
+    fn variable_references_expand_as_kubernetes_expands_them() {
+        let vars = |n: &str| (n == "A").then(|| "1".to_owned());
+        for (input, want) in [
+            ("$(A)", "1"),
+            ("x-$(A)-y", "x-1-y"),
+            ("$(B)", "$(B)"),
+            ("$$(A)", "$(A)"),
+            ("$$", "$"),
+            ("cost $5", "cost $5"),
+            ("$(A", "$(A"),
+            ("", ""),
+        ] {
+            assert_eq!(expand(input, vars), want, "{input}");
+        }
+        let l = host_plan(&pod(json!({"name": "c", "image": "img:1",
+            "command": ["tool", "--who=$(WHO)"], "args": ["$(GREETING)", "$(NONE)"],
+            "env": [{"name": "WHO", "value": "vm"},
+                    {"name": "GREETING", "value": "hello $(WHO)"},
+                    {"name": "EARLY", "value": "$(LATE)"},
+                    {"name": "LATE", "value": "late"}]})))
+        .unwrap();
+        assert_eq!(l.args, ["--who=vm", "hello vm", "$(NONE)"]);
+        let env: BTreeMap<_, _> = l.env.iter().cloned().collect();
+        assert_eq!(env["GREETING"], "hello vm");
+        assert_eq!(
+            env["EARLY"], "$(LATE)",
+            "only variables defined before are seen"
+        );
     }
 
     #[test]
