@@ -213,7 +213,8 @@ impl TargetSession {
 
 /// What the target's handler writes on the VMI.
 enum TargetEvent {
-    Ready(TargetPorts),
+    /// The target listens at this address and these ports.
+    Ready(String, TargetPorts),
     Running,
     Failed(String),
 }
@@ -297,7 +298,11 @@ async fn follow_target(ctx: Arc<Ctx>, vmi: VirtualMachineInstance, migration_uid
             }
             (MigrationPhase::Ready, _) if !published => {
                 if let Some(ports) = m.ports {
-                    write(TargetEvent::Ready(ports)).await;
+                    let address = m
+                        .address
+                        .clone()
+                        .unwrap_or_else(|| ctx.node_address.clone());
+                    write(TargetEvent::Ready(address, ports)).await;
                     published = true;
                 }
             }
@@ -333,8 +338,8 @@ async fn record(
             return;
         };
         match &event {
-            TargetEvent::Ready(ports) => {
-                state.target_node_address = Some(ctx.node_address.clone());
+            TargetEvent::Ready(address, ports) => {
+                state.target_node_address = Some(address.clone());
                 state.target_direct_migration_node_ports = ports_map(ports);
             }
             TargetEvent::Failed(why) => fail(state, why, now),
@@ -354,7 +359,7 @@ async fn record(
         match vmis.replace(name, &PostParams::default(), &vmi).await {
             Ok(_) => {
                 let what = match event {
-                    TargetEvent::Ready(_) => "target ready",
+                    TargetEvent::Ready(..) => "target ready",
                     TargetEvent::Running => "the guest runs on the target",
                     TargetEvent::Failed(_) => "target failed",
                 };
@@ -394,6 +399,7 @@ mod tests {
             downtime_ms: None,
             pause_ms: None,
             ports: None,
+            address: None,
         }
     }
 

@@ -167,8 +167,10 @@ pub struct MigrationStatus {
     pub downtime_ms: Option<u64>,
     #[serde(default)]
     pub pause_ms: Option<u64>,
-    /// Target: where it listens, once ready.
+    /// Target: where it listens, once ready: its address and ports.
     pub ports: Option<TargetPorts>,
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// An interface inside the guest, as the guest agent reports it.

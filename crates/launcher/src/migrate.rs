@@ -81,9 +81,18 @@ pub fn local_disks(vmi: &VirtualMachineInstance) -> Vec<String> {
         .collect()
 }
 
-/// A free TCP port on loopback, picked by the kernel.
-fn free_port() -> Result<u16, MigrateError> {
-    StdListener::bind((Ipv4Addr::LOCALHOST, 0))
+/// Where a migration target listens: the pod's address (`POD_IP`, which the launcher pod
+/// sets from `status.podIP`), else loopback.
+pub fn listen_address() -> Ipv4Addr {
+    std::env::var("POD_IP")
+        .ok()
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or(Ipv4Addr::LOCALHOST)
+}
+
+/// A free TCP port on `ip`, picked by the kernel.
+fn free_port(ip: Ipv4Addr) -> Result<u16, MigrateError> {
+    StdListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(io("picking a free port"))
@@ -97,6 +106,8 @@ pub fn target_args() -> Vec<String> {
 /// A target waiting for its source.
 #[derive(Debug)]
 pub struct Incoming {
+    /// The address the streams are expected on.
+    pub address: Ipv4Addr,
     pub ports: TargetPorts,
     handover: TcpListener,
 }
@@ -104,12 +115,13 @@ pub struct Incoming {
 impl Incoming {
     /// Exports `disks` and starts listening, on a QEMU started with [`target_args`].
     pub async fn listen(qmp: &Qmp, disks: &[String]) -> Result<Self, MigrateError> {
-        let handover = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        let address = listen_address();
+        let handover = TcpListener::bind((address, 0))
             .await
             .map_err(io("listening for the hand-over"))?;
         let ports = TargetPorts {
-            memory: free_port()?,
-            disks: free_port()?,
+            memory: free_port(address)?,
+            disks: free_port(address)?,
             handover: handover
                 .local_addr()
                 .map_err(io("hand-over address"))?
@@ -123,7 +135,7 @@ impl Incoming {
         qmp.execute(
             "nbd-server-start",
             Some(json!({"addr": {"type": "inet", "data": {
-                "host": "127.0.0.1", "port": ports.disks.to_string()}}})),
+                "host": address.to_string(), "port": ports.disks.to_string()}}})),
         )
         .await?;
         for node in disks {
@@ -136,11 +148,15 @@ impl Incoming {
         }
         qmp.execute(
             "migrate-incoming",
-            Some(json!({"uri": format!("tcp:127.0.0.1:{}", ports.memory)})),
+            Some(json!({"uri": format!("tcp:{address}:{}", ports.memory)})),
         )
         .await?;
-        info!(?ports, "waiting for the migration source");
-        Ok(Self { ports, handover })
+        info!(%address, ?ports, "waiting for the migration source");
+        Ok(Self {
+            address,
+            ports,
+            handover,
+        })
     }
 
     /// Waits for the source's hand-over, appends the console history it brings to

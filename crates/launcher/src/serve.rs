@@ -530,6 +530,7 @@ fn migration_status(uid: String, role: MigrationRole) -> MigrationStatus {
         downtime_ms: None,
         pause_ms: None,
         ports: None,
+        address: None,
     }
 }
 
@@ -556,9 +557,11 @@ async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     match Incoming::listen(&qmp, &migrate::local_disks(&vmi)).await {
         Ok(incoming) => {
             let ports = incoming.ports;
+            let address = incoming.address.to_string();
             shared.set_migration(|m| {
                 m.phase = MigrationPhase::Ready;
                 m.ports = Some(ports);
+                m.address = Some(address);
             });
             let shared = shared.clone();
             tokio::spawn(async move {
