@@ -316,7 +316,8 @@ pub(crate) async fn evacuate(vmi: &VirtualMachineInstance, ctx: &Context) -> Res
             );
             Ok(())
         }
-        Err(e) if is_conflict(&e) || matches!(&e, kube::Error::Api(s) if s.code == 409) => Ok(()),
+        // 409: this attempt's migration exists already.
+        Err(e) if is_conflict(&e) => Ok(()),
         Err(e) => Err(Error::api(
             "create",
             "VirtualMachineInstanceMigration",

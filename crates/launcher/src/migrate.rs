@@ -346,12 +346,14 @@ async fn abandon_mirrors(qmp: &Qmp, disks: &[String]) {
                 .await
             {
                 Ok(_) => break,
-                Err(e) if e.class() == Some("GenericError") => {
+                Err(e)
                     if e.to_string().contains("not found")
-                        || e.to_string().contains("Failed to find")
-                    {
-                        break;
-                    }
+                        || e.to_string().contains("Failed to find") =>
+                {
+                    break;
+                }
+                // Still in use by the ending job.
+                Err(e) if e.class() == Some("GenericError") => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(_) => break,

@@ -137,8 +137,8 @@ pub(crate) async fn open_vnc(ctx: &Ctx, name: &str) -> Result<Socket, Error> {
     open(ctx, name, "vnc", Duration::ZERO).await
 }
 
-/// `virtctl vnc NAME`: a local port whose first connection is piped to the VMI's VNC.
-pub async fn vnc(ctx: &Ctx, name: &str, proxy_only: bool, port: u16) -> Result<(), Error> {
+/// A listener on 127.0.0.1:`port` (0: any free one), and the port it got.
+pub(crate) async fn listen_locally(port: u16) -> Result<(tokio::net::TcpListener, u16), Error> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(Error::io(format!("listening on 127.0.0.1:{port}")))?;
@@ -146,6 +146,12 @@ pub async fn vnc(ctx: &Ctx, name: &str, proxy_only: bool, port: u16) -> Result<(
         .local_addr()
         .map_err(Error::io("the local port"))?
         .port();
+    Ok((listener, port))
+}
+
+/// `virtctl vnc NAME`: a local port whose first connection is piped to the VMI's VNC.
+pub async fn vnc(ctx: &Ctx, name: &str, proxy_only: bool, port: u16) -> Result<(), Error> {
+    let (listener, port) = listen_locally(port).await?;
     println!("{}", json!({"port": port}));
     let _ = std::io::stdout().flush();
     if !proxy_only {

@@ -31,13 +31,7 @@ pub async fn serve(ctx: &Ctx, name: &str, port: u16) -> Result<(), Error> {
     vmis.get(name).await.map_err(Error::kube(format!(
         "getting VirtualMachineInstance {name}"
     )))?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(Error::io(format!("listening on 127.0.0.1:{port}")))?;
-    let port = listener
-        .local_addr()
-        .map_err(Error::io("the local port"))?
-        .port();
+    let (listener, port) = crate::stream::listen_locally(port).await?;
     let url = format!("http://127.0.0.1:{port}/");
     println!("{}", json!({"port": port, "url": url}));
     eprintln!("Open {url} in a browser to see {name}'s display (Ctrl-C ends).");

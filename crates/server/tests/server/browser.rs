@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    BIN, Scratch, System, Tls, free_port, https_client, kubectl, kubectl_ok, virtctl, wait_until,
+    BIN, Scratch, System, Tls, free_port, https_client, kubectl, kubectl_ok, upstream_example,
+    virtctl, wait_until,
 };
 
 /// A child process killed when dropped.
@@ -106,14 +107,6 @@ impl Browser {
     }
 }
 
-fn example(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/upstream-examples")
-        .join(name)
-        .display()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vmi_display_shows_in_a_browser_without_a_viewer() {
     let scratch = Scratch::new();
@@ -123,7 +116,7 @@ async fn the_vmi_display_shows_in_a_browser_without_a_viewer() {
     kubectl_ok(
         &kc,
         &scratch,
-        &["apply", "-f", &example("vmi-ephemeral.yaml")],
+        &["apply", "-f", &upstream_example("vmi-ephemeral.yaml")],
     );
     kubectl_ok(
         &kc,

@@ -14,16 +14,8 @@ use nix::unistd::Pid;
 
 use crate::support::{
     BIN, Scratch, Server, System, collect, http_get, kube_client, kubectl, kubectl_ok, qemu_pids,
-    wait_until,
+    upstream_example, wait_until,
 };
-
-fn example(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/upstream-examples")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 fn virtctl(kubeconfig: &Path, args: &[&str]) -> String {
     let out = crate::support::virtctl(kubeconfig, args);
@@ -243,7 +235,7 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
     kubectl_ok(
         &kc,
         &scratch,
-        &["apply", "-f", &example("vmi-migratable.yaml")],
+        &["apply", "-f", &upstream_example("vmi-migratable.yaml")],
     );
     wait_running(server, &client, "vmi-migratable").await;
     let before = vmi(&client, "vmi-migratable").await;
@@ -258,7 +250,7 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
     kubectl_ok(
         &kc,
         &scratch,
-        &["apply", "-f", &example("migration-job.yaml")],
+        &["apply", "-f", &upstream_example("migration-job.yaml")],
     );
     let done = wait_phase(
         server,

@@ -330,6 +330,15 @@ pub fn kubectl_ok(kubeconfig: &Path, scratch: &Scratch, args: &[&str]) -> String
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The path of `name` in ../shared/upstream-examples.
+pub fn upstream_example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/upstream-examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
 pub fn cirros_manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream-examples/vm-cirros.yaml")
 }
