@@ -110,6 +110,8 @@ start() {
   # Fresh runtime state; the capability cache in $BASE/cache is kept.
   rm -rf "$RUN" "$BASE/lib"
   mkdir -p "$RUN" "$BASE/lib"
+  # The mount points: /run is a tmpfs that starts empty when systemd's tmpfiles did not run.
+  mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
   # The daemons daemonize (-d) inside the new mount namespace; it lives as long as they do,
   # and the QEMU processes libvirtd starts inherit it.
   # libvirt 9.0 keys its capability cache on the host CPUID it reads in-process, including

@@ -63,7 +63,7 @@ fn managers() -> proc::Beyond {
         .map(proc::whole)
         .fold(proc::Beyond::default(), |a, b| proc::Beyond {
             rss: a.rss + b.rss,
-            private: a.private + b.private,
+            anon: a.anon + b.anon,
         })
 }
 
@@ -118,7 +118,7 @@ pub fn measure(runs: usize, memory_mib: u64) -> anyhow::Result<Vec<Sample>> {
         let m = managers();
         s.manager = proc::Beyond {
             rss: s.manager.rss.max(m.rss),
-            private: s.manager.private.max(m.private),
+            anon: s.manager.anon.max(m.anon),
         };
         lv.virsh(&["destroy", &name])?;
         // The first run warms libvirt's capability cache; it is not counted.

@@ -110,7 +110,7 @@ pub fn measure(launcher: &Path, runs: usize, memory_mib: u64) -> anyhow::Result<
         let m = proc::whole(child.id());
         s.manager = proc::Beyond {
             rss: s.manager.rss.max(m.rss),
-            private: s.manager.private.max(m.private),
+            anon: s.manager.anon.max(m.anon),
         };
         stop(child)?;
         samples.push(s);

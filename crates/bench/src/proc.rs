@@ -57,27 +57,29 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Memory of a process outside its guest-RAM mapping (the one mapping of exactly
-/// `guest_bytes`), in KiB: resident, and private (not shared with any other process, so
-/// what each further VM adds on a node where the QEMU binary and libraries are already in
-/// memory).
+/// `guest_bytes`), in KiB: resident, and anonymous (heap, stacks, written data: pages no
+/// other process can share, so what each further VM adds on a node where the binary and
+/// its libraries are already in memory). Unlike `Private_*`, which counts a file page as
+/// private while no other process maps it, the anonymous figure does not depend on what
+/// else runs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Beyond {
     pub rss: u64,
-    pub private: u64,
+    pub anon: u64,
 }
 
 pub fn beyond_guest(pid: u32, guest_bytes: u64) -> Beyond {
     Beyond {
         rss: sum_beyond(pid, guest_bytes, &["Rss:"]),
-        private: sum_beyond(pid, guest_bytes, &["Private_Clean:", "Private_Dirty:"]),
+        anon: sum_beyond(pid, guest_bytes, &["Anonymous:"]),
     }
 }
 
-/// `VmRSS` and private KiB of a whole process.
+/// `VmRSS` and anonymous KiB of a whole process.
 pub fn whole(pid: u32) -> Beyond {
     Beyond {
         rss: rss_kib(pid),
-        private: sum_beyond(pid, u64::MAX, &["Private_Clean:", "Private_Dirty:"]),
+        anon: sum_beyond(pid, u64::MAX, &["Anonymous:"]),
     }
 }
 

@@ -34,7 +34,7 @@ pub struct Sample {
     pub running: proc::Beyond,
 }
 
-/// Medians: latency in ms, memory as (RSS, private) MiB.
+/// Medians: latency in ms, memory as (RSS, anonymous) MiB.
 struct Summary {
     start_ms: f64,
     manager: (f64, f64),
@@ -46,12 +46,7 @@ fn summarize(samples: &[Sample]) -> Summary {
     let mib = |f: fn(&Sample) -> proc::Beyond| {
         (
             median(samples.iter().map(|s| f(s).rss as f64 / 1024.0).collect()),
-            median(
-                samples
-                    .iter()
-                    .map(|s| f(s).private as f64 / 1024.0)
-                    .collect(),
-            ),
+            median(samples.iter().map(|s| f(s).anon as f64 / 1024.0).collect()),
         )
     };
     Summary {
@@ -75,7 +70,7 @@ pub fn run(cli: &VmArgs) -> anyhow::Result<()> {
         "guest: tiny test guest, {} MiB, 1 vCPU, TCG; medians of {} runs",
         cli.memory_mib, cli.runs
     );
-    println!("memory in MiB as resident (RSS) / private (what one more VM adds)\n");
+    println!("memory in MiB as resident (RSS) / anonymous (what one more VM adds)\n");
     println!("| measure | kubevirt-rs launcher | libvirt (virsh create) | libvirt / ours |");
     println!("|---|---|---|---|");
     let ms = |name: &str, ours: f64, theirs: Option<f64>| match theirs {

@@ -32,10 +32,14 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start(http: reqwest::Client) -> Self {
+    /// Chromium keeps its profile under `TMPDIR`: pointing that into the scratch directory
+    /// leaves nothing behind in /tmp when the browser is killed rather than quit.
+    async fn start(http: reqwest::Client, tmp: &Path) -> Self {
         let port = free_port();
+        std::fs::create_dir_all(tmp).unwrap();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", tmp)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -185,7 +189,7 @@ async fn the_vmi_display_shows_in_a_browser_without_a_viewer() {
     let missing = http.get(format!("{url}nosuch")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 
-    let browser = Browser::start(http).await;
+    let browser = Browser::start(http, &scratch.path("browser-tmp")).await;
     browser.open(&url).await;
     let shown = wait_until(
         "the display in the browser",
