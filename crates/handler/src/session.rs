@@ -123,6 +123,7 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
                     guest_os_info: None,
                     fs_freeze_status: None,
                     migration: None,
+                    readiness: None,
                 };
                 report(&ctx, &vmis, &name, &uid, &gone).await;
                 return;

@@ -186,7 +186,13 @@ pub fn apply(
             exit: Exit::Migrated,
         } => return status,
         DomainState::Running => {
-            set_condition(conditions, "Ready", Some(("True", "", "")), now);
+            // With a readiness probe the guest is ready once it passes (upstream copies
+            // the launcher pod's Ready condition, which the kubelet's probe drives).
+            let ready = match &launcher.readiness {
+                Some(r) if !r.ready => ("False", "ContainersNotReady", r.message.as_str()),
+                _ => ("True", "", ""),
+            };
+            set_condition(conditions, "Ready", Some(ready), now);
             let agent = launcher.agent_connected.then_some(("True", "", ""));
             set_condition(conditions, "AgentConnected", agent, now);
             set_condition(conditions, "Paused", None, now);
@@ -299,11 +305,49 @@ mod tests {
             guest_os_info: None,
             fs_freeze_status: None,
             migration: None,
+            readiness: None,
         }
     }
 
     fn condition<'a>(s: &'a VirtualMachineInstanceStatus, t: &str) -> Option<&'a Condition> {
         s.conditions.iter().find(|c| c.type_ == t)
+    }
+
+    #[test]
+    fn a_readiness_probe_holds_ready_until_it_passes() {
+        let now = Timestamp::now();
+        let mut r = report(DomainState::Running, false);
+        r.readiness = Some(launcher_proto::Readiness {
+            ready: false,
+            message: "GET / on port 80: HTTP 503".into(),
+        });
+        let s = apply(&vmi("Scheduled"), &r, None, now);
+        assert_eq!(s.phase, Some(VmiPhase::Running));
+        let ready = condition(&s, "Ready").unwrap();
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_deref(),
+                ready.message.as_deref()
+            ),
+            (
+                "False",
+                Some("ContainersNotReady"),
+                Some("GET / on port 80: HTTP 503")
+            )
+        );
+        let mut running = vmi("Running");
+        running.status = Some(s);
+        r.readiness = Some(launcher_proto::Readiness {
+            ready: true,
+            message: String::new(),
+        });
+        let s = apply(&running, &r, None, now);
+        let ready = condition(&s, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("True", None)
+        );
     }
 
     #[test]

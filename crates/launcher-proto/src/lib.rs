@@ -261,6 +261,19 @@ pub struct Status {
     /// The migration this launcher takes part in, if any.
     #[serde(default)]
     pub migration: Option<MigrationStatus>,
+    /// The readiness probe's verdict; `None` when the VMI has no readiness probe.
+    #[serde(default)]
+    pub readiness: Option<Readiness>,
+}
+
+/// Whether the guest passes its readiness probe, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    pub ready: bool,
+    /// The last failure, while not ready.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// A launcher's answer.
@@ -441,6 +454,7 @@ mod tests {
             guest_os_info: None,
             fs_freeze_status: None,
             migration: None,
+            readiness: None,
         }));
         let line = serde_json::to_string(&Envelope {
             version: VERSION,

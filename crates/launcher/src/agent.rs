@@ -230,6 +230,43 @@ impl Agent {
         self.ask("guest-fsfreeze-thaw", timeout).await.map(|_| ())
     }
 
+    /// Runs `command` (a path and its arguments) in the guest (`guest-exec`) and waits for
+    /// it to end; its exit code. Each agent call gets `timeout`; the caller bounds the
+    /// whole.
+    pub async fn exec(&self, command: &[String], timeout: Duration) -> Result<i64, AgentError> {
+        let (path, args) = command.split_first().ok_or(AgentError::Refused {
+            command: "guest-exec".into(),
+            message: "no command".into(),
+        })?;
+        let started = self
+            .call(
+                "guest-exec",
+                Some(json!({"path": path, "arg": args, "capture-output": true})),
+                timeout,
+                true,
+            )
+            .await?
+            .unwrap_or_default();
+        let pid = started["pid"]
+            .as_i64()
+            .ok_or_else(|| AgentError::Malformed(started.to_string()))?;
+        loop {
+            let status = self
+                .call(
+                    "guest-exec-status",
+                    Some(json!({"pid": pid})),
+                    timeout,
+                    true,
+                )
+                .await?
+                .unwrap_or_default();
+            if status["exited"] == json!(true) {
+                return Ok(status["exitcode"].as_i64().unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Asks the guest to reboot itself.
     pub async fn reboot(&self, timeout: Duration) -> Result<(), AgentError> {
         self.call(

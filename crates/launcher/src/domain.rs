@@ -184,6 +184,16 @@ impl Domain {
         }
     }
 
+    /// The user-mode networks' connections, as HMP `info usernet` lists them.
+    pub async fn usernet(&self) -> Result<String, DomainError> {
+        let args = serde_json::json!({"command-line": "info usernet"});
+        let out = self
+            .qmp
+            .execute("human-monitor-command", Some(args))
+            .await?;
+        Ok(out.as_str().unwrap_or_default().to_owned())
+    }
+
     /// Writes the display's current picture to `path` as PNG (QMP `screendump`).
     pub async fn screenshot(&self, path: &std::path::Path) -> Result<(), DomainError> {
         let args = serde_json::json!({"filename": path, "format": "png"});

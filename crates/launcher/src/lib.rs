@@ -21,6 +21,7 @@ pub mod domain;
 pub mod image;
 pub mod migrate;
 pub mod paths;
+pub mod probe;
 pub mod registries;
 pub mod serve;
 pub mod standalone;

@@ -19,7 +19,7 @@ use api::defaults::{DefaultsConfig, set_vmi_defaults};
 use api::v1::{StartStrategy, VirtualMachineInstance};
 use launcher_proto::{
     Conn, DomainInterface, DomainState, Exit, MigrationOptions, MigrationPhase, MigrationRole,
-    MigrationStatus, Request, Response, Status, TargetPorts,
+    MigrationStatus, Readiness, Request, Response, Status, TargetPorts,
 };
 use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
@@ -32,6 +32,7 @@ use crate::agent::{Agent, AgentError};
 use crate::domain;
 use crate::migrate::{self, Incoming};
 use crate::paths::NodePaths;
+use crate::probe;
 use crate::standalone::{LaunchConfig, Launched, RunError, launch_with};
 
 /// Options of `virt-launcher serve`.
@@ -70,6 +71,11 @@ struct Shared {
     pod_netdev: OnceLock<Option<(String, std::net::Ipv4Addr)>>,
     /// Guest port -> the local address forwarding to it.
     forwards: Mutex<std::collections::HashMap<u16, std::net::SocketAddrV4>>,
+    /// The same for probes, apart, so that a probe's connection is the only one on its
+    /// forward.
+    probe_forwards: Mutex<std::collections::HashMap<u16, std::net::SocketAddrV4>>,
+    /// Why the guest was ended for failing its liveness probe.
+    liveness_failed: OnceLock<String>,
     /// Set to abort the outgoing migration.
     cancel_migration: watch::Sender<bool>,
     /// The guest left for another node: QEMU's end is reported as [`Exit::Migrated`].
@@ -122,6 +128,7 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
             guest_os_info: None,
             fs_freeze_status: None,
             migration: None,
+            readiness: None,
         }),
         launched: Mutex::new(None),
         config: LaunchConfig {
@@ -140,6 +147,8 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
         pod_netdev: OnceLock::new(),
         local_disks: OnceLock::new(),
         forwards: Mutex::new(std::collections::HashMap::new()),
+        probe_forwards: Mutex::new(std::collections::HashMap::new()),
+        liveness_failed: OnceLock::new(),
         cancel_migration: watch::Sender::new(false),
         migrated: AtomicBool::new(false),
         migrating: AtomicBool::new(false),
@@ -365,7 +374,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             };
             result.unwrap_or_else(|e| refused(e.to_string(), matches!(e, AgentError::NotConnected)))
         }
-        Request::PortForward { port } => match forward(shared, port).await {
+        Request::PortForward { port } => match forward(shared, port, false).await {
             Ok(address) => Response::Value {
                 value: serde_json::json!({"address": address.to_string()}),
             },
@@ -435,6 +444,7 @@ async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     let _ = shared.agent.set(agent.clone());
     tokio::spawn(watch_agent(agent, shared.clone()));
     *shared.launched.lock().await = Some(launched);
+    start_probes(&vmi, &shared);
     if let Err(e) = started {
         warn!(error = %e, "vCPUs did not start");
     }
@@ -501,10 +511,14 @@ async fn follow_domain(
 ) {
     loop {
         let mut mapped = map_state(&state.borrow_and_update(), paused);
-        if let DomainState::Exited { exit } = &mut mapped
-            && shared.migrated.load(Ordering::SeqCst)
-        {
-            *exit = Exit::Migrated;
+        if let DomainState::Exited { exit } = &mut mapped {
+            if shared.migrated.load(Ordering::SeqCst) {
+                *exit = Exit::Migrated;
+            } else if let Some(why) = shared.liveness_failed.get() {
+                *exit = Exit::Crashed {
+                    message: why.clone(),
+                };
+            }
         }
         if matches!(mapped, DomainState::Paused { .. }) && shared.migrating.load(Ordering::SeqCst) {
             // The switch-over: the guest is about to run on the target.
@@ -570,6 +584,7 @@ async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
                         info!("migrated in: the guest runs here");
                         shared.set_migration(|m| m.phase = MigrationPhase::Completed);
                         tokio::spawn(watch_agent(agent, shared.clone()));
+                        start_probes(&vmi, &shared);
                         take_over_ports(&shared, forwards, &config.port_address).await;
                     }
                     Err(e) => fail_target(&shared, e.to_string()).await,
@@ -706,9 +721,17 @@ async fn start_source(
 }
 
 /// A local address forwarding to the guest's TCP `port` on the pod network (made once
-/// per port).
-async fn forward(shared: &Arc<Shared>, port: u16) -> Result<std::net::SocketAddrV4, String> {
-    let mut forwards = shared.forwards.lock().await;
+/// per port; probes have their own).
+async fn forward(
+    shared: &Arc<Shared>,
+    port: u16,
+    for_probes: bool,
+) -> Result<std::net::SocketAddrV4, String> {
+    let mut forwards = if for_probes {
+        shared.probe_forwards.lock().await
+    } else {
+        shared.forwards.lock().await
+    };
     if let Some(address) = forwards.get(&port) {
         return Ok(*address);
     }
@@ -814,6 +837,94 @@ async fn watch_agent(agent: Arc<Agent>, shared: Arc<Shared>) {
                 s.guest_interfaces = interfaces;
                 changed
             });
+        }
+    }
+}
+
+/// Starts the VMI's probes. A readiness probe makes the guest unready until it passes; a
+/// failed liveness probe ends the guest ([`probe`]).
+fn start_probes(vmi: &VirtualMachineInstance, shared: &Arc<Shared>) {
+    let specs = [
+        (probe::Role::Readiness, &vmi.spec.readiness_probe),
+        (probe::Role::Liveness, &vmi.spec.liveness_probe),
+    ];
+    for (role, spec) in specs {
+        let Some(spec) = spec else { continue };
+        let p = match probe::Probe::from_spec(vmi, spec) {
+            Ok(p) => p,
+            Err(why) => {
+                warn!(?role, why, "the probe cannot run");
+                continue;
+            }
+        };
+        if role == probe::Role::Readiness {
+            shared.status.send_modify(|s| {
+                s.readiness = Some(Readiness {
+                    ready: false,
+                    message: "the readiness probe has not passed yet".into(),
+                })
+            });
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let guest = ProbedGuest(shared.clone());
+            let report = |ready: bool, message: String| {
+                shared
+                    .status
+                    .send_modify(|s| s.readiness = Some(Readiness { ready, message }))
+            };
+            if let Some(why) = probe::run(&guest, &p, role, report).await {
+                warn!(why, "ending the guest");
+                let _ = shared.liveness_failed.set(why);
+                stop(&shared, "liveness probe failed", Duration::ZERO).await;
+            }
+        });
+    }
+}
+
+/// The guest as the probes reach it.
+struct ProbedGuest(Arc<Shared>);
+
+impl probe::Guest for ProbedGuest {
+    fn activity(&self) -> probe::Activity {
+        match self.0.status.borrow().state {
+            DomainState::Running => probe::Activity::Running,
+            DomainState::Exited { .. } | DomainState::Failed { .. } => probe::Activity::Ended,
+            _ => probe::Activity::Waiting,
+        }
+    }
+
+    async fn changed(&self) {
+        let mut rx = self.0.status.subscribe();
+        let _ = rx.changed().await;
+    }
+
+    async fn forward(&self, port: u16) -> Result<std::net::SocketAddrV4, String> {
+        forward(&self.0, port, true).await
+    }
+
+    async fn usernet(&self) -> Result<String, String> {
+        let guard = self.0.launched.lock().await;
+        let launched = guard.as_ref().ok_or("the domain has not started")?;
+        launched.domain.usernet().await.map_err(|e| e.to_string())
+    }
+
+    async fn exec(&self, command: &[String]) -> Result<i64, String> {
+        let agent = self
+            .0
+            .agent
+            .get()
+            .ok_or("the guest agent is not connected")?;
+        agent
+            .exec(command, AGENT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn ping(&self, timeout: Duration) -> bool {
+        match self.0.agent.get() {
+            Some(agent) => agent.ping(timeout).await,
+            None => false,
         }
     }
 }

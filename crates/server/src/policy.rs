@@ -138,8 +138,10 @@ pub fn rules(component: &str) -> Vec<Rule> {
                 &["nodes"],
             ),
             (&["get", "create"], &[""], &["namespaces"]),
-            // The service proxy runs with the pod runner's identity.
+            // The service proxy runs with the pod runner's identity; it sends only to
+            // ready VMIs.
             (READ, &[""], &["services"]),
+            (READ, &["kubevirt.io"], &["virtualmachineinstances"]),
             (
                 &["get", "create", "update", "patch"],
                 &["coordination.k8s.io"],

@@ -3,7 +3,9 @@
 //! (a loopback address, see the API server's allocation) and, for NodePort and
 //! LoadBalancer services, at `127.0.0.1:<nodePort>`.
 //!
-//! Each connection goes to one of the Service's ready pods, in turn. A launcher pod is
+//! Each connection goes to one of the Service's ready pods, in turn. A launcher pod counts
+//! as ready while its VMI is Ready (its readiness probe passes, it is not paused), as on a
+//! cluster, where the kubelet runs the VMI's probe against the launcher pod. It is
 //! reached the way its masquerade binding is on a cluster: the launcher forwards the
 //! target port to the guest (`PortForward` over its control socket, under the run
 //! directory of the pod's node). Any other pod is reached at its IP and the target port.
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use api::v1::VirtualMachineInstance;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -79,7 +82,25 @@ fn routes(services: &[Arc<Service>]) -> HashMap<SocketAddr, Route> {
     wanted
 }
 
-fn ready(pod: &Pod) -> bool {
+/// Whether `pod` takes connections; a launcher pod only while its VMI is Ready.
+fn ready(pod: &Pod, vmis: &Store<VirtualMachineInstance>) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    let vmi_uid = labels
+        .filter(|l| l.get("kubevirt.io").map(String::as_str) == Some("virt-launcher"))
+        .and_then(|l| l.get("kubevirt.io/created-by"));
+    if let Some(uid) = vmi_uid {
+        let vmi_ready = vmis.state().iter().any(|v| {
+            v.metadata.uid.as_ref() == Some(uid)
+                && v.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+        });
+        if !vmi_ready {
+            return false;
+        }
+    }
     pod.metadata.deletion_timestamp.is_none()
         && pod.status.as_ref().is_some_and(|s| {
             s.phase.as_deref() == Some("Running")
@@ -91,7 +112,11 @@ fn ready(pod: &Pod) -> bool {
 }
 
 /// The ready pods a route sends to.
-fn backends(pods: &Store<Pod>, route: &Route) -> Vec<Arc<Pod>> {
+fn backends(
+    pods: &Store<Pod>,
+    vmis: &Store<VirtualMachineInstance>,
+    route: &Route,
+) -> Vec<Arc<Pod>> {
     let mut found: Vec<Arc<Pod>> = pods
         .state()
         .into_iter()
@@ -100,7 +125,7 @@ fn backends(pods: &Store<Pod>, route: &Route) -> Vec<Arc<Pod>> {
             let labels = p.metadata.labels.clone().unwrap_or_default();
             route.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
         })
-        .filter(|p| ready(p))
+        .filter(|p| ready(p, vmis))
         .collect();
     found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     found
@@ -164,13 +189,24 @@ async fn dial(pod: &Pod, port: u16, run_dirs: &RunDirs) -> Result<TcpStream, Str
         .map_err(|e| format!("{ip}:{port}: {e}"))
 }
 
-async fn serve(listener: TcpListener, route: Route, pods: Store<Pod>, run_dirs: Arc<RunDirs>) {
+/// What a served address needs to pick a backend.
+#[derive(Clone)]
+struct Stores {
+    pods: Store<Pod>,
+    vmis: Store<VirtualMachineInstance>,
+}
+
+async fn serve(listener: TcpListener, route: Route, stores: Stores, run_dirs: Arc<RunDirs>) {
     let turn = Arc::new(AtomicUsize::new(0));
     while let Ok((mut client, peer)) = listener.accept().await {
-        let (route, pods, run_dirs, turn) =
-            (route.clone(), pods.clone(), run_dirs.clone(), turn.clone());
+        let (route, stores, run_dirs, turn) = (
+            route.clone(),
+            stores.clone(),
+            run_dirs.clone(),
+            turn.clone(),
+        );
         tokio::spawn(async move {
-            let candidates = backends(&pods, &route);
+            let candidates = backends(&stores.pods, &stores.vmis, &route);
             if candidates.is_empty() {
                 debug!(service = %route.service, %peer, "no ready pod");
                 return;
@@ -202,11 +238,21 @@ pub async fn run(client: kube::Client, run_dirs: RunDirs) -> anyhow::Result<()> 
     .default_backoff()
     .reflect(service_writer)
     .touched_objects();
-    let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
+    let (vmis, vmi_writer) = reflector::store::<VirtualMachineInstance>();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(pod_writer)
         .touched_objects();
+    let vmi_events = watcher(
+        Api::<VirtualMachineInstance>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(vmi_writer)
+    .touched_objects();
     tokio::spawn(pod_events.for_each(|_| async {}));
+    tokio::spawn(vmi_events.for_each(|_| async {}));
+    let stores = Stores { pods, vmis };
     let mut service_events = std::pin::pin!(service_events);
     let mut serving: HashMap<SocketAddr, (Route, JoinHandle<()>)> = HashMap::new();
     while let Some(event) = service_events.next().await {
@@ -233,7 +279,7 @@ pub async fn run(client: kube::Client, run_dirs: RunDirs) -> anyhow::Result<()> 
                     let task = tokio::spawn(serve(
                         listener,
                         route.clone(),
-                        pods.clone(),
+                        stores.clone(),
                         run_dirs.clone(),
                     ));
                     serving.insert(addr, (route, task));
@@ -279,5 +325,35 @@ mod tests {
         assert_eq!(addrs, ["127.0.0.1:30080", "127.10.0.7:80"]);
         let route = &got[&"127.10.0.7:80".parse().unwrap()];
         assert_eq!(route.target, IntOrString::Int(8080));
+    }
+
+    #[test]
+    fn a_launcher_pod_takes_connections_only_while_its_vmi_is_ready() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "virt-launcher-web-abcde", "namespace": "default",
+                "labels": {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": "u1"}},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}))
+        .unwrap();
+        let vmi = |ready: &str| -> VirtualMachineInstance {
+            serde_json::from_value(json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+                "spec": {"domain": {"devices": {}}},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}]}}))
+            .unwrap()
+        };
+        let (vmis, mut writer) = reflector::store::<VirtualMachineInstance>();
+        assert!(!ready(&pod, &vmis), "no VMI known");
+        writer.apply_watcher_event(&watcher::Event::Apply(vmi("False")));
+        assert!(!ready(&pod, &vmis), "VMI not ready");
+        writer.apply_watcher_event(&watcher::Event::Apply(vmi("True")));
+        assert!(ready(&pod, &vmis));
+        let mut plain = pod.clone();
+        plain.metadata.labels = None;
+        let (none, _) = reflector::store::<VirtualMachineInstance>();
+        assert!(
+            ready(&plain, &none),
+            "other pods go by their own Ready condition"
+        );
     }
 }

@@ -156,3 +156,73 @@ fn names_follow_dns_1123() {
         assert!(dns1123_subdomain(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn probes_need_one_action_a_real_port_and_sane_counts() {
+    use CauseReason::*;
+    let got = causes(
+        "
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: probed}
+spec:
+  domain:
+    devices:
+      interfaces: [{name: default, masquerade: {}, ports: [{name: http, port: 80}]}]
+    memory: {guest: 64Mi}
+  networks: [{name: default, pod: {}}]
+  livenessProbe:
+    tcpSocket: {port: 0}
+    guestAgentPing: {}
+    successThreshold: 2
+    periodSeconds: -1
+  readinessProbe:
+    httpGet: {port: https, scheme: FTP}
+",
+    );
+    let expected = [
+        ("spec.livenessProbe", FieldValueForbidden),
+        ("spec.livenessProbe.tcpSocket.port", FieldValueInvalid),
+        ("spec.livenessProbe.periodSeconds", FieldValueInvalid),
+        ("spec.livenessProbe.successThreshold", FieldValueInvalid),
+        ("spec.readinessProbe.httpGet.port", FieldValueInvalid),
+        ("spec.readinessProbe.httpGet.scheme", FieldValueNotSupported),
+    ];
+    for (field, reason) in expected {
+        assert!(
+            got.contains(&(field.to_string(), reason)),
+            "missing {field} {reason:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "{got:#?}");
+    let ok = causes(
+        "
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: probed}
+spec:
+  domain:
+    devices:
+      interfaces: [{name: default, masquerade: {}, ports: [{name: http, port: 80}]}]
+    memory: {guest: 64Mi}
+  networks: [{name: default, pod: {}}]
+  livenessProbe: {tcpSocket: {port: 22}, initialDelaySeconds: 30}
+  readinessProbe: {httpGet: {port: http, path: /healthz}}
+",
+    );
+    assert!(ok.is_empty(), "{ok:#?}");
+    let none = causes(
+        "
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: probed}
+spec:
+  domain: {memory: {guest: 64Mi}}
+  readinessProbe: {periodSeconds: 5}
+",
+    );
+    assert_eq!(
+        none,
+        [("spec.readinessProbe".to_string(), FieldValueRequired)]
+    );
+}

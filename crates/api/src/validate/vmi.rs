@@ -28,6 +28,7 @@ pub fn validate_vmi_spec(
     resources(spec, &domain, is_vmi, c);
     cpu(spec, &domain, c);
     disks_and_volumes(spec, at, c);
+    probes(spec, at, c);
     networks_and_interfaces(spec, at, c);
     firmware(spec, &domain, c);
     devices(spec, &domain, c);
@@ -181,6 +182,89 @@ fn cpu(spec: &VirtualMachineInstanceSpec, domain: &str, c: &mut Causes) {
             format!("{domain}.cpu.dedicatedCpuPlacement"),
             "dedicated CPUs need the kubelet CPU manager, which is not supported",
         );
+    }
+}
+
+/// Liveness and readiness probes: exactly one action, a port the guest can have, counts
+/// that are not negative, and (as the kubelet requires) one success for liveness.
+fn probes(spec: &VirtualMachineInstanceSpec, at: &str, c: &mut Causes) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let named_ports: BTreeSet<&str> = spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .flat_map(|i| &i.ports)
+        .filter_map(|p| p.name.as_deref())
+        .collect();
+    for (name, probe) in [
+        ("livenessProbe", &spec.liveness_probe),
+        ("readinessProbe", &spec.readiness_probe),
+    ] {
+        let Some(p) = probe else { continue };
+        let f = format!("{at}.{name}");
+        let actions = [
+            p.tcp_socket.is_some(),
+            p.http_get.is_some(),
+            p.exec.is_some(),
+            p.guest_agent_ping.is_some(),
+        ];
+        match actions.iter().filter(|a| **a).count() {
+            0 => c.push(
+                super::CauseReason::FieldValueRequired,
+                &f,
+                "one of tcpSocket, httpGet, exec or guestAgentPing must be set",
+            ),
+            1 => {}
+            _ => c.forbidden(
+                &f,
+                "may not specify more than one of tcpSocket, httpGet, exec and guestAgentPing",
+            ),
+        }
+        let ports = [
+            p.tcp_socket.as_ref().map(|t| (&t.port, "tcpSocket")),
+            p.http_get.as_ref().map(|h| (&h.port, "httpGet")),
+        ];
+        for (port, action) in ports.into_iter().flatten() {
+            let pf = format!("{f}.{action}.port");
+            match port {
+                IntOrString::Int(n) if !(1..=65535).contains(n) => {
+                    c.invalid(pf, "must be between 1 and 65535, inclusive")
+                }
+                IntOrString::String(s) if !named_ports.contains(s.as_str()) => c.invalid(
+                    pf,
+                    format!("{s:?} is not the name of a port on any of the VMI's interfaces"),
+                ),
+                _ => {}
+            }
+        }
+        if let Some(h) = &p.http_get {
+            c.one_of(
+                format!("{f}.httpGet.scheme"),
+                h.scheme.as_deref(),
+                &["HTTP", "HTTPS"],
+            );
+        }
+        if let Some(e) = &p.exec
+            && e.command.as_ref().is_none_or(Vec::is_empty)
+        {
+            c.required(format!("{f}.exec.command"));
+        }
+        let counts = [
+            ("initialDelaySeconds", p.initial_delay_seconds),
+            ("timeoutSeconds", p.timeout_seconds),
+            ("periodSeconds", p.period_seconds),
+            ("successThreshold", p.success_threshold),
+            ("failureThreshold", p.failure_threshold),
+        ];
+        for (field, value) in counts {
+            if value.is_some_and(|v| v < 0) {
+                c.invalid(format!("{f}.{field}"), "must be greater than or equal to 0");
+            }
+        }
+        if name == "livenessProbe" && p.success_threshold.is_some_and(|v| v > 1) {
+            c.invalid(format!("{f}.successThreshold"), "must be 1");
+        }
     }
 }
 

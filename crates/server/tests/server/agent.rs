@@ -10,7 +10,9 @@ use std::time::Duration;
 use api::v1::VirtualMachineInstance;
 use kube::Api;
 
-use crate::support::{BIN, Scratch, System, kube_client, kubectl_ok, qemu_pids, wait_until};
+use crate::support::{
+    BIN, Scratch, System, console_log, kube_client, kubectl_ok, qemu_pids, wait_until,
+};
 
 const VMI: &str = "
 apiVersion: kubevirt.io/v1
@@ -48,18 +50,6 @@ fn virtctl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-/// The serial console log of the guest `name` under `run_dir`.
-fn console_log(run_dir: &Path, name: &str) -> String {
-    let prefix = format!("default_{name}-");
-    std::fs::read_dir(run_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|e| std::fs::read_to_string(e.path().join("virt-serial0.log")).ok())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

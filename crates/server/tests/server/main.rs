@@ -16,6 +16,7 @@ mod kubectl;
 mod kubers;
 mod lifecycle;
 mod migration;
+mod probes;
 mod rbac;
 mod support;
 mod virtctl;

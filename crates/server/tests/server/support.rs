@@ -391,6 +391,19 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(i32, String)> {
     found
 }
 
+/// The serial console log of the guest `name` (namespace `default`) under `run_dir`; empty
+/// once its launcher has removed its directory.
+pub fn console_log(run_dir: &Path, name: &str) -> String {
+    let prefix = format!("default_{name}-");
+    std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("virt-serial0.log")).ok())
+        .collect()
+}
+
 /// The QEMU processes of the launchers under `run_dir`.
 pub fn qemu_pids(run_dir: &Path) -> Vec<i32> {
     processes_mentioning(run_dir)
