@@ -18,7 +18,8 @@ pub fn storage_version(group: &str, kind: &str) -> Option<&'static str> {
             | "VirtualMachineInstance"
             | "VirtualMachineInstanceReplicaSet"
             | "VirtualMachineInstancePreset"
-            | "VirtualMachineInstanceMigration",
+            | "VirtualMachineInstanceMigration"
+            | "KubeVirt",
         ) => Some("v1"),
         (
             crate::INSTANCETYPE_GROUP,

@@ -16,6 +16,7 @@ use crate::instancetype::{
     VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
     VirtualMachinePreference,
 };
+use crate::kubevirt::KubeVirt;
 use crate::migrations::MigrationPolicy;
 use crate::v1::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
@@ -35,6 +36,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         labelled(VirtualMachinePreference::crd()),
         labelled(VirtualMachineClusterPreference::crd()),
         labelled(MigrationPolicy::crd()),
+        operator(core(KubeVirt::crd())),
     ];
     for crd in &mut crds {
         if crd.spec.names.kind == "VirtualMachineInstance" {
@@ -51,7 +53,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 /// `deploy/crds/`, compiled in, in the order of [`all`]: what a server installs. Reading
 /// these costs a YAML parse; generating the schemas ([`all`]) costs far more, and a test
 /// keeps the two equal.
-const MANIFESTS: [&str; 10] = [
+const MANIFESTS: [&str; 11] = [
     include_str!("../../../deploy/crds/virtualmachines.kubevirt.io.yaml"),
     include_str!("../../../deploy/crds/virtualmachineinstances.kubevirt.io.yaml"),
     include_str!("../../../deploy/crds/virtualmachineinstancereplicasets.kubevirt.io.yaml"),
@@ -66,10 +68,11 @@ const MANIFESTS: [&str; 10] = [
         "../../../deploy/crds/virtualmachineclusterpreferences.instancetype.kubevirt.io.yaml"
     ),
     include_str!("../../../deploy/crds/migrationpolicies.migrations.kubevirt.io.yaml"),
+    include_str!("../../../deploy/crds/kubevirts.kubevirt.io.yaml"),
 ];
 
 /// The names of the compiled-in CRDs, in the same order.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "virtualmachines.kubevirt.io",
     "virtualmachineinstances.kubevirt.io",
     "virtualmachineinstancereplicasets.kubevirt.io",
@@ -80,6 +83,7 @@ pub const NAMES: [&str; 10] = [
     "virtualmachinepreferences.instancetype.kubevirt.io",
     "virtualmachineclusterpreferences.instancetype.kubevirt.io",
     "migrationpolicies.migrations.kubevirt.io",
+    "kubevirts.kubevirt.io",
 ];
 
 /// The CRDs a server installs, read from the compiled-in manifests.
@@ -130,6 +134,14 @@ fn labelled(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
         .labels
         .get_or_insert_with(Default::default)
         .insert("kubevirt.io".into(), String::new());
+    crd
+}
+
+/// The KubeVirt CR's CRD carries upstream's operator label instead.
+fn operator(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let labels = crd.metadata.labels.get_or_insert_with(Default::default);
+    labels.remove("kubevirt.io");
+    labels.insert("operator.kubevirt.io".into(), String::new());
     crd
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Owns: the `kubevirt.io/v1` kinds (VirtualMachine, VirtualMachineInstance,
 //! VirtualMachineInstanceReplicaSet, VirtualMachineInstancePreset,
-//! VirtualMachineInstanceMigration) and `instancetype.kubevirt.io/v1beta1` instancetypes and
+//! VirtualMachineInstanceMigration, KubeVirt) and `instancetype.kubevirt.io/v1beta1` instancetypes and
 //! preferences, `migrations.kubevirt.io/v1alpha1` MigrationPolicy; strict parsing of manifests in any version we accept (`v1`, `v1alpha3`, the
 //! seed's `v1alpha2`); upstream's defaults; validation that reports every problem with its
 //! field path; preset application; instancetype and preference expansion; CRD generation.
@@ -16,6 +16,7 @@ pub mod crd;
 pub mod defaults;
 pub mod expand;
 pub mod instancetype;
+pub mod kubevirt;
 pub mod migrations;
 pub mod parse;
 pub mod preset;

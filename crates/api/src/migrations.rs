@@ -52,7 +52,7 @@ pub struct MigrationPolicyStatus {}
 /// upstream's defaults, then the policy's.
 #[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MigrationConfiguration {
     pub allow_auto_converge: Option<bool>,
     pub allow_post_copy: Option<bool>,
@@ -63,6 +63,14 @@ pub struct MigrationConfiguration {
     pub progress_timeout: Option<i64>,
     pub parallel_migrations_per_cluster: Option<u32>,
     pub parallel_outbound_migrations_per_node: Option<u32>,
+    /// Upstream's; accepted and reported, not acted on here.
+    pub unsafe_migration_override: Option<bool>,
+    pub node_drain_taint_key: Option<String>,
+    pub network: Option<String>,
+    #[serde(rename = "disableTLS")]
+    pub disable_tls: Option<bool>,
+    #[serde(rename = "matchSELinuxLevelOnMigration")]
+    pub match_selinux_level_on_migration: Option<bool>,
 }
 
 impl Default for MigrationConfiguration {
@@ -77,11 +85,41 @@ impl Default for MigrationConfiguration {
             progress_timeout: Some(150),
             parallel_migrations_per_cluster: Some(5),
             parallel_outbound_migrations_per_node: Some(2),
+            unsafe_migration_override: None,
+            node_drain_taint_key: None,
+            network: None,
+            disable_tls: None,
+            match_selinux_level_on_migration: None,
         }
     }
 }
 
 impl MigrationConfiguration {
+    /// These settings with what the cluster's configuration (the KubeVirt CR's
+    /// `spec.configuration.migrations`) sets on top.
+    pub fn with_cluster(self, set: &MigrationConfiguration) -> Self {
+        macro_rules! over {
+            ($($field:ident),*) => {
+                Self { $($field: set.$field.clone().or(self.$field),)* }
+            };
+        }
+        over!(
+            allow_auto_converge,
+            allow_post_copy,
+            allow_workload_disruption,
+            bandwidth_per_migration,
+            completion_timeout_per_gib,
+            progress_timeout,
+            parallel_migrations_per_cluster,
+            parallel_outbound_migrations_per_node,
+            unsafe_migration_override,
+            node_drain_taint_key,
+            network,
+            disable_tls,
+            match_selinux_level_on_migration
+        )
+    }
+
     /// These settings with what `policy` sets on top.
     pub fn with_policy(mut self, policy: &MigrationPolicySpec) -> Self {
         let s = policy;

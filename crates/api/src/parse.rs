@@ -34,6 +34,7 @@ pub enum Object {
     VirtualMachinePreference(VirtualMachinePreference),
     VirtualMachineClusterPreference(VirtualMachineClusterPreference),
     MigrationPolicy(crate::migrations::MigrationPolicy),
+    KubeVirt(crate::kubevirt::KubeVirt),
 }
 
 impl Object {
@@ -49,6 +50,7 @@ impl Object {
             Self::VirtualMachinePreference(_) => "VirtualMachinePreference",
             Self::VirtualMachineClusterPreference(_) => "VirtualMachineClusterPreference",
             Self::MigrationPolicy(_) => "MigrationPolicy",
+            Self::KubeVirt(_) => "KubeVirt",
         }
     }
 
@@ -64,6 +66,7 @@ impl Object {
             Self::VirtualMachinePreference(o) => &o.metadata,
             Self::VirtualMachineClusterPreference(o) => &o.metadata,
             Self::MigrationPolicy(o) => &o.metadata,
+            Self::KubeVirt(o) => &o.metadata,
         }
     }
 
@@ -169,6 +172,7 @@ pub fn parse_object(mut value: Value) -> Result<Object, ParseError> {
             typed(value).map(Object::VirtualMachineClusterPreference)
         }
         "MigrationPolicy" => typed(value).map(Object::MigrationPolicy),
+        "KubeVirt" => typed(value).map(Object::KubeVirt),
         _ => Err(unknown()),
     }
 }

@@ -159,8 +159,58 @@ pub fn validate(object: &Object) -> Vec<Cause> {
                 c.forbidden("spec.allowPostCopy", "post-copy migration is not supported");
             }
         }
+        Object::KubeVirt(kv) => {
+            let migrations = kv
+                .spec
+                .configuration
+                .as_ref()
+                .and_then(|c| c.migrations.as_ref());
+            if let Some(m) = migrations {
+                validate_migration_configuration(m, "spec.configuration.migrations", &mut c);
+            }
+        }
     }
     c.0
+}
+
+/// The cluster's migration settings: quantities of bytes, positive timeouts and limits,
+/// and no post-copy (not supported).
+fn validate_migration_configuration(
+    m: &crate::migrations::MigrationConfiguration,
+    at: &str,
+    c: &mut Causes,
+) {
+    if let Some(q) = &m.bandwidth_per_migration
+        && crate::quantity::to_units(q).is_err()
+    {
+        c.invalid(
+            format!("{at}.bandwidthPerMigration"),
+            format!("{:?} is not a quantity of bytes", q.0),
+        );
+    }
+    let positive = [
+        ("completionTimeoutPerGiB", m.completion_timeout_per_gib),
+        ("progressTimeout", m.progress_timeout),
+        (
+            "parallelMigrationsPerCluster",
+            m.parallel_migrations_per_cluster.map(i64::from),
+        ),
+        (
+            "parallelOutboundMigrationsPerNode",
+            m.parallel_outbound_migrations_per_node.map(i64::from),
+        ),
+    ];
+    for (field, value) in positive {
+        if value.is_some_and(|v| v <= 0) {
+            c.invalid(format!("{at}.{field}"), "must be positive");
+        }
+    }
+    if m.allow_post_copy == Some(true) {
+        c.forbidden(
+            format!("{at}.allowPostCopy"),
+            "post-copy migration is not supported",
+        );
+    }
 }
 
 fn validate_meta(meta: &ObjectMeta, c: &mut Causes) {

@@ -167,6 +167,7 @@ fn object_json(object: &api::Object) -> Result<Value, ApiError> {
         O::VirtualMachinePreference(o) => serde_json::to_value(o),
         O::VirtualMachineClusterPreference(o) => serde_json::to_value(o),
         O::MigrationPolicy(o) => serde_json::to_value(o),
+        O::KubeVirt(o) => serde_json::to_value(o),
     };
     v.map_err(|e| ApiError::internal(e.to_string()))
 }

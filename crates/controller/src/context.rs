@@ -28,6 +28,8 @@ use crate::informer::{Expectations, informer};
 pub(crate) struct Context {
     pub client: Client,
     pub launcher: LauncherConfig,
+    /// The components' namespace, where the KubeVirt CR is created.
+    pub namespace: String,
     pub recorder: Recorder,
     writer: Mutex<Option<Writer>>,
     /// Launcher pods created or deleted by the VMI controller, by VMI uid.
@@ -118,6 +120,7 @@ impl Context {
                 image: config.launcher_image.clone(),
                 software_emulation: config.software_emulation,
             },
+            namespace: config.namespace.clone(),
             recorder,
             writer: Mutex::new(Some(writer)),
             pod_expectations: Arc::default(),
@@ -318,6 +321,7 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
     let vm_store = vms.store.clone();
     let rs_store = replicasets.store.clone();
     let migration_store = migrations.store.clone();
+    let kubevirt_ctx = ctx.clone();
     let controllers = async move {
         let synced = tokio::try_join!(
             vmi_store.wait_until_ready(),
@@ -333,7 +337,8 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
             vmi_controller,
             vm_controller,
             rs_controller,
-            migration_controller
+            migration_controller,
+            crate::kubevirt::run(kubevirt_ctx),
         );
     };
     tokio::join!(

@@ -16,7 +16,9 @@
 //! - the VirtualMachineInstanceReplicaSet controller ([`replicaset`]): scale, adopt,
 //!   release, status;
 //! - the VirtualMachineInstanceMigration controller ([`migration`]): the target pod, the
-//!   phases, the hand-over to the handlers, clean-up and cancel;
+//!   phases, the hand-over to the handlers, clean-up and cancel, with the KubeVirt CR's
+//!   migration settings and the MigrationPolicies;
+//! - the KubeVirt CR ([`kubevirt`]): created when missing, its status kept;
 //! - core/v1 Events for what the controllers did ([`events`]).
 //!
 //! Does not own: the decisions themselves (`reconcile`), anything on the node (the handler
@@ -32,6 +34,7 @@ mod error;
 pub mod events;
 pub mod informer;
 pub mod instancetype;
+pub mod kubevirt;
 pub mod leader;
 pub mod migration;
 pub mod replicaset;

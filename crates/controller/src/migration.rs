@@ -215,12 +215,12 @@ async fn settings(
     ctx: &Context,
     vmi: Option<&VirtualMachineInstance>,
 ) -> Result<reconcile::migration::Settings, Error> {
-    use api::migrations::{MigrationConfiguration, MigrationPolicy};
+    use api::migrations::MigrationPolicy;
     use k8s_openapi::api::core::v1::Namespace;
     let mut settings = reconcile::migration::Settings {
         launcher: ctx.launcher.clone(),
         policy: None,
-        configuration: MigrationConfiguration::default(),
+        configuration: cluster_configuration(ctx).await?,
     };
     let Some(vmi) = vmi else {
         return Ok(settings);
@@ -249,6 +249,23 @@ async fn settings(
         settings.configuration = settings.configuration.with_policy(&p.spec);
     }
     Ok(settings)
+}
+
+/// The cluster's migration settings: those of the oldest KubeVirt CR, else upstream's
+/// defaults.
+async fn cluster_configuration(
+    ctx: &Context,
+) -> Result<api::migrations::MigrationConfiguration, Error> {
+    use api::kubevirt::KubeVirt;
+    let installs: Api<KubeVirt> = Api::all(ctx.client.clone());
+    let list = match installs.list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(e) if is_not_found(&e) => Vec::new(),
+        Err(e) => return Err(Error::api("list", "KubeVirt", "")(e)),
+    };
+    Ok(api::kubevirt::installation(&list)
+        .map(KubeVirt::migration_configuration)
+        .unwrap_or_default())
 }
 
 /// The annotation on a migration a node drain started, naming the node.

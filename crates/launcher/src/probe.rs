@@ -232,8 +232,8 @@ pub enum Activity {
 /// The launcher's ways into its guest.
 pub trait Guest {
     fn activity(&self) -> Activity;
-    /// Until the activity changes.
-    fn changed(&self) -> impl Future<Output = ()> + Send;
+    /// Waits until the guest first runs; false when it ended before.
+    fn started(&self) -> impl Future<Output = bool> + Send;
     /// A host address forwarding to the guest's TCP `port`, for probes only.
     fn forward(&self, port: u16) -> impl Future<Output = Result<SocketAddrV4, String>> + Send;
     /// QEMU's user-mode network connections (HMP `info usernet`).
@@ -256,12 +256,8 @@ pub async fn run(
     let mut tally = Tally::new(probe, role == Role::Liveness);
     let http = http_client(probe.timeout);
     // The initial delay counts from the guest's start.
-    loop {
-        match guest.activity() {
-            Activity::Running => break,
-            Activity::Ended => return None,
-            Activity::Waiting => guest.changed().await,
-        }
+    if !guest.started().await {
+        return None;
     }
     tokio::time::sleep(probe.initial_delay).await;
     loop {

@@ -894,9 +894,18 @@ impl probe::Guest for ProbedGuest {
         }
     }
 
-    async fn changed(&self) {
+    async fn started(&self) -> bool {
         let mut rx = self.0.status.subscribe();
-        let _ = rx.changed().await;
+        let state = rx
+            .wait_for(|s| {
+                matches!(
+                    s.state,
+                    DomainState::Running | DomainState::Exited { .. } | DomainState::Failed { .. }
+                )
+            })
+            .await
+            .map(|s| s.state.clone());
+        matches!(state, Ok(DomainState::Running))
     }
 
     async fn forward(&self, port: u16) -> Result<std::net::SocketAddrV4, String> {

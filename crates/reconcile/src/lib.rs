@@ -5,8 +5,9 @@
 //! Owns: the VM's run-strategy rules, state-change requests, crash-loop backoff and
 //! printable status ([`vm`]); the launcher pod and the memory overhead ([`pod`]); the
 //! VMI's phases up to the hand-off to the node agent ([`vmi`]); ReplicaSets
-//! ([`replicaset`]); live migrations ([`migration`]).
+//! ([`replicaset`]); live migrations ([`migration`]); the KubeVirt CR's status ([`kubevirt`]).
 
+pub mod kubevirt;
 pub mod migration;
 pub mod pod;
 pub mod replicaset;

@@ -49,8 +49,26 @@ pub struct Settings {
     pub launcher: LauncherConfig,
     /// The MigrationPolicy that applies to the VMI, if any.
     pub policy: Option<String>,
-    /// The settings the migration runs with (upstream's defaults, then the policy's).
+    /// The settings the migration runs with (upstream's defaults, the KubeVirt CR's
+    /// `spec.configuration.migrations`, then the policy's).
     pub configuration: api::migrations::MigrationConfiguration,
+}
+
+impl Settings {
+    /// How many migrations may run in the cluster at once (the KubeVirt CR's
+    /// `parallelMigrationsPerCluster`, upstream's 5 by default).
+    pub fn parallel_per_cluster(&self) -> usize {
+        self.configuration
+            .parallel_migrations_per_cluster
+            .map_or(PARALLEL_PER_CLUSTER, |n| n as usize)
+    }
+
+    /// How many may leave one node at once (`parallelOutboundMigrationsPerNode`, 2).
+    pub fn parallel_outbound_per_node(&self) -> usize {
+        self.configuration
+            .parallel_outbound_migrations_per_node
+            .map_or(PARALLEL_OUTBOUND_PER_NODE, |n| n as usize)
+    }
 }
 
 /// What the controller should do for one migration.
@@ -292,8 +310,8 @@ pub fn decide(
                 if !migratable {
                     fail(&mut status, &format!("{reason}: {message}"));
                 } else if earlier
-                    || running >= PARALLEL_PER_CLUSTER
-                    || outbound >= PARALLEL_OUTBOUND_PER_NODE
+                    || running >= settings.parallel_per_cluster()
+                    || outbound >= settings.parallel_outbound_per_node()
                 {
                     // Waits its turn.
                 } else if targets.is_empty() {

@@ -63,7 +63,14 @@ pub fn rules(component: &str) -> Vec<Rule> {
                     "virtualmachines/status",
                     "virtualmachineinstancereplicasets/status",
                     "virtualmachineinstancemigrations/status",
+                    "kubevirts/status",
                 ],
+            ),
+            // The KubeVirt CR: created when missing, its configuration read.
+            (
+                &["get", "list", "watch", "create"],
+                KUBEVIRT,
+                &["kubevirts"],
             ),
             (
                 &["get", "list", "watch", "create", "delete"],
@@ -99,6 +106,8 @@ pub fn rules(component: &str) -> Vec<Rule> {
                 &["virtualmachineinstancemigrations"],
             ),
             (READ, KUBEVIRT, &["virtualmachineinstancepresets"]),
+            // The cluster's eviction strategy, for the eviction interceptor.
+            (READ, KUBEVIRT, &["kubevirts"]),
             INSTANCETYPES,
             (READ, &[""], &["pods", "nodes"]),
             (&["get", "create"], &[""], &["namespaces"]),

@@ -5,7 +5,8 @@
 //! (or `LiveMigrateIfPossible` while it is `LiveMigratable`) is not evicted: the VMI gets
 //! `status.evacuationNodeName`, which makes the controller migrate it, and the eviction
 //! is denied with 429, which `kubectl drain` retries until the pod has gone by itself.
-//! `External` only marks the VMI. Anything else is allowed through.
+//! `External` only marks the VMI. Anything else is allowed through. A VMI that sets no
+//! strategy has the cluster's (the KubeVirt CR's `spec.configuration.evictionStrategy`).
 
 use api::v1::{EvictionStrategy, VirtualMachineInstance, VmiPhase};
 use axum::Json;
@@ -30,8 +31,12 @@ pub enum Verdict {
     Deny(String),
 }
 
-/// The verdict for evicting `pod` of `vmi`.
-pub fn decide(pod: &Pod, vmi: &VirtualMachineInstance) -> Verdict {
+/// The verdict for evicting `pod` of `vmi`, with the cluster's default strategy.
+pub fn decide(
+    pod: &Pod,
+    vmi: &VirtualMachineInstance,
+    cluster: Option<EvictionStrategy>,
+) -> Verdict {
     let status = vmi.status.clone().unwrap_or_default();
     let pod_node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     let running_here = status.phase == Some(VmiPhase::Running)
@@ -45,7 +50,7 @@ pub fn decide(pod: &Pod, vmi: &VirtualMachineInstance) -> Verdict {
         .conditions
         .iter()
         .any(|c| c.type_ == "LiveMigratable" && c.status == "True");
-    match vmi.spec.eviction_strategy {
+    match vmi.spec.eviction_strategy.or(cluster) {
         Some(EvictionStrategy::LiveMigrate) if migratable => Verdict::Evacuate { node },
         Some(EvictionStrategy::LiveMigrate) => Verdict::Deny(format!(
             "VMI {} is configured with an eviction strategy but is not live-migratable",
@@ -100,7 +105,11 @@ pub async fn intercept(State(state): State<AppState>, Json(body): Json<Value>) -
     let Ok(Some(vmi)) = vmis.get_opt(&vmi_name).await else {
         return answer(request, allowed);
     };
-    let response = match decide(&pod, &vmi) {
+    let installs: Api<api::kubevirt::KubeVirt> = Api::all(state.client.clone());
+    let cluster = installs.list(&Default::default()).await.ok().and_then(|l| {
+        api::kubevirt::installation(&l.items).and_then(api::kubevirt::KubeVirt::eviction_strategy)
+    });
+    let response = match decide(&pod, &vmi, cluster) {
         Verdict::Allow => allowed,
         Verdict::Deny(message) => deny(&message),
         Verdict::Evacuate { node } => {
@@ -158,35 +167,57 @@ mod tests {
     fn live_migratable_vmis_are_evacuated_instead_of_evicted() {
         let evacuate = Verdict::Evacuate { node: "n1".into() };
         assert_eq!(
-            decide(&pod("n1"), &vmi(Some("LiveMigrate"), "True", "n1")),
+            decide(&pod("n1"), &vmi(Some("LiveMigrate"), "True", "n1"), None),
             evacuate
         );
         assert_eq!(
             decide(
                 &pod("n1"),
-                &vmi(Some("LiveMigrateIfPossible"), "True", "n1")
+                &vmi(Some("LiveMigrateIfPossible"), "True", "n1"),
+                None
             ),
             evacuate
         );
         assert_eq!(
             decide(
                 &pod("n1"),
-                &vmi(Some("LiveMigrateIfPossible"), "False", "n1")
+                &vmi(Some("LiveMigrateIfPossible"), "False", "n1"),
+                None
             ),
             Verdict::Allow
         );
         assert!(matches!(
-            decide(&pod("n1"), &vmi(Some("LiveMigrate"), "False", "n1")),
+            decide(&pod("n1"), &vmi(Some("LiveMigrate"), "False", "n1"), None),
             Verdict::Deny(_)
         ));
-        assert_eq!(decide(&pod("n1"), &vmi(None, "True", "n1")), Verdict::Allow);
         assert_eq!(
-            decide(&pod("n1"), &vmi(Some("None"), "True", "n1")),
+            decide(&pod("n1"), &vmi(None, "True", "n1"), None),
+            Verdict::Allow
+        );
+        assert_eq!(
+            decide(&pod("n1"), &vmi(Some("None"), "True", "n1"), None),
+            Verdict::Allow
+        );
+        // The cluster's strategy, for a VMI that sets none; the VMI's own wins.
+        assert_eq!(
+            decide(
+                &pod("n1"),
+                &vmi(None, "True", "n1"),
+                Some(EvictionStrategy::LiveMigrate)
+            ),
+            evacuate
+        );
+        assert_eq!(
+            decide(
+                &pod("n1"),
+                &vmi(Some("None"), "True", "n1"),
+                Some(EvictionStrategy::LiveMigrate)
+            ),
             Verdict::Allow
         );
         // A pod the VMI has left (a migration's source) goes as any pod.
         assert_eq!(
-            decide(&pod("n1"), &vmi(Some("LiveMigrate"), "True", "n2")),
+            decide(&pod("n1"), &vmi(Some("LiveMigrate"), "True", "n2"), None),
             Verdict::Allow
         );
     }

@@ -169,6 +169,7 @@ fn objects_round_trip_through_json_unchanged() {
                 Object::VirtualMachinePreference(o) => serde_json::to_value(o),
                 Object::VirtualMachineClusterPreference(o) => serde_json::to_value(o),
                 Object::MigrationPolicy(o) => serde_json::to_value(o),
+                Object::KubeVirt(o) => serde_json::to_value(o),
             }
             .unwrap();
             let original: serde_json::Value = serde_saphyr::from_str(&text).unwrap();

@@ -231,6 +231,47 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
     let nodes = kubectl_ok(&kc, &scratch, &["get", "nodes", "-o", "name"]);
     assert_eq!(nodes.lines().count(), 2, "{nodes}");
 
+    // The installation's KubeVirt CR, as upstream's scripts wait for it; its migration
+    // settings apply to every migration (checked on the one below).
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "wait",
+            "kv",
+            "kubevirt",
+            "-n",
+            "kubevirt",
+            "--for",
+            "condition=Available",
+            "--timeout=30s",
+        ],
+    );
+    let kv = kubectl_ok(&kc, &scratch, &["get", "kv", "-n", "kubevirt"]);
+    assert!(
+        kv.starts_with("NAME") && kv.contains("PHASE") && kv.contains("Deployed"),
+        "{kv}"
+    );
+    let patch_kv = |migrations: &str| {
+        let body = format!(r#"{{"spec":{{"configuration":{{"migrations":{migrations}}}}}}}"#);
+        let args = [
+            "patch", "kv", "kubevirt", "-n", "kubevirt", "--type", "merge", "-p", &body,
+        ];
+        kubectl(&kc, &scratch, &args)
+    };
+    let bad = patch_kv(r#"{"progressTimeout":0}"#);
+    let why = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && why.contains("spec.configuration.migrations.progressTimeout"),
+        "{why}"
+    );
+    let good = patch_kv(r#"{"progressTimeout":300,"parallelMigrationsPerCluster":3}"#);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+
     // Upstream's example, unchanged: vmi-migratable moves to the other node.
     kubectl_ok(
         &kc,
@@ -281,6 +322,20 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
     );
     assert!(state.start_timestamp.is_some() && state.end_timestamp.is_some());
     assert_eq!(state.mode.as_deref(), Some("PreCopy"));
+    let config = state.migration_configuration.clone().unwrap();
+    assert_eq!(
+        (
+            config.progress_timeout,
+            config.parallel_migrations_per_cluster
+        ),
+        (Some(300), Some(3)),
+        "the KubeVirt CR's migration settings"
+    );
+    assert_eq!(
+        config.completion_timeout_per_gib,
+        Some(150),
+        "upstream's default"
+    );
     assert_eq!(
         done.status.unwrap().migration_state.unwrap().completed,
         Some(true),
