@@ -4,15 +4,15 @@
 //! Upstream's virt-operator deploys the components from this object and reports on it;
 //! scripts wait for it (`kubectl wait kv kubevirt -n kubevirt --for condition=Available`)
 //! and tune the cluster through `spec.configuration`. Here the components are deployed by
-//! `kubevirt-rs server` itself, which creates `kubevirt/kubevirt` when it is missing and
-//! keeps its status (see `controller::kubevirt`).
+//! `kubevirt-rs server` itself: virt-controller creates `kubevirt/kubevirt` when it starts
+//! and finds none, and keeps its status (see `controller::kubevirt`).
 //!
 //! Parsing: the fields of `spec` are upstream's; the ones that select images, placement or
 //! rollout are kept as given (there is nothing here for them to change). In
 //! `spec.configuration`, `migrations` is read (timeouts, bandwidth, auto-converge, the
-//! parallelism limits: below each MigrationPolicy) and `evictionStrategy` is typed; upstream
-//! adds configuration fields every release, so the others are kept as given rather than
-//! refused.
+//! parallelism limits: below each MigrationPolicy) and parsed strictly, with every field
+//! upstream has; `evictionStrategy` is typed too. Upstream adds other configuration
+//! sections every release, so those are kept as given rather than refused.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,7 @@
-//! The KubeVirt CR: created as `<namespace>/kubevirt` when the cluster has none, and kept
-//! reporting the installation as deployed ([`reconcile::kubevirt`]). Its
-//! `spec.configuration.migrations` is read by the migration controller.
+//! The KubeVirt CR: created as `<namespace>/kubevirt` when this instance starts leading and
+//! the cluster has none, and kept reporting the installation as deployed
+//! ([`reconcile::kubevirt`]). Its `spec.configuration.migrations` is read by the migration
+//! controller.
 
 use std::sync::Arc;
 

@@ -18,7 +18,7 @@
 //! - the VirtualMachineInstanceMigration controller ([`migration`]): the target pod, the
 //!   phases, the hand-over to the handlers, clean-up and cancel, with the KubeVirt CR's
 //!   migration settings and the MigrationPolicies;
-//! - the KubeVirt CR ([`kubevirt`]): created when missing, its status kept;
+//! - the KubeVirt CR ([`kubevirt`]): created when missing at start, its status kept;
 //! - core/v1 Events for what the controllers did ([`events`]).
 //!
 //! Does not own: the decisions themselves (`reconcile`), anything on the node (the handler

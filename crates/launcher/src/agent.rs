@@ -230,9 +230,9 @@ impl Agent {
         self.ask("guest-fsfreeze-thaw", timeout).await.map(|_| ())
     }
 
-    /// Runs `command` (a path and its arguments) in the guest (`guest-exec`) and waits for
-    /// it to end; its exit code. Each agent call gets `timeout`; the caller bounds the
-    /// whole.
+    /// Runs `command` (a path and its arguments) in the guest (`guest-exec`, output not
+    /// kept) and waits for it to end; its exit code. Each agent call gets `timeout`; the
+    /// caller bounds the whole.
     pub async fn exec(&self, command: &[String], timeout: Duration) -> Result<i64, AgentError> {
         let (path, args) = command.split_first().ok_or(AgentError::Refused {
             command: "guest-exec".into(),
@@ -241,7 +241,7 @@ impl Agent {
         let started = self
             .call(
                 "guest-exec",
-                Some(json!({"path": path, "arg": args, "capture-output": true})),
+                Some(json!({"path": path, "arg": args})),
                 timeout,
                 true,
             )

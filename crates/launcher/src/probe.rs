@@ -6,18 +6,24 @@
 //! and `guestAgentPing` through `virt-probe` and the guest agent. Here the launcher runs all
 //! four itself, since it owns both paths into the guest:
 //! - `tcpSocket` and `httpGet` go through a user-mode network forward of their own (one
-//!   host port per guest port, apart from `virtctl port-forward`'s). User-mode networking
-//!   accepts the host side of every connection at once, so a TCP probe counts as passed
-//!   only once QEMU lists the guest side as `ESTABLISHED` (HMP `info usernet`); a port the
-//!   guest refuses closes the connection, and a guest that does not answer times out.
+//!   host port per probe and guest port, apart from `virtctl port-forward`'s), on a fresh
+//!   connection each time. User-mode networking accepts the host side of every connection
+//!   at once, so a TCP probe counts as passed only once QEMU lists the guest side as
+//!   `ESTABLISHED` (HMP `info usernet`); a port the guest refuses closes the connection,
+//!   and a guest that does not answer times out. HTTP follows the kubelet: 200-399
+//!   passes, redirects are followed on the same host (up to 10) and a redirect elsewhere
+//!   passes as it is; `host` names the `Host` header (the connection always goes to the
+//!   guest), and `httpHeaders` override the defaults.
 //! - `exec` runs the command through the agent (`guest-exec`) and passes on exit code 0.
 //! - `guestAgentPing` passes when the agent answers `guest-ping`.
 //!
 //! Readiness starts failed and flips after `successThreshold` passes in a row, back after
-//! `failureThreshold` failures in a row. Liveness starts passed; `failureThreshold`
-//! failures in a row end the guest, as the kubelet's restart of the container does
-//! upstream. Probes run while the guest runs (not while it is paused), first after
-//! `initialDelaySeconds`, then every `periodSeconds`, each within `timeoutSeconds`.
+//! `failureThreshold` failures in a row; its first failure and every flip are reported
+//! (with the failure as the reason), nothing else, so a steady guest causes no writes.
+//! Liveness starts passed; `failureThreshold` failures in a row end the guest, as the
+//! kubelet's restart of the container does upstream. Probes run while the guest runs (not
+//! while it is paused), first after `initialDelaySeconds`, then on a fixed tick of
+//! `periodSeconds`, each within `timeoutSeconds`.
 
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -203,7 +209,8 @@ pub fn connection_state(usernet: &str, host_port: u16) -> Option<String> {
     usernet.lines().find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let state = fields.first()?.strip_prefix("TCP[")?.strip_suffix(']')?;
-        (state != "HOST_FORWARD" && fields.get(3) == Some(&port.as_str())).then(|| state.to_owned())
+        let ours = fields.get(2) == Some(&"127.0.0.1") && fields.get(3) == Some(&port.as_str());
+        (state != "HOST_FORWARD" && ours).then(|| state.to_owned())
     })
 }
 
@@ -213,7 +220,7 @@ pub fn http_passes(status: u16) -> bool {
 }
 
 /// Which verdict a probe feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Readiness,
     Liveness,
@@ -234,8 +241,12 @@ pub trait Guest {
     fn activity(&self) -> Activity;
     /// Waits until the guest first runs; false when it ended before.
     fn started(&self) -> impl Future<Output = bool> + Send;
-    /// A host address forwarding to the guest's TCP `port`, for probes only.
-    fn forward(&self, port: u16) -> impl Future<Output = Result<SocketAddrV4, String>> + Send;
+    /// A host address forwarding to the guest's TCP `port`, used by `role`'s probe only.
+    fn forward(
+        &self,
+        role: Role,
+        port: u16,
+    ) -> impl Future<Output = Result<SocketAddrV4, String>> + Send;
     /// QEMU's user-mode network connections (HMP `info usernet`).
     fn usernet(&self) -> impl Future<Output = Result<String, String>> + Send;
     /// Runs `command` through the guest agent; its exit code.
@@ -255,19 +266,23 @@ pub async fn run(
 ) -> Option<String> {
     let mut tally = Tally::new(probe, role == Role::Liveness);
     let http = http_client(probe.timeout);
+    let mut first_failure = true;
     // The initial delay counts from the guest's start.
     if !guest.started().await {
         return None;
     }
     tokio::time::sleep(probe.initial_delay).await;
+    let mut tick = tokio::time::interval(probe.period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tick.tick().await;
         match guest.activity() {
             Activity::Ended => return None,
             Activity::Waiting => {}
             Activity::Running => {
                 let result = tokio::time::timeout(
                     probe.timeout,
-                    check(guest, &probe.check, &http, probe.timeout),
+                    check(guest, role, &probe.check, &http, probe.timeout),
                 )
                 .await
                 .unwrap_or_else(|_| {
@@ -278,11 +293,13 @@ pub async fn run(
                 });
                 let passed = result.is_ok();
                 let why = result.err().unwrap_or_default();
-                if tally.record(passed) {
+                let changed = tally.record(passed);
+                if changed {
                     info!(?role, passing = tally.passing, why, "probe verdict changed");
-                    if role == Role::Readiness {
-                        report(tally.passing, why.clone());
-                    }
+                }
+                let first = !passed && std::mem::take(&mut first_failure);
+                if role == Role::Readiness && (changed || (first && !tally.passing)) {
+                    report(tally.passing, why.clone());
                 }
                 if role == Role::Liveness && !tally.passing {
                     return Some(format!(
@@ -292,15 +309,28 @@ pub async fn run(
                 }
             }
         }
-        tokio::time::sleep(probe.period).await;
     }
 }
 
 fn http_client(timeout: Duration) -> Option<reqwest::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // As the kubelet: no redirects followed, certificates not checked.
+    // As the kubelet: a fresh connection each time, certificates not checked, redirects
+    // followed on the same host only (one to elsewhere is the answer, and passes).
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let same_host = attempt.previous().first().is_some_and(|first| {
+            first.host_str() == attempt.url().host_str() && first.port() == attempt.url().port()
+        });
+        if attempt.previous().len() > 10 {
+            attempt.error("stopped after 10 redirects")
+        } else if same_host {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    });
     reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(redirects)
+        .pool_max_idle_per_host(0)
         .tls_danger_accept_invalid_certs(true)
         .timeout(timeout)
         .build()
@@ -311,12 +341,13 @@ fn http_client(timeout: Duration) -> Option<reqwest::Client> {
 /// One probe run.
 async fn check(
     guest: &impl Guest,
+    role: Role,
     check: &Check,
     http: &Option<reqwest::Client>,
     timeout: Duration,
 ) -> Result<(), String> {
     match check {
-        Check::Tcp { port } => tcp(guest, *port).await,
+        Check::Tcp { port } => tcp(guest, role, *port).await,
         Check::Http {
             port,
             path,
@@ -324,20 +355,12 @@ async fn check(
             host,
             headers,
         } => {
-            let address = guest.forward(*port).await?;
+            let address = guest.forward(role, *port).await?;
             let scheme = if *https { "https" } else { "http" };
             let client = http.as_ref().ok_or("no HTTP client")?;
-            let mut request = client
+            let response = client
                 .get(format!("{scheme}://{address}{path}"))
-                .header(reqwest::header::USER_AGENT, "kube-probe/1.32")
-                .header(reqwest::header::ACCEPT, "*/*");
-            if let Some(host) = host {
-                request = request.header(reqwest::header::HOST, host);
-            }
-            for (name, value) in headers {
-                request = request.header(name, value);
-            }
-            let response = request
+                .headers(http_headers(host.as_deref(), *port, headers)?)
                 .send()
                 .await
                 .map_err(|e| format!("GET {path} on port {port}: {}", crate::error_chain(&e)))?;
@@ -362,9 +385,42 @@ async fn check(
     }
 }
 
+/// The headers of an HTTP probe: the kubelet's defaults, `Host` from `host` (with the
+/// port), then the probe's own, each replacing a default of the same name.
+pub fn http_headers(
+    host: Option<&str>,
+    port: u16,
+    headers: &[(String, String)],
+) -> Result<reqwest::header::HeaderMap, String> {
+    use reqwest::header::{ACCEPT, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+    let mut map = HeaderMap::new();
+    map.insert(USER_AGENT, HeaderValue::from_static("kube-probe/1.32"));
+    map.insert(ACCEPT, HeaderValue::from_static("*/*"));
+    if let Some(host) = host {
+        let value = HeaderValue::from_str(&format!("{host}:{port}"))
+            .map_err(|_| format!("host {host:?} is not a valid Host header"))?;
+        map.insert(HOST, value);
+    }
+    let mut given = HeaderMap::new();
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not a valid header name"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header {name} is not valid"))?;
+        given.append(name, value);
+    }
+    for name in given.keys() {
+        map.remove(name);
+    }
+    for (name, value) in &given {
+        map.append(name, value.clone());
+    }
+    Ok(map)
+}
+
 /// Connects through the probe's forward and waits for the guest's side to be established.
-async fn tcp(guest: &impl Guest, port: u16) -> Result<(), String> {
-    let address = guest.forward(port).await?;
+async fn tcp(guest: &impl Guest, role: Role, port: u16) -> Result<(), String> {
+    let address = guest.forward(role, port).await?;
     let stream = TcpStream::connect(address)
         .await
         .map_err(|e| format!("port {port}: {e}"))?;

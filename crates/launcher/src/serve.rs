@@ -69,11 +69,9 @@ struct Shared {
     local_disks: OnceLock<Vec<String>>,
     /// The pod network's netdev and the guest's address on it, once started.
     pod_netdev: OnceLock<Option<(String, std::net::Ipv4Addr)>>,
-    /// Guest port -> the local address forwarding to it.
-    forwards: Mutex<std::collections::HashMap<u16, std::net::SocketAddrV4>>,
-    /// The same for probes, apart, so that a probe's connection is the only one on its
-    /// forward.
-    probe_forwards: Mutex<std::collections::HashMap<u16, std::net::SocketAddrV4>>,
+    /// Guest port (and, for probes, which probe) -> the local address forwarding to it.
+    /// Each probe has forwards of its own, so its connection is the only one on them.
+    forwards: Mutex<std::collections::HashMap<(Option<probe::Role>, u16), std::net::SocketAddrV4>>,
     /// Why the guest was ended for failing its liveness probe.
     liveness_failed: OnceLock<String>,
     /// Set to abort the outgoing migration.
@@ -147,7 +145,6 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
         pod_netdev: OnceLock::new(),
         local_disks: OnceLock::new(),
         forwards: Mutex::new(std::collections::HashMap::new()),
-        probe_forwards: Mutex::new(std::collections::HashMap::new()),
         liveness_failed: OnceLock::new(),
         cancel_migration: watch::Sender::new(false),
         migrated: AtomicBool::new(false),
@@ -374,7 +371,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             };
             result.unwrap_or_else(|e| refused(e.to_string(), matches!(e, AgentError::NotConnected)))
         }
-        Request::PortForward { port } => match forward(shared, port, false).await {
+        Request::PortForward { port } => match forward(shared, port, None).await {
             Ok(address) => Response::Value {
                 value: serde_json::json!({"address": address.to_string()}),
             },
@@ -430,6 +427,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
 async fn start(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     let uid = vmi.metadata.uid.clone();
     set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &DefaultsConfig::default());
+    unready_until_probed(&vmi, &shared);
     let Some(launched) = launch_reported(&vmi, &shared, &shared.config, &[]).await else {
         return;
     };
@@ -557,6 +555,7 @@ async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
         forward_ports: false,
         ..shared.config.clone()
     };
+    unready_until_probed(&vmi, &shared);
     let Some(launched) = launch_reported(&vmi, &shared, &config, &migrate::target_args()).await
     else {
         return;
@@ -721,18 +720,14 @@ async fn start_source(
 }
 
 /// A local address forwarding to the guest's TCP `port` on the pod network (made once
-/// per port; probes have their own).
+/// per port for port-forwarding, and once per port for each probe).
 async fn forward(
     shared: &Arc<Shared>,
     port: u16,
-    for_probes: bool,
+    probe: Option<probe::Role>,
 ) -> Result<std::net::SocketAddrV4, String> {
-    let mut forwards = if for_probes {
-        shared.probe_forwards.lock().await
-    } else {
-        shared.forwards.lock().await
-    };
-    if let Some(address) = forwards.get(&port) {
+    let mut forwards = shared.forwards.lock().await;
+    if let Some(address) = forwards.get(&(probe, port)) {
         return Ok(*address);
     }
     let Some(Some((netdev, guest_ip))) = shared.pod_netdev.get() else {
@@ -753,8 +748,8 @@ async fn forward(
         .forward_port(netdev, host, guest)
         .await
         .map_err(|e| e.to_string())?;
-    info!(%host, %guest, "forwarding a port to the guest");
-    forwards.insert(port, host);
+    info!(%host, %guest, ?probe, "forwarding a port to the guest");
+    forwards.insert((probe, port), host);
     Ok(host)
 }
 
@@ -841,6 +836,19 @@ async fn watch_agent(agent: Arc<Agent>, shared: Arc<Shared>) {
     }
 }
 
+/// A guest with a readiness probe is unready until the probe passes: said before the
+/// guest is first reported running (here or, after a migration, on the target).
+fn unready_until_probed(vmi: &VirtualMachineInstance, shared: &Arc<Shared>) {
+    if vmi.spec.readiness_probe.is_some() {
+        shared.status.send_modify(|s| {
+            s.readiness = Some(Readiness {
+                ready: false,
+                message: "the readiness probe has not passed yet".into(),
+            })
+        });
+    }
+}
+
 /// Starts the VMI's probes. A readiness probe makes the guest unready until it passes; a
 /// failed liveness probe ends the guest ([`probe`]).
 fn start_probes(vmi: &VirtualMachineInstance, shared: &Arc<Shared>) {
@@ -857,14 +865,6 @@ fn start_probes(vmi: &VirtualMachineInstance, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        if role == probe::Role::Readiness {
-            shared.status.send_modify(|s| {
-                s.readiness = Some(Readiness {
-                    ready: false,
-                    message: "the readiness probe has not passed yet".into(),
-                })
-            });
-        }
         let shared = shared.clone();
         tokio::spawn(async move {
             let guest = ProbedGuest(shared.clone());
@@ -908,8 +908,12 @@ impl probe::Guest for ProbedGuest {
         matches!(state, Ok(DomainState::Running))
     }
 
-    async fn forward(&self, port: u16) -> Result<std::net::SocketAddrV4, String> {
-        forward(&self.0, port, true).await
+    async fn forward(
+        &self,
+        role: probe::Role,
+        port: u16,
+    ) -> Result<std::net::SocketAddrV4, String> {
+        forward(&self.0, port, Some(role)).await
     }
 
     async fn usernet(&self) -> Result<String, String> {

@@ -177,7 +177,7 @@ spec:
     successThreshold: 2
     periodSeconds: -1
   readinessProbe:
-    httpGet: {port: https, scheme: FTP}
+    httpGet: {port: https, scheme: FTP, httpHeaders: [{name: 'X Bad', value: v}]}
 ",
     );
     let expected = [
@@ -187,6 +187,10 @@ spec:
         ("spec.livenessProbe.successThreshold", FieldValueInvalid),
         ("spec.readinessProbe.httpGet.port", FieldValueInvalid),
         ("spec.readinessProbe.httpGet.scheme", FieldValueNotSupported),
+        (
+            "spec.readinessProbe.httpGet.httpHeaders[0].name",
+            FieldValueInvalid,
+        ),
     ];
     for (field, reason) in expected {
         assert!(

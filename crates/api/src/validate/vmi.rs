@@ -244,6 +244,26 @@ fn probes(spec: &VirtualMachineInstanceSpec, at: &str, c: &mut Causes) {
                 h.scheme.as_deref(),
                 &["HTTP", "HTTPS"],
             );
+            // An HTTP token (RFC 9110 section 5.6.2), as Kubernetes checks it.
+            let token = |n: &str| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch))
+            };
+            for (i, header) in h.http_headers.iter().flatten().enumerate() {
+                if !token(&header.name) {
+                    c.invalid(
+                        format!("{f}.httpGet.httpHeaders[{i}].name"),
+                        format!("{:?} is not a valid HTTP header name", header.name),
+                    );
+                }
+                if header.value.contains(['\r', '\n']) {
+                    c.invalid(
+                        format!("{f}.httpGet.httpHeaders[{i}].value"),
+                        "may not contain a line break",
+                    );
+                }
+            }
         }
         if let Some(e) = &p.exec
             && e.command.as_ref().is_none_or(Vec::is_empty)

@@ -11,8 +11,9 @@ use crate::support::{
     Scratch, System, console_log, http_get, kubectl, kubectl_ok, qemu_pids, virtctl, wait_until,
 };
 
-/// The guest starts its web server a few seconds after boot and stops it later, so its
-/// readiness goes false -> true -> false. The HTTP probe and the TCP one both watch it.
+/// The guest starts its web server a few seconds after boot and later removes the page its
+/// readiness probe asks for (the server keeps serving its index), so its readiness goes
+/// false -> true -> false.
 const PROBED: &str = r#"
 apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -45,15 +46,16 @@ spec:
         #!/bin/sh
         mkdir -p /www && echo ready > /www/ready.html && echo hello > /www/index.html
         sleep 4
-        httpd -p 8080 -h /www
         echo PROBE-TEST-SERVING > /dev/console
+        httpd -p 8080 -h /www
         sleep 15
         rm /www/ready.html
         echo PROBE-TEST-UNREADY > /dev/console
 "#;
 
-/// The guest serves on port 8080, which its liveness probe checks, and stops after half a
-/// minute: the probe passes meanwhile, then fails twice and the guest is ended.
+/// The guest serves on port 8080, which its liveness probe checks from 40 s after the
+/// start, and stops 50 s after it booted: the probe passes meanwhile (a slow boot under
+/// load has 40 s to bring the server up), then fails twice and the guest is ended.
 const DOOMED: &str = r#"
 apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -69,7 +71,7 @@ spec:
     memory: {guest: 128Mi}
   livenessProbe:
     tcpSocket: {port: 8080}
-    initialDelaySeconds: 25
+    initialDelaySeconds: 40
     periodSeconds: 1
     failureThreshold: 2
   volumes:
@@ -80,7 +82,7 @@ spec:
       userData: |
         #!/bin/sh
         mkdir -p /www && httpd -p 8080 -h /www
-        sleep 30
+        sleep 50
         echo LIVENESS-TEST-STOPPING > /dev/console
         killall httpd
 "#;
@@ -195,9 +197,14 @@ async fn probes_drive_ready_and_liveness_against_the_guest() {
     .await;
     let console = console_log(&system.run_dir, "probed");
     assert!(console.contains("PROBE-TEST-SERVING"), "ready too early");
-    let page = http_get(&service)
-        .await
-        .expect("the Service reaches the ready guest");
+    // The service proxy learns of the change from its own watch, a moment later.
+    let page = wait_until(
+        "the Service reaching the ready guest",
+        Duration::from_secs(10),
+        server,
+        || http_get(&service),
+    )
+    .await;
     assert!(page.contains("hello"), "{page}");
     assert!(!console.contains("PROBE-TEST-UNREADY"), "ready too late");
 
@@ -217,13 +224,15 @@ async fn probes_drive_ready_and_liveness_against_the_guest() {
         "a failing readiness probe leaves the guest running"
     );
     // The guest still serves its index page, but the Service no longer sends to it.
-    assert_eq!(
-        http_get(&service).await,
-        None,
-        "an unready VMI got the Service's traffic"
-    );
+    wait_until(
+        "the Service leaving the unready guest",
+        Duration::from_secs(10),
+        server,
+        || async { http_get(&service).await.is_none().then_some(()) },
+    )
+    .await;
 
-    // `doomed` lives while it serves: its probes pass from 25 s after the start until
+    // `doomed` lives while it serves: its probes pass from 40 s after the start until
     // the guest stops its server (its console says so first, and the launcher removes the
     // console log with the rest of its directory when the guest ends).
     wait_until(
