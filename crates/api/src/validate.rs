@@ -155,9 +155,6 @@ pub fn validate(object: &Object) -> Vec<Cause> {
             if p.spec.completion_timeout_per_gib.is_some_and(|t| t <= 0) {
                 c.invalid("spec.completionTimeoutPerGiB", "must be positive");
             }
-            if p.spec.allow_post_copy == Some(true) {
-                c.forbidden("spec.allowPostCopy", "post-copy migration is not supported");
-            }
         }
         Object::KubeVirt(kv) => {
             let migrations = kv
@@ -173,8 +170,7 @@ pub fn validate(object: &Object) -> Vec<Cause> {
     c.0
 }
 
-/// The cluster's migration settings: quantities of bytes, positive timeouts and limits,
-/// and no post-copy (not supported).
+/// The cluster's migration settings: quantities of bytes, positive timeouts and limits.
 fn validate_migration_configuration(
     m: &crate::migrations::MigrationConfiguration,
     at: &str,
@@ -204,12 +200,6 @@ fn validate_migration_configuration(
         if value.is_some_and(|v| v <= 0) {
             c.invalid(format!("{at}.{field}"), "must be positive");
         }
-    }
-    if m.allow_post_copy == Some(true) {
-        c.forbidden(
-            format!("{at}.allowPostCopy"),
-            "post-copy migration is not supported",
-        );
     }
 }
 

@@ -213,6 +213,7 @@ async fn once(
         .call(&Request::MigrationTarget {
             vmi: Box::new(vmi),
             migration_uid: uid.clone(),
+            post_copy: false,
         })
         .await?;
     let ready = target
@@ -236,6 +237,7 @@ async fn once(
                 max_downtime_ms: 900,
                 bandwidth_bytes_per_second: 0,
                 auto_converge: false,
+                allow_post_copy: false,
             },
         })
         .await?;

@@ -90,6 +90,7 @@ pub fn options(vmi: &VirtualMachineInstance) -> MigrationOptions {
             .and_then(|q| api::quantity::to_units(q).ok())
             .unwrap_or(0),
         auto_converge: c.allow_auto_converge == Some(true),
+        allow_post_copy: c.allow_post_copy == Some(true),
     }
 }
 
@@ -117,7 +118,7 @@ pub fn apply(
     match m.phase {
         MigrationPhase::Running | MigrationPhase::Completed => {
             state.start_timestamp.get_or_insert(Time(now));
-            state.mode.get_or_insert_with(|| "PreCopy".into());
+            state.mode = Some(if m.post_copy { "PostCopy" } else { "PreCopy" }.into());
         }
         MigrationPhase::Failed => {
             state.start_timestamp.get_or_insert(Time(now));
@@ -215,7 +216,10 @@ impl TargetSession {
 enum TargetEvent {
     /// The target listens at this address and these ports.
     Ready(String, TargetPorts),
-    Running,
+    /// The guest runs on the target; `post_copy` when it arrived by post-copy.
+    Running {
+        post_copy: bool,
+    },
     Failed(String),
 }
 
@@ -244,6 +248,7 @@ async fn follow_target(ctx: Arc<Ctx>, vmi: VirtualMachineInstance, migration_uid
     let request = Request::MigrationTarget {
         vmi: Box::new(vmi.clone()),
         migration_uid: migration_uid.clone(),
+        post_copy: options(&vmi).allow_post_copy,
     };
     match launcher_proto::call(&socket, &request, Duration::from_secs(10)).await {
         Ok(Response::Status(_)) => {}
@@ -293,7 +298,10 @@ async fn follow_target(ctx: Arc<Ctx>, vmi: VirtualMachineInstance, migration_uid
                 return;
             }
             (MigrationPhase::Completed, launcher_proto::DomainState::Running) => {
-                write(TargetEvent::Running).await;
+                write(TargetEvent::Running {
+                    post_copy: m.post_copy,
+                })
+                .await;
                 return;
             }
             (MigrationPhase::Ready, _) if !published => {
@@ -343,7 +351,10 @@ async fn record(
                 state.target_direct_migration_node_ports = ports_map(ports);
             }
             TargetEvent::Failed(why) => fail(state, why, now),
-            TargetEvent::Running => {
+            TargetEvent::Running { post_copy } => {
+                if *post_copy {
+                    state.mode = Some("PostCopy".into());
+                }
                 state.completed = Some(true);
                 state.end_timestamp = Some(now.clone());
                 state.target_node_domain_detected = Some(true);
@@ -360,7 +371,7 @@ async fn record(
             Ok(_) => {
                 let what = match event {
                     TargetEvent::Ready(..) => "target ready",
-                    TargetEvent::Running => "the guest runs on the target",
+                    TargetEvent::Running { .. } => "the guest runs on the target",
                     TargetEvent::Failed(_) => "target failed",
                 };
                 info!(vmi = name, migration = migration_uid, "{what}");
@@ -398,6 +409,7 @@ mod tests {
             total_ms: None,
             downtime_ms: None,
             pause_ms: None,
+            post_copy: false,
             ports: None,
             address: None,
         }
@@ -445,6 +457,12 @@ mod tests {
         let state = s.migration_state.clone().unwrap();
         assert!(state.start_timestamp.is_some());
         assert_eq!(state.mode.as_deref(), Some("PreCopy"));
+        let mut switched = s.clone();
+        let mut post_copy = launcher(MigrationPhase::Running, false);
+        post_copy.post_copy = true;
+        apply(&mut switched, Some(&post_copy), now());
+        let state = switched.migration_state.unwrap();
+        assert_eq!(state.mode.as_deref(), Some("PostCopy"));
         apply(&mut s, Some(&launcher(MigrationPhase::Failed, true)), now());
         let state = s.migration_state.clone().unwrap();
         assert_eq!(

@@ -78,6 +78,9 @@ pub enum Request {
     MigrationTarget {
         vmi: Box<VirtualMachineInstance>,
         migration_uid: String,
+        /// Accept a switch to post-copy (the source's [`MigrationOptions::allow_post_copy`]).
+        #[serde(default)]
+        post_copy: bool,
     },
     /// Live-migrate the guest to the target at `host` (idempotent per migration). The
     /// progress is reported in [`Status::migration`]; on success the launcher exits with
@@ -120,6 +123,10 @@ pub struct MigrationOptions {
     /// Let QEMU slow the vCPUs down when the guest dirties memory faster than it moves.
     #[serde(default)]
     pub auto_converge: bool,
+    /// At the completion timeout, switch to post-copy instead of giving up: the guest
+    /// runs on the target at once and the rest of its memory follows on demand.
+    #[serde(default)]
+    pub allow_post_copy: bool,
 }
 
 /// Which end of a migration a launcher is.
@@ -167,6 +174,9 @@ pub struct MigrationStatus {
     pub downtime_ms: Option<u64>,
     #[serde(default)]
     pub pause_ms: Option<u64>,
+    /// Source: set once the migration switched to post-copy.
+    #[serde(default)]
+    pub post_copy: bool,
     /// Target: where it listens, once ready: its address and ports.
     pub ports: Option<TargetPorts>,
     #[serde(default)]

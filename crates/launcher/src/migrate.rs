@@ -14,6 +14,12 @@
 //! 4. Hand over: send the serial console's history; the target appends it to its own
 //!    log, stops the NBD server and resumes the guest.
 //!
+//! With post-copy allowed, reaching the completion timeout in step 2 switches to
+//! post-copy (`migrate-start-postcopy`): once QEMU has stopped the guest and sent its
+//! devices, steps 3 and 4 follow at once and the guest runs on the target while the rest
+//! of its memory streams in (pages it touches first are fetched on demand); the source
+//! then waits for the stream to end.
+//!
 //! A failure anywhere before the hand-over leaves the guest running on the source: the
 //! memory stream and the mirrors are cancelled and the NBD clients removed.
 
@@ -113,8 +119,13 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Exports `disks` and starts listening, on a QEMU started with [`target_args`].
-    pub async fn listen(qmp: &Qmp, disks: &[String]) -> Result<Self, MigrateError> {
+    /// Exports `disks` and starts listening, on a QEMU started with [`target_args`];
+    /// `post_copy` accepts a switch to post-copy.
+    pub async fn listen(
+        qmp: &Qmp,
+        disks: &[String],
+        post_copy: bool,
+    ) -> Result<Self, MigrateError> {
         let address = listen_address();
         let handover = TcpListener::bind((address, 0))
             .await
@@ -129,7 +140,10 @@ impl Incoming {
         };
         qmp.execute(
             "migrate-set-capabilities",
-            Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
+            Some(json!({"capabilities": [
+                {"capability": "events", "state": true},
+                {"capability": "postcopy-ram", "state": post_copy},
+            ]})),
         )
         .await?;
         qmp.execute(
@@ -160,8 +174,9 @@ impl Incoming {
     }
 
     /// Waits for the source's hand-over, appends the console history it brings to
-    /// `serial_log`, stops the disk export and resumes the guest.
-    pub async fn finish(self, qmp: &Qmp, serial_log: &Path) -> Result<(), MigrateError> {
+    /// `serial_log`, stops the disk export and resumes the guest. True when the guest
+    /// arrived by post-copy (the rest of its memory still streaming in).
+    pub async fn finish(self, qmp: &Qmp, serial_log: &Path) -> Result<bool, MigrateError> {
         let (stream, peer) = self
             .handover
             .accept()
@@ -176,6 +191,7 @@ impl Incoming {
         let header: Value = serde_json::from_str(&header)
             .map_err(|e| MigrateError::Failed(format!("a malformed hand-over: {e}")))?;
         let length = header["history"].as_u64().unwrap_or(0).min(MAX_HISTORY);
+        let post_copy = header["postCopy"].as_bool().unwrap_or(false);
         let mut history = Vec::new();
         (&mut reader)
             .take(length)
@@ -198,7 +214,7 @@ impl Incoming {
             .write_all(b"resumed\n")
             .await
             .map_err(io("answering the hand-over"))?;
-        Ok(())
+        Ok(post_copy)
     }
 }
 
@@ -224,12 +240,14 @@ pub struct Outgoing<'a> {
 }
 
 /// The source's side: steps 1 to 4 of the module's description. `cancel` aborts it
-/// while the memory is still being sent; `on_running` is called once it is being sent.
+/// while the memory is still being sent; `on_running` is called once it is being sent,
+/// `on_post_copy` once the guest runs on the target before all its memory is there.
 pub async fn run_source(
     qmp: &Qmp,
     out: Outgoing<'_>,
     mut cancel: tokio::sync::watch::Receiver<bool>,
     on_running: impl FnOnce(),
+    on_post_copy: impl FnOnce(),
 ) -> Result<Outcome, MigrateError> {
     let Outgoing {
         host,
@@ -248,7 +266,7 @@ pub async fn run_source(
             return Err(e);
         }
     };
-    let mut outcome = match memory(
+    let sent = match memory(
         qmp,
         SocketAddrV4::new(ip, ports.memory),
         options,
@@ -257,19 +275,60 @@ pub async fn run_source(
     )
     .await
     {
-        Ok(o) => o,
+        Ok(sent) => sent,
         Err(e) => {
             abandon_mirrors(qmp, &mirrored).await;
             return Err(e);
         }
     };
     // The guest is paused for good here: finish the copies, then let the target run.
-    let completed = Instant::now();
+    let stopped = Instant::now();
+    let post_copy = matches!(sent, Sent::PostCopy);
+    if post_copy {
+        on_post_copy();
+    }
     complete_mirrors(qmp, &mirrored).await?;
-    handover(SocketAddrV4::new(ip, ports.handover), serial_log).await?;
-    let after = u64::try_from(completed.elapsed().as_millis()).unwrap_or(u64::MAX);
-    outcome.pause_ms = outcome.downtime_ms.map(|d| d + after);
+    handover(SocketAddrV4::new(ip, ports.handover), serial_log, post_copy).await?;
+    let after = u64::try_from(stopped.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut outcome = match sent {
+        Sent::Completed(outcome) => outcome,
+        // The guest runs on the target and faults in what it lacks; the rest streams on.
+        Sent::PostCopy => post_copy_completed(qmp).await?,
+    };
+    outcome.pause_ms = Some(outcome.downtime_ms.unwrap_or(0) + after);
     Ok(outcome)
+}
+
+/// How the memory stream ended for the source.
+enum Sent {
+    Completed(Outcome),
+    /// Switched to post-copy: the source is stopped, pages still flow.
+    PostCopy,
+}
+
+/// Waits for a post-copy migration to finish sending.
+async fn post_copy_completed(qmp: &Qmp) -> Result<Outcome, MigrateError> {
+    loop {
+        let info = qmp.execute("query-migrate", None).await?;
+        match info["status"].as_str().unwrap_or_default() {
+            "completed" => {
+                return Ok(Outcome {
+                    total_ms: info["total-time"].as_u64(),
+                    downtime_ms: info["downtime"].as_u64(),
+                    pause_ms: None,
+                });
+            }
+            "failed" | "postcopy-paused" | "cancelled" => {
+                let why = info["error-desc"]
+                    .as_str()
+                    .unwrap_or("the post-copy stream broke");
+                return Err(MigrateError::Failed(format!(
+                    "after the switch to post-copy: {why}"
+                )));
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
 }
 
 fn job(node: &str) -> String {
@@ -393,12 +452,13 @@ async fn memory(
     options: &MigrationOptions,
     cancel: &mut tokio::sync::watch::Receiver<bool>,
     on_running: impl FnOnce(),
-) -> Result<Outcome, MigrateError> {
+) -> Result<Sent, MigrateError> {
     qmp.execute(
         "migrate-set-capabilities",
         Some(json!({"capabilities": [
             {"capability": "events", "state": true},
             {"capability": "auto-converge", "state": options.auto_converge},
+            {"capability": "postcopy-ram", "state": options.allow_post_copy},
         ]})),
     )
     .await?;
@@ -417,16 +477,19 @@ async fn memory(
     let mut least_remaining = u64::MAX;
     let mut progressed = Instant::now();
     let mut abort: Option<String> = None;
+    let mut switching = false;
     loop {
         let info = qmp.execute("query-migrate", None).await?;
         match info["status"].as_str().unwrap_or_default() {
             "completed" => {
-                return Ok(Outcome {
+                return Ok(Sent::Completed(Outcome {
                     total_ms: info["total-time"].as_u64(),
                     downtime_ms: info["downtime"].as_u64(),
                     pause_ms: None,
-                });
+                }));
             }
+            // The source has stopped the guest and sent its devices: the target may run.
+            "postcopy-active" => return Ok(Sent::PostCopy),
             "failed" => {
                 let why = info["error-desc"]
                     .as_str()
@@ -448,6 +511,15 @@ async fn memory(
             }
             if *cancel.borrow() {
                 abort = Some("the migration was cancelled".into());
+            } else if started.elapsed() > completion && options.allow_post_copy {
+                if !switching {
+                    info!(
+                        seconds = completion.as_secs(),
+                        "not complete within the completion timeout: switching to post-copy"
+                    );
+                    qmp.execute("migrate-start-postcopy", None).await?;
+                    switching = true;
+                }
             } else if started.elapsed() > completion {
                 abort = Some(format!(
                     "the migration did not complete within {}s",
@@ -471,12 +543,19 @@ async fn memory(
     }
 }
 
-async fn handover(target: SocketAddrV4, serial_log: &Path) -> Result<(), MigrateError> {
+async fn handover(
+    target: SocketAddrV4,
+    serial_log: &Path,
+    post_copy: bool,
+) -> Result<(), MigrateError> {
     let history = read_tail(serial_log, MAX_HISTORY);
     let mut stream = TcpStream::connect(target)
         .await
         .map_err(io(format!("connecting to the target at {target}")))?;
-    let header = format!("{}\n", json!({"history": history.len()}));
+    let header = format!(
+        "{}\n",
+        json!({"history": history.len(), "postCopy": post_copy})
+    );
     stream
         .write_all(header.as_bytes())
         .await

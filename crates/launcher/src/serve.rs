@@ -281,7 +281,11 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             current()
         }
         Request::Status | Request::Watch => current(),
-        Request::MigrationTarget { vmi, migration_uid } => {
+        Request::MigrationTarget {
+            vmi,
+            migration_uid,
+            post_copy,
+        } => {
             let state = shared.status.borrow().state.clone();
             let same = shared
                 .status
@@ -299,7 +303,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
                 s.state = DomainState::Created;
                 s.migration = Some(migration_status(migration_uid, MigrationRole::Target));
             });
-            tokio::spawn(start_target(*vmi, shared.clone()));
+            tokio::spawn(start_target(*vmi, post_copy, shared.clone()));
             current()
         }
         Request::Migrate {
@@ -541,13 +545,14 @@ fn migration_status(uid: String, role: MigrationRole) -> MigrationStatus {
         total_ms: None,
         downtime_ms: None,
         pause_ms: None,
+        post_copy: false,
         ports: None,
         address: None,
     }
 }
 
 /// The target's side: QEMU waiting for the stream, then the hand-over, then running.
-async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
+async fn start_target(mut vmi: VirtualMachineInstance, post_copy: bool, shared: Arc<Shared>) {
     let uid = vmi.metadata.uid.clone();
     set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &DefaultsConfig::default());
     // The source holds the forwarded host ports until the hand-over.
@@ -567,7 +572,7 @@ async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
     let agent = Arc::new(Agent::new(&launched.sockets.guest_agent));
     let _ = shared.agent.set(agent.clone());
     *shared.launched.lock().await = Some(launched);
-    match Incoming::listen(&qmp, &migrate::local_disks(&vmi)).await {
+    match Incoming::listen(&qmp, &migrate::local_disks(&vmi), post_copy).await {
         Ok(incoming) => {
             let ports = incoming.ports;
             let address = incoming.address.to_string();
@@ -579,9 +584,12 @@ async fn start_target(mut vmi: VirtualMachineInstance, shared: Arc<Shared>) {
             let shared = shared.clone();
             tokio::spawn(async move {
                 match incoming.finish(&qmp, &serial_log).await {
-                    Ok(()) => {
-                        info!("migrated in: the guest runs here");
-                        shared.set_migration(|m| m.phase = MigrationPhase::Completed);
+                    Ok(post_copy) => {
+                        info!(post_copy, "migrated in: the guest runs here");
+                        shared.set_migration(|m| {
+                            m.phase = MigrationPhase::Completed;
+                            m.post_copy = post_copy;
+                        });
                         tokio::spawn(watch_agent(agent, shared.clone()));
                         start_probes(&vmi, &shared);
                         take_over_ports(&shared, forwards, &config.port_address).await;
@@ -670,6 +678,10 @@ async fn start_source(
         shared.migrating.store(true, Ordering::SeqCst);
         shared.set_migration(|m| m.phase = MigrationPhase::Running);
     };
+    let switched = || {
+        info!("switched to post-copy: the guest runs on the target from now on");
+        shared.set_migration(|m| m.post_copy = true);
+    };
     let outgoing = migrate::Outgoing {
         host: &host,
         ports,
@@ -677,8 +689,14 @@ async fn start_source(
         disks: &disks,
         serial_log: &serial_log,
     };
-    let result =
-        migrate::run_source(&qmp, outgoing, shared.cancel_migration.subscribe(), running).await;
+    let result = migrate::run_source(
+        &qmp,
+        outgoing,
+        shared.cancel_migration.subscribe(),
+        running,
+        switched,
+    )
+    .await;
     match result {
         Ok(outcome) => {
             info!(?outcome, "migrated out: the guest runs on the target");

@@ -138,7 +138,11 @@ fn usernet_connection_states() {
     );
     assert_eq!(connection_state(table, 40125), None);
     assert_eq!(connection_state(table, 80), None);
-    assert_eq!(connection_state(table, 40126), None, "the guest's own connection");
+    assert_eq!(
+        connection_state(table, 40126),
+        None,
+        "the guest's own connection"
+    );
 }
 
 #[test]

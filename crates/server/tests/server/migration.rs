@@ -658,6 +658,47 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
     assert!(nodes.contains("SchedulingDisabled"), "{nodes}");
     kubectl_ok(&kc, &scratch, &["uncordon", &home]);
 
+    // Post-copy: a migration that cannot finish within its completion timeout (a second
+    // per GiB, at 1 MiB/s) switches to post-copy when the policy allows it, and completes;
+    // the guest moves and counts on.
+    let post_copy = SLOW_POLICY.replace(
+        "bandwidthPerMigration: 1Mi",
+        "bandwidthPerMigration: 1Mi\n  completionTimeoutPerGiB: 1\n  allowPostCopy: true",
+    );
+    std::fs::write(&policy, post_copy).unwrap();
+    kubectl_ok(&kc, &scratch, &["apply", "-f", policy.to_str().unwrap()]);
+    let from = node_of(&vmi(&client, "counter").await);
+    virtctl(&kc, &["migrate", "counter"]);
+    let moved = wait_until(
+        "the post-copy migration complete",
+        Duration::from_secs(60),
+        server,
+        || {
+            let client = client.clone();
+            let from = from.clone();
+            async move {
+                let v = vmi(&client, "counter").await;
+                let state = v.status.as_ref()?.migration_state.as_ref()?;
+                let done = state.mode.as_deref() == Some("PostCopy")
+                    && state.completed == Some(true)
+                    && node_of(&v) != from;
+                done.then_some(v)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        moved.status.unwrap().phase,
+        Some(api::v1::VmiPhase::Running)
+    );
+    let last = *drained_ticks.last().unwrap();
+    let post_ticks = ticks(&console_output(&kc, "counter", Duration::from_secs(3)).await);
+    assert!(
+        post_ticks.first().is_some_and(|n| *n > last),
+        "after {last}: {post_ticks:?}"
+    );
+    one_launcher(server, &kc, &scratch, "counter").await;
+
     drop(kubectl(
         &kc,
         &scratch,
