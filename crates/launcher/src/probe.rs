@@ -33,6 +33,62 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+/// Why a probe's spec cannot run (validation refuses these first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("port {0} is not between 1 and 65535")]
+    PortRange(i32),
+    #[error("no interface port is named {0:?}")]
+    PortName(String),
+    #[error("a probe needs exactly one of tcpSocket, httpGet, exec and guestAgentPing")]
+    Actions,
+    #[error("exec needs a command")]
+    NoCommand,
+}
+
+/// Why one run of a probe failed; the message is what the Ready condition shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("{check}: no answer within {timeout:?}")]
+    Timeout { check: String, timeout: Duration },
+    #[error("port {port}: connection refused")]
+    Refused { port: u16 },
+    #[error("port {port}: {message}")]
+    Connect { port: u16, message: String },
+    #[error("GET {path} on port {port}: HTTP {status}")]
+    Status {
+        path: String,
+        port: u16,
+        status: u16,
+    },
+    #[error("GET {path} on port {port}: {message}")]
+    Request {
+        path: String,
+        port: u16,
+        message: String,
+    },
+    #[error("{command} exited with {code}")]
+    Exit { command: String, code: i64 },
+    #[error("the guest agent does not answer")]
+    AgentSilent,
+    #[error("{0}")]
+    Header(#[from] HeaderError),
+    /// The launcher could not reach the guest (no pod network, QEMU or agent gone).
+    #[error("{0}")]
+    Guest(String),
+}
+
+/// A header a probe cannot send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("host {0:?} is not a valid Host header")]
+    Host(String),
+    #[error("{0:?} is not a valid header name")]
+    Name(String),
+    #[error("the value of header {0} is not valid")]
+    Value(String),
+}
+
 /// What a probe checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
@@ -84,12 +140,12 @@ fn count(v: Option<i32>, default: u32) -> u32 {
 }
 
 /// A probe's port: a number, or the name of a port on one of the VMI's interfaces.
-fn port(vmi: &VirtualMachineInstance, port: &IntOrString) -> Result<u16, String> {
+fn port(vmi: &VirtualMachineInstance, port: &IntOrString) -> Result<u16, SpecError> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n)
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("port {n} is not between 1 and 65535")),
+            .ok_or(SpecError::PortRange(*n)),
         IntOrString::String(name) => vmi
             .spec
             .domain
@@ -99,14 +155,14 @@ fn port(vmi: &VirtualMachineInstance, port: &IntOrString) -> Result<u16, String>
             .flat_map(|i| &i.ports)
             .find(|p| p.name.as_deref() == Some(name.as_str()))
             .and_then(|p| u16::try_from(p.port).ok())
-            .ok_or_else(|| format!("no interface port is named {name:?}")),
+            .ok_or_else(|| SpecError::PortName(name.clone())),
     }
 }
 
 impl Probe {
     /// The probe `spec` asks for; an error names what is wrong (validation refuses such
     /// specs first, so this guards only against a launcher handed one anyway).
-    pub fn from_spec(vmi: &VirtualMachineInstance, spec: &ProbeSpec) -> Result<Self, String> {
+    pub fn from_spec(vmi: &VirtualMachineInstance, spec: &ProbeSpec) -> Result<Self, SpecError> {
         let check = match (
             &spec.tcp_socket,
             &spec.http_get,
@@ -135,17 +191,12 @@ impl Probe {
             (None, None, Some(exec), None) => {
                 let command = exec.command.clone().unwrap_or_default();
                 if command.is_empty() {
-                    return Err("exec needs a command".into());
+                    return Err(SpecError::NoCommand);
                 }
                 Check::Exec { command }
             }
             (None, None, None, Some(_)) => Check::AgentPing,
-            _ => {
-                return Err(
-                    "a probe needs exactly one of tcpSocket, httpGet, exec and guestAgentPing"
-                        .into(),
-                );
-            }
+            _ => return Err(SpecError::Actions),
         };
         Ok(Self {
             check,
@@ -286,13 +337,13 @@ pub async fn run(
                 )
                 .await
                 .unwrap_or_else(|_| {
-                    Err(format!(
-                        "{}: no answer within {:?}",
-                        probe.check, probe.timeout
-                    ))
+                    Err(Failure::Timeout {
+                        check: probe.check.to_string(),
+                        timeout: probe.timeout,
+                    })
                 });
                 let passed = result.is_ok();
-                let why = result.err().unwrap_or_default();
+                let why = result.err().map(|e| e.to_string()).unwrap_or_default();
                 let changed = tally.record(passed);
                 if changed {
                     info!(?role, passing = tally.passing, why, "probe verdict changed");
@@ -345,7 +396,7 @@ async fn check(
     check: &Check,
     http: &Option<reqwest::Client>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     match check {
         Check::Tcp { port } => tcp(guest, role, *port).await,
         Check::Http {
@@ -355,31 +406,44 @@ async fn check(
             host,
             headers,
         } => {
-            let address = guest.forward(role, *port).await?;
+            let address = guest.forward(role, *port).await.map_err(Failure::Guest)?;
             let scheme = if *https { "https" } else { "http" };
-            let client = http.as_ref().ok_or("no HTTP client")?;
+            let client = http
+                .as_ref()
+                .ok_or_else(|| Failure::Guest("no HTTP client".into()))?;
             let response = client
                 .get(format!("{scheme}://{address}{path}"))
                 .headers(http_headers(host.as_deref(), *port, headers)?)
                 .send()
                 .await
-                .map_err(|e| format!("GET {path} on port {port}: {}", crate::error_chain(&e)))?;
+                .map_err(|e| Failure::Request {
+                    path: path.clone(),
+                    port: *port,
+                    message: crate::error_chain(&e),
+                })?;
             let status = response.status().as_u16();
             if http_passes(status) {
                 Ok(())
             } else {
-                Err(format!("GET {path} on port {port}: HTTP {status}"))
+                Err(Failure::Status {
+                    path: path.clone(),
+                    port: *port,
+                    status,
+                })
             }
         }
-        Check::Exec { command } => match guest.exec(command).await? {
+        Check::Exec { command } => match guest.exec(command).await.map_err(Failure::Guest)? {
             0 => Ok(()),
-            code => Err(format!("{} exited with {code}", command.join(" "))),
+            code => Err(Failure::Exit {
+                command: command.join(" "),
+                code,
+            }),
         },
         Check::AgentPing => {
             if guest.ping(timeout).await {
                 Ok(())
             } else {
-                Err("the guest agent does not answer".into())
+                Err(Failure::AgentSilent)
             }
         }
     }
@@ -391,22 +455,22 @@ pub fn http_headers(
     host: Option<&str>,
     port: u16,
     headers: &[(String, String)],
-) -> Result<reqwest::header::HeaderMap, String> {
+) -> Result<reqwest::header::HeaderMap, HeaderError> {
     use reqwest::header::{ACCEPT, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
     let mut map = HeaderMap::new();
     map.insert(USER_AGENT, HeaderValue::from_static("kube-probe/1.32"));
     map.insert(ACCEPT, HeaderValue::from_static("*/*"));
     if let Some(host) = host {
         let value = HeaderValue::from_str(&format!("{host}:{port}"))
-            .map_err(|_| format!("host {host:?} is not a valid Host header"))?;
+            .map_err(|_| HeaderError::Host(host.to_owned()))?;
         map.insert(HOST, value);
     }
     let mut given = HeaderMap::new();
     for (name, value) in headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("{name:?} is not a valid header name"))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| format!("the value of header {name} is not valid"))?;
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeaderError::Name(name.clone()))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| HeaderError::Value(name.to_string()))?;
         given.append(name, value);
     }
     for name in given.keys() {
@@ -419,22 +483,30 @@ pub fn http_headers(
 }
 
 /// Connects through the probe's forward and waits for the guest's side to be established.
-async fn tcp(guest: &impl Guest, role: Role, port: u16) -> Result<(), String> {
-    let address = guest.forward(role, port).await?;
+async fn tcp(guest: &impl Guest, role: Role, port: u16) -> Result<(), Failure> {
+    let address = guest.forward(role, port).await.map_err(Failure::Guest)?;
     let stream = TcpStream::connect(address)
         .await
-        .map_err(|e| format!("port {port}: {e}"))?;
+        .map_err(|e| Failure::Connect {
+            port,
+            message: e.to_string(),
+        })?;
     loop {
-        let table = guest.usernet().await?;
+        let table = guest.usernet().await.map_err(Failure::Guest)?;
         if connection_state(&table, address.port()).as_deref() == Some("ESTABLISHED") {
             return Ok(());
         }
         // The forward closes its end when the guest refuses the connection.
         match stream.try_read(&mut [0u8; 1]) {
-            Ok(0) => return Err(format!("port {port}: connection refused")),
+            Ok(0) => return Err(Failure::Refused { port }),
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("port {port}: {e}")),
+            Err(e) => {
+                return Err(Failure::Connect {
+                    port,
+                    message: e.to_string(),
+                });
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

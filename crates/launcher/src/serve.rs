@@ -879,7 +879,7 @@ fn start_probes(vmi: &VirtualMachineInstance, shared: &Arc<Shared>) {
         let p = match probe::Probe::from_spec(vmi, spec) {
             Ok(p) => p,
             Err(why) => {
-                warn!(?role, why, "the probe cannot run");
+                warn!(?role, why = %why, "the probe cannot run");
                 continue;
             }
         };

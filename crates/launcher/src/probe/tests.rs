@@ -25,7 +25,7 @@ spec:
 
 fn probe(spec: &str) -> Result<Probe, String> {
     let (vmi, p) = vmi(spec);
-    Probe::from_spec(&vmi, &p)
+    Probe::from_spec(&vmi, &p).map_err(|e| e.to_string())
 }
 
 #[test]
