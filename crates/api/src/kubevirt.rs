@@ -101,8 +101,8 @@ pub struct KubeVirtStatus {
 
 /// The installation that configures the cluster: the oldest KubeVirt CR (upstream allows
 /// one; a second one here changes nothing).
-pub fn installation(list: &[KubeVirt]) -> Option<&KubeVirt> {
-    list.iter().min_by(|a, b| {
+pub fn installation<'a>(list: impl IntoIterator<Item = &'a KubeVirt>) -> Option<&'a KubeVirt> {
+    list.into_iter().min_by(|a, b| {
         (&a.metadata.creation_timestamp, &a.metadata.name)
             .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
     })

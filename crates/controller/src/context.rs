@@ -51,6 +51,7 @@ pub(crate) struct Caches {
     vmis: std::sync::OnceLock<Store<VirtualMachineInstance>>,
     pods: std::sync::OnceLock<Store<Pod>>,
     migrations: std::sync::OnceLock<Store<VirtualMachineInstanceMigration>>,
+    kubevirts: std::sync::OnceLock<Store<api::kubevirt::KubeVirt>>,
 }
 
 impl Caches {
@@ -74,6 +75,11 @@ impl Caches {
     /// Every migration.
     pub fn migrations(&self) -> Vec<Arc<VirtualMachineInstanceMigration>> {
         Self::get(&self.migrations)
+    }
+
+    /// Every KubeVirt CR.
+    pub fn kubevirts(&self) -> Vec<Arc<api::kubevirt::KubeVirt>> {
+        Self::get(&self.kubevirts)
     }
 
     /// The VMI `namespace/name`.
@@ -233,6 +239,13 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
         1,
         Vec::new(),
     );
+    let kubevirts = informer(
+        Api::<api::kubevirt::KubeVirt>::all(client.clone()),
+        watcher::Config::default(),
+        1,
+        Vec::new(),
+    );
+    let _ = ctx.caches.kubevirts.set(kubevirts.store.clone());
     let _ = ctx.caches.vmis.set(vmis.store.clone());
     let _ = ctx.caches.migrations.set(migrations.store.clone());
     let _ = ctx.caches.pods.set(pods.store.clone());
@@ -321,7 +334,9 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
     let vm_store = vms.store.clone();
     let rs_store = replicasets.store.clone();
     let migration_store = migrations.store.clone();
-    let kubevirt_ctx = ctx.clone();
+    let kubevirt_store = kubevirts.store.clone();
+    let kubevirt_controller =
+        crate::kubevirt::run(kubevirts.triggers, kubevirts.store, ctx.clone());
     let controllers = async move {
         let synced = tokio::try_join!(
             vmi_store.wait_until_ready(),
@@ -329,6 +344,7 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
             vm_store.wait_until_ready(),
             rs_store.wait_until_ready(),
             migration_store.wait_until_ready(),
+            kubevirt_store.wait_until_ready(),
         );
         if synced.is_err() {
             return;
@@ -338,7 +354,7 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
             vm_controller,
             rs_controller,
             migration_controller,
-            crate::kubevirt::run(kubevirt_ctx),
+            kubevirt_controller,
         );
     };
     tokio::join!(
@@ -347,6 +363,7 @@ pub(crate) async fn run_controllers(ctx: Arc<Context>) {
         vms.driver,
         replicasets.driver,
         migrations.driver,
+        kubevirts.driver,
         controllers,
         events,
     );

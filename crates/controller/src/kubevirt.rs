@@ -9,34 +9,40 @@ use api::kubevirt::KubeVirt;
 use futures_util::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::Store;
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::context::Context;
 use crate::error::Error;
+use crate::informer::Trigger;
 
 /// The name upstream's install uses, and the one created here.
 pub const NAME: &str = "kubevirt";
 
-/// Creates `<namespace>/kubevirt` unless some KubeVirt CR exists; then reports on every
-/// one until the future is dropped.
-pub(crate) async fn run(ctx: Arc<Context>) {
-    let all: Api<KubeVirt> = Api::all(ctx.client.clone());
-    match all.list(&Default::default()).await {
-        Ok(list) if list.items.is_empty() => {
-            let mut kv = KubeVirt::new(NAME, Default::default());
-            kv.metadata.namespace = Some(ctx.namespace.clone());
-            let api: Api<KubeVirt> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-            match api.create(&PostParams::default(), &kv).await {
-                Ok(_) => info!(namespace = %ctx.namespace, name = NAME, "created the KubeVirt CR"),
-                Err(e) => warn!(error = %e, "could not create the KubeVirt CR"),
-            }
-        }
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "could not list KubeVirt CRs"),
+/// Creates `<namespace>/kubevirt` unless the (synced) cache holds a KubeVirt CR; then
+/// reports on every one until the future is dropped.
+pub(crate) async fn run(
+    triggers: Vec<Trigger<KubeVirt>>,
+    store: Store<KubeVirt>,
+    ctx: Arc<Context>,
+) {
+    let Some(trigger) = triggers.into_iter().next() else {
+        return;
+    };
+    if store.wait_until_ready().await.is_err() {
+        return;
     }
-    Controller::new(all, watcher::Config::default())
+    if store.is_empty() {
+        let mut kv = KubeVirt::new(NAME, Default::default());
+        kv.metadata.namespace = Some(ctx.namespace.clone());
+        let api: Api<KubeVirt> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+        match api.create(&PostParams::default(), &kv).await {
+            Ok(_) => info!(namespace = %ctx.namespace, name = NAME, "created the KubeVirt CR"),
+            Err(e) => warn!(error = %e, "could not create the KubeVirt CR"),
+        }
+    }
+    Controller::for_stream(trigger, store)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {

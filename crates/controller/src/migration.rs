@@ -220,7 +220,7 @@ async fn settings(
     let mut settings = reconcile::migration::Settings {
         launcher: ctx.launcher.clone(),
         policy: None,
-        configuration: cluster_configuration(ctx).await?,
+        configuration: cluster_configuration(ctx),
     };
     let Some(vmi) = vmi else {
         return Ok(settings);
@@ -251,21 +251,13 @@ async fn settings(
     Ok(settings)
 }
 
-/// The cluster's migration settings: those of the oldest KubeVirt CR, else upstream's
-/// defaults.
-async fn cluster_configuration(
-    ctx: &Context,
-) -> Result<api::migrations::MigrationConfiguration, Error> {
-    use api::kubevirt::KubeVirt;
-    let installs: Api<KubeVirt> = Api::all(ctx.client.clone());
-    let list = match installs.list(&Default::default()).await {
-        Ok(list) => list.items,
-        Err(e) if is_not_found(&e) => Vec::new(),
-        Err(e) => return Err(Error::api("list", "KubeVirt", "")(e)),
-    };
-    Ok(api::kubevirt::installation(&list)
-        .map(KubeVirt::migration_configuration)
-        .unwrap_or_default())
+/// The cluster's migration settings: those of the oldest KubeVirt CR (from the cache),
+/// else upstream's defaults.
+fn cluster_configuration(ctx: &Context) -> api::migrations::MigrationConfiguration {
+    let installs = ctx.caches.kubevirts();
+    api::kubevirt::installation(installs.iter().map(AsRef::as_ref))
+        .map(api::kubevirt::KubeVirt::migration_configuration)
+        .unwrap_or_default()
 }
 
 /// The annotation on a migration a node drain started, naming the node.

@@ -228,6 +228,17 @@ pub struct Outcome {
     pub pause_ms: Option<u64>,
 }
 
+impl Outcome {
+    /// QEMU's figures from a completed `query-migrate`.
+    fn of(info: &Value) -> Self {
+        Self {
+            total_ms: info["total-time"].as_u64(),
+            downtime_ms: info["downtime"].as_u64(),
+            pause_ms: None,
+        }
+    }
+}
+
 /// Where and how the source sends the guest.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
@@ -311,13 +322,7 @@ async fn post_copy_completed(qmp: &Qmp) -> Result<Outcome, MigrateError> {
     loop {
         let info = qmp.execute("query-migrate", None).await?;
         match info["status"].as_str().unwrap_or_default() {
-            "completed" => {
-                return Ok(Outcome {
-                    total_ms: info["total-time"].as_u64(),
-                    downtime_ms: info["downtime"].as_u64(),
-                    pause_ms: None,
-                });
-            }
+            "completed" => return Ok(Outcome::of(&info)),
             "failed" | "postcopy-paused" | "cancelled" => {
                 let why = info["error-desc"]
                     .as_str()
@@ -481,13 +486,7 @@ async fn memory(
     loop {
         let info = qmp.execute("query-migrate", None).await?;
         match info["status"].as_str().unwrap_or_default() {
-            "completed" => {
-                return Ok(Sent::Completed(Outcome {
-                    total_ms: info["total-time"].as_u64(),
-                    downtime_ms: info["downtime"].as_u64(),
-                    pause_ms: None,
-                }));
-            }
+            "completed" => return Ok(Sent::Completed(Outcome::of(&info))),
             // The source has stopped the guest and sent its devices: the target may run.
             "postcopy-active" => return Ok(Sent::PostCopy),
             "failed" => {

@@ -56,16 +56,8 @@ impl Browser {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(ready, "chromedriver did not answer");
-        let session: Value = http
-            .post(format!("{base}/session"))
-            .json(&json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}}}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let session = post(&http, &format!("{base}/session"), json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}}}})).await;
         let id = session["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no browser session: {session}"))
@@ -78,16 +70,12 @@ impl Browser {
     }
 
     async fn open(&self, url: &str) {
-        let r: Value = self
-            .http
-            .post(format!("{}/url", self.base))
-            .json(&json!({"url": url}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = post(
+            &self.http,
+            &format!("{}/url", self.base),
+            json!({"url": url}),
+        )
+        .await;
         assert!(r["value"].is_null(), "opening {url}: {r}");
     }
 
@@ -97,18 +85,22 @@ impl Browser {
     }
 
     async fn script(&self, script: &str) -> Value {
-        let r: Value = self
-            .http
-            .post(format!("{}/execute/sync", self.base))
-            .json(&json!({"script": script, "args": []}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{}/execute/sync", self.base);
+        let r = post(&self.http, &url, json!({"script": script, "args": []})).await;
         r["value"].clone()
     }
+}
+
+/// A WebDriver command: `body` POSTed to `url`, the JSON answer.
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> Value {
+    http.post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
