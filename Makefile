@@ -6,7 +6,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build server guest guest-full registry demo demo-launcher test test-unit lint crds bench clean
+.PHONY: all deps build server guest guest-full registry demo demo-launcher test test-unit test-security lint crds bench clean
 
 all: build
 
@@ -51,6 +51,11 @@ test: deps guest guest-full registry
 
 test-unit:
 	$(CARGO) test --workspace --lib
+
+# The attacks a namespace user could try, each made for real (docs/security.md); also
+# part of `make test`.
+test-security: deps guest registry
+	$(CARGO) test -p server --test server -- security:: browser::
 
 lint:
 	$(CARGO) fmt --all --check

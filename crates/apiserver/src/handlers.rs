@@ -593,6 +593,8 @@ fn event_line(kind: &str, object: Value) -> Bytes {
 
 /// How often a watch that allows bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+/// The longest watch a client may ask for with `timeoutSeconds`.
+const MAX_WATCH_SECONDS: u64 = 3600;
 
 async fn watch(
     state: &AppState,
@@ -602,10 +604,14 @@ async fn watch(
     selector: Selector,
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    // A client's timeout is honoured up to an hour (a larger one would overflow the
+    // deadline); without one a watch lasts half an hour, as kube-apiserver's default.
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::from_secs(1800), Duration::from_secs);
+        .map_or(Duration::from_secs(1800), |s| {
+            Duration::from_secs(s.min(MAX_WATCH_SECONDS))
+        });
     let flag = |name: &str| params.get(name).is_some_and(|v| v == "true" || v == "1");
     let bookmarks = flag("allowWatchBookmarks");
     let send_initial = params.get("sendInitialEvents").map(|v| v == "true");

@@ -28,6 +28,8 @@ pub enum DiskError {
     Invalid { field: String, message: String },
     #[error("{tool}: {message}")]
     Tool { tool: &'static str, message: String },
+    #[error("disk image {path} refused: {why}")]
+    Refused { path: String, why: String },
     #[error("{path}")]
     Io {
         path: String,
@@ -74,11 +76,20 @@ pub struct Prepared {
     pub kernel_boot: Option<KernelBoot>,
 }
 
+/// Where `hostDisk` volumes may be: anywhere (the standalone launcher, run by its user)
+/// or only inside the listed directories (a pod, run for a namespace's user).
+#[derive(Debug, Clone, Copy)]
+pub enum HostDisks<'a> {
+    Anywhere,
+    Inside(&'a [PathBuf]),
+}
+
 /// Prepares every volume of `vmi` under `dir`.
 pub async fn prepare(
     vmi: &VirtualMachineInstance,
     cache: &ImageCache,
     dir: &Path,
+    host_disks: HostDisks<'_>,
 ) -> Result<Prepared, DiskError> {
     let disks_dir = dir.join("disks");
     std::fs::create_dir_all(&disks_dir).map_err(|e| io(&disks_dir, e))?;
@@ -87,7 +98,7 @@ pub async fn prepare(
         let field = format!("spec.volumes[{i}]");
         prepared
             .volumes
-            .push(prepare_volume(vmi, volume, &field, cache, &disks_dir).await?);
+            .push(prepare_volume(vmi, volume, &field, cache, &disks_dir, host_disks).await?);
     }
     if let Some(kb) = vmi
         .spec
@@ -126,6 +137,7 @@ async fn prepare_volume(
     field: &str,
     cache: &ImageCache,
     dir: &Path,
+    host_disks: HostDisks<'_>,
 ) -> Result<PreparedVolume, DiskError> {
     let out = |path: PathBuf, format, read_only| PreparedVolume {
         name: v.name.clone(),
@@ -174,11 +186,15 @@ async fn prepare_volume(
         return Ok(out(disk, DiskFormat::Qcow2, false));
     }
     if let Some(h) = &v.host_disk {
-        let path = PathBuf::from(&h.path);
+        let field = format!("{field}.hostDisk.path");
+        let path = host_disk_path(&h.path, host_disks).map_err(|message| DiskError::Invalid {
+            field: field.clone(),
+            message,
+        })?;
         if !path.exists() {
             if h.disk_type != "DiskOrCreate" {
                 return Err(DiskError::Invalid {
-                    field: format!("{field}.hostDisk.path"),
+                    field,
                     message: format!("{} does not exist", h.path),
                 });
             }
@@ -190,8 +206,24 @@ async fn prepare_volume(
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
             }
-            let f = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+            // create_new: never take over a file that appeared meanwhile.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
             f.set_len(bytes).map_err(|e| io(&path, e))?;
+        }
+        // Checked again now that it exists: a link placed meanwhile must not lead out.
+        let path = host_disk_path(&h.path, host_disks).map_err(|message| DiskError::Invalid {
+            field: field.clone(),
+            message,
+        })?;
+        if !path.is_file() {
+            return Err(DiskError::Invalid {
+                field,
+                message: format!("{} is not a regular file", h.path),
+            });
         }
         let format = probe_format(&path).await?;
         return Ok(out(path, format, false));
@@ -207,33 +239,114 @@ async fn prepare_volume(
     })
 }
 
-/// The format QEMU should open `path` with.
+/// The file a `hostDisk` path names, when `host_disks` allows it: a clean absolute path
+/// whose deepest existing ancestor (links followed) lies inside an allowed directory.
+/// Returns the path with that ancestor resolved.
+fn host_disk_path(path: &str, host_disks: HostDisks<'_>) -> Result<PathBuf, String> {
+    let p = Path::new(path);
+    let clean = path.starts_with('/')
+        && p.components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !clean {
+        return Err(format!(
+            "{path:?} must be an absolute path without '.' or '..'"
+        ));
+    }
+    let HostDisks::Inside(dirs) = host_disks else {
+        return Ok(p.to_path_buf());
+    };
+    // The deepest ancestor that exists, resolved; the rest is created below it.
+    let mut existing = p;
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match existing.canonicalize() {
+            Ok(r) => break r,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => return Err(format!("{path:?} cannot be resolved")),
+            },
+        }
+    };
+    // Strictly below an allowed directory: the directory itself is no disk.
+    let inside = dirs.iter().any(|d| {
+        d.canonicalize()
+            .is_ok_and(|d| resolved.starts_with(&d) && (resolved != d || !rest.is_empty()))
+    });
+    if !inside {
+        let allowed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        return Err(format!(
+            "{path:?} is not in a directory this node allows host disks in ({})",
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        ));
+    }
+    Ok(rest.iter().rev().fold(resolved, |p, name| p.join(name)))
+}
+
+/// How long `qemu-img info` may take over an image: a crafted header must not hold a
+/// start forever.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The format QEMU should open `path` with. Only raw and qcow2 are accepted, and a qcow2
+/// image must stand alone: a backing file or an external data file in its header would
+/// make QEMU open whatever file it names, so such an image is refused (as upstream does).
 async fn probe_format(path: &Path) -> Result<DiskFormat, DiskError> {
-    let output = Command::new("qemu-img")
+    let tool = |message: String| DiskError::Tool {
+        tool: "qemu-img",
+        message,
+    };
+    let run = Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
         .arg(path)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PROBE_TIMEOUT, run)
         .await
-        .map_err(|e| DiskError::Tool {
-            tool: "qemu-img",
-            message: e.to_string(),
-        })?;
+        .map_err(|_| {
+            tool(format!(
+                "{}: no answer within {PROBE_TIMEOUT:?}",
+                path.display()
+            ))
+        })?
+        .map_err(|e| tool(e.to_string()))?;
     if !output.status.success() {
-        return Err(DiskError::Tool {
-            tool: "qemu-img",
-            message: first_line(&output.stderr),
-        });
+        return Err(tool(first_line(&output.stderr)));
     }
     let info: serde_json::Value =
-        serde_json::from_slice(&output.stdout).map_err(|e| DiskError::Tool {
-            tool: "qemu-img",
-            message: e.to_string(),
-        })?;
-    Ok(if info["format"] == "qcow2" {
-        DiskFormat::Qcow2
-    } else {
-        DiskFormat::Raw
+        serde_json::from_slice(&output.stdout).map_err(|e| tool(e.to_string()))?;
+    format_of(&info).map_err(|why| DiskError::Refused {
+        path: path.display().to_string(),
+        why,
     })
+}
+
+/// The format in `qemu-img info`'s answer, or why the image may not be used.
+fn format_of(info: &serde_json::Value) -> Result<DiskFormat, String> {
+    if let Some(backing) = info.get("backing-filename") {
+        return Err(format!(
+            "the image names a backing file ({backing}); only a standalone raw or qcow2 image is accepted"
+        ));
+    }
+    if let Some(data_file) = info.pointer("/format-specific/data/data-file") {
+        return Err(format!(
+            "the image names an external data file ({data_file}); only a standalone raw or qcow2 image is accepted"
+        ));
+    }
+    match info["format"].as_str() {
+        Some("qcow2") => Ok(DiskFormat::Qcow2),
+        Some("raw") => Ok(DiskFormat::Raw),
+        other => Err(format!(
+            "the image's format is {}; only raw and qcow2 are accepted",
+            other.unwrap_or("unknown")
+        )),
+    }
 }
 
 async fn qemu_img(args: &[&str], paths: &[&Path]) -> Result<(), DiskError> {
@@ -395,4 +508,61 @@ fn first_line(bytes: &[u8]) -> String {
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_disks_stay_in_their_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::write(allowed.join("a.img"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", allowed.join("link.img")).unwrap();
+        std::os::unix::fs::symlink("/etc", allowed.join("etc")).unwrap();
+        let dirs = [allowed.clone()];
+        let inside = HostDisks::Inside(&dirs);
+        let at = |p: &Path| p.display().to_string();
+        let real = allowed.canonicalize().unwrap();
+        assert_eq!(
+            host_disk_path(&at(&allowed.join("a.img")), inside),
+            Ok(real.join("a.img"))
+        );
+        assert_eq!(
+            host_disk_path(&at(&allowed.join("new/b.img")), inside),
+            Ok(real.join("new/b.img"))
+        );
+        for bad in [
+            "/etc/shadow".to_owned(),
+            at(&allowed.join("link.img")),
+            at(&allowed.join("etc/passwd")),
+            at(&allowed.join("../x.img")),
+            at(&allowed),
+            "relative.img".to_owned(),
+        ] {
+            assert!(host_disk_path(&bad, inside).is_err(), "{bad}");
+        }
+        assert!(host_disk_path("/etc/shadow", HostDisks::Inside(&[])).is_err());
+        assert_eq!(
+            host_disk_path("/etc/shadow", HostDisks::Anywhere),
+            Ok(PathBuf::from("/etc/shadow"))
+        );
+    }
+
+    #[test]
+    fn only_standalone_raw_and_qcow2_images_are_accepted() {
+        let ok = |v: serde_json::Value| format_of(&v);
+        assert_eq!(ok(json!({"format": "raw"})), Ok(DiskFormat::Raw));
+        assert_eq!(ok(json!({"format": "qcow2"})), Ok(DiskFormat::Qcow2));
+        let err = ok(json!({"format": "qcow2", "backing-filename": "/etc/shadow"})).unwrap_err();
+        assert!(err.contains("backing file (\"/etc/shadow\")"), "{err}");
+        let err = ok(json!({"format": "qcow2",
+            "format-specific": {"type": "qcow2", "data": {"data-file": "/dev/sda"}}}))
+        .unwrap_err();
+        assert!(err.contains("external data file"), "{err}");
+        let err = ok(json!({"format": "vmdk"})).unwrap_err();
+        assert!(err.contains("format is vmdk"), "{err}");
+    }
 }

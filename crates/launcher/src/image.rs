@@ -17,6 +17,7 @@ use oci_client::{Client, Reference};
 
 pub use reference::ImageRef;
 
+mod limit;
 mod reference;
 use tracing::{debug, info};
 
@@ -30,6 +31,8 @@ pub enum ImageError {
     Pull { image: String, reason: String },
     #[error("image {image}: {path} not found in the image")]
     MissingPath { image: String, path: String },
+    #[error("image {image}: {path} leads outside the image")]
+    OutsideImage { image: String, path: String },
     #[error("image cache {path}")]
     Cache {
         path: String,
@@ -56,25 +59,71 @@ impl PullPolicy {
     }
 }
 
+/// How much one pull may bring onto the node: the layers as downloaded, and the tree
+/// they unpack to (file contents and archive headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub compressed: u64,
+    pub unpacked: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            compressed: 16 << 30,
+            unpacked: 32 << 30,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, or `KUBEVIRT_RS_IMAGE_MAX_COMPRESSED` and
+    /// `KUBEVIRT_RS_IMAGE_MAX_UNPACKED` (bytes) where set.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
+        let d = Self::default();
+        let bytes = |name: &str, default: u64| {
+            env(name)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            compressed: bytes("KUBEVIRT_RS_IMAGE_MAX_COMPRESSED", d.compressed),
+            unpacked: bytes("KUBEVIRT_RS_IMAGE_MAX_UNPACKED", d.unpacked),
+        }
+    }
+}
+
 /// The node's image cache.
 #[derive(Debug)]
 pub struct ImageCache {
     root: PathBuf,
     registries: Registries,
+    limits: Limits,
 }
 
 impl ImageCache {
     pub fn new(root: PathBuf, registries: Registries) -> Self {
+        Self::with_limits(root, registries, Limits::default())
+    }
+
+    pub fn with_limits(root: PathBuf, registries: Registries, limits: Limits) -> Self {
         // The registry client's TLS needs a process-wide provider; ring, as kube uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Self { root, registries }
+        Self {
+            root,
+            registries,
+            limits,
+        }
     }
 
     /// Ensures `image` is unpacked in the cache and returns the root of its tree.
     pub async fn ensure(&self, image: &str, policy: PullPolicy) -> Result<PathBuf, ImageError> {
         let reference =
             ImageRef::parse(image).ok_or_else(|| ImageError::InvalidReference(image.to_owned()))?;
-        let ref_file = self.root.join("refs").join(escape(&reference.to_string()));
+        let ref_file = self
+            .root
+            .join("refs")
+            .join(reference_key(&reference.to_string()));
         if policy != PullPolicy::Always {
             if let Ok(digest) = std::fs::read_to_string(&ref_file) {
                 let tree = self.root.join("trees").join(escape(digest.trim()));
@@ -155,23 +204,12 @@ impl ImageCache {
         let staging = tempdir_in(&tmp).map_err(|e| e.to_string())?;
         let unpacked = staging.join("tree");
         std::fs::create_dir_all(&unpacked).map_err(|e| e.to_string())?;
-        for layer in &manifest.layers {
-            let blob = staging.join("layer");
-            let file = tokio::fs::File::create(&blob)
-                .await
-                .map_err(|e| e.to_string())?;
-            client
-                .pull_blob(&target, layer, file)
-                .await
-                .map_err(|e| e.to_string())?;
-            let gzip = layer.media_type == IMAGE_LAYER_GZIP_MEDIA_TYPE
-                || layer.media_type == IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE
-                || layer.media_type.ends_with("+gzip");
-            let dest = unpacked.clone();
-            tokio::task::spawn_blocking(move || unpack(&blob, &dest, gzip))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("unpack layer {}: {e}", layer.digest))?;
+        let result = self
+            .pull_layers(&client, &target, &manifest.layers, &staging, &unpacked)
+            .await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
         }
         std::fs::create_dir_all(self.root.join("trees")).map_err(|e| e.to_string())?;
         match std::fs::rename(&unpacked, &tree) {
@@ -184,6 +222,59 @@ impl ImageCache {
         Ok((digest, tree))
     }
 
+    /// Downloads and unpacks `layers` in order into `tree`, within the limits.
+    async fn pull_layers(
+        &self,
+        client: &Client,
+        target: &Reference,
+        layers: &[oci_client::manifest::OciDescriptor],
+        staging: &Path,
+        tree: &Path,
+    ) -> Result<(), String> {
+        let limits = self.limits;
+        let declared: u64 = layers
+            .iter()
+            .map(|l| u64::try_from(l.size).unwrap_or(u64::MAX))
+            .fold(0, u64::saturating_add);
+        if declared > limits.compressed {
+            return Err(format!(
+                "the image's layers are {declared} bytes, over this node's limit of {} bytes",
+                limits.compressed
+            ));
+        }
+        let mut downloaded = 0u64;
+        let mut unpacked = 0u64;
+        for layer in layers {
+            let blob = staging.join("layer");
+            let file = tokio::fs::File::create(&blob)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut sink = limit::Writer::new(file, limits.compressed - downloaded);
+            client
+                .pull_blob(target, layer, &mut sink)
+                .await
+                .map_err(|e| match sink.exceeded() {
+                    true => format!(
+                        "layer {} exceeds this node's limit of {} compressed bytes",
+                        layer.digest, limits.compressed
+                    ),
+                    false => e.to_string(),
+                })?;
+            downloaded += sink.written();
+            let gzip = layer.media_type == IMAGE_LAYER_GZIP_MEDIA_TYPE
+                || layer.media_type == IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE
+                || layer.media_type.ends_with("+gzip");
+            let dest = tree.to_path_buf();
+            let budget = limits.unpacked - unpacked;
+            let used = tokio::task::spawn_blocking(move || unpack(&blob, &dest, gzip, budget))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("unpack layer {}: {e}", layer.digest))?;
+            unpacked += used;
+        }
+        Ok(())
+    }
+
     fn cache_err(&self, path: &Path, source: std::io::Error) -> ImageError {
         ImageError::Cache {
             path: path.display().to_string(),
@@ -192,72 +283,161 @@ impl ImageCache {
     }
 }
 
-/// The disk image of a containerDisk: `path` inside the image, else the only or first file
-/// under `/disk`.
+/// The disk image of a containerDisk: `path` inside the image, else the first file
+/// (by name) under `/disk`. Whatever is found must stay inside the tree, symbolic links
+/// followed.
 pub fn container_disk_file(
     tree: &Path,
     image: &str,
     path: Option<&str>,
 ) -> Result<PathBuf, ImageError> {
+    if let Some(p) = path {
+        return file_in_image(tree, image, p);
+    }
     let missing = |p: &str| ImageError::MissingPath {
         image: image.into(),
         path: p.into(),
     };
-    if let Some(p) = path {
-        let file = tree.join(p.trim_start_matches('/'));
-        return if file.is_file() {
-            Ok(file)
-        } else {
-            Err(missing(p))
-        };
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(tree.join("disk"))
+    let mut names: Vec<String> = std::fs::read_dir(tree.join("disk"))
         .map_err(|_| missing("/disk"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
-    files.sort();
-    files.into_iter().next().ok_or_else(|| missing("/disk/*"))
+    names.sort();
+    names
+        .iter()
+        .find_map(|name| file_in_image(tree, image, &format!("/disk/{name}")).ok())
+        .ok_or_else(|| missing("/disk/*"))
 }
 
-/// A file inside an unpacked image, such as a kernel for kernel boot.
+/// A regular file inside an unpacked image, such as a kernel for kernel boot. The path
+/// must be a clean absolute path in the image, and what it resolves to (links followed)
+/// must be inside the tree: an image cannot point the node at its own files.
 pub fn file_in_image(tree: &Path, image: &str, path: &str) -> Result<PathBuf, ImageError> {
-    let file = tree.join(path.trim_start_matches('/'));
-    if file.is_file() {
-        Ok(file)
-    } else {
-        Err(ImageError::MissingPath {
+    let missing = || ImageError::MissingPath {
+        image: image.into(),
+        path: path.into(),
+    };
+    let relative = Path::new(path.trim_start_matches('/'));
+    let clean = path.starts_with('/')
+        && relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !clean || relative.as_os_str().is_empty() {
+        return Err(ImageError::OutsideImage {
             image: image.into(),
             path: path.into(),
-        })
+        });
     }
+    let root = tree.canonicalize().map_err(|_| missing())?;
+    let file = root.join(relative).canonicalize().map_err(|_| missing())?;
+    if !file.starts_with(&root) {
+        return Err(ImageError::OutsideImage {
+            image: image.into(),
+            path: path.into(),
+        });
+    }
+    if !file.is_file() {
+        return Err(missing());
+    }
+    Ok(file)
 }
 
-fn unpack(blob: &Path, dest: &Path, gzip: bool) -> std::io::Result<()> {
+/// Unpacks one layer into `dest`, at most `budget` bytes of its uncompressed stream;
+/// returns how many it took. Paths stay inside `dest` (the tar crate checks entries, we
+/// check whiteouts), setuid and setgid bits are dropped, device nodes and FIFOs skipped.
+fn unpack(blob: &Path, dest: &Path, gzip: bool, budget: u64) -> std::io::Result<u64> {
     let file = std::fs::File::open(blob)?;
     let reader: Box<dyn std::io::Read> = if gzip {
         Box::new(flate2::read::GzDecoder::new(file))
     } else {
         Box::new(file)
     };
-    let mut archive = tar::Archive::new(reader);
+    let counted = limit::Reader::new(reader, budget);
+    let used = counted.used();
+    let mut archive = tar::Archive::new(counted);
     archive.set_preserve_permissions(true);
+    archive.set_mask(0o6000);
+    let root = dest.canonicalize()?;
     for entry in archive.entries()? {
         let mut entry = entry?;
+        if matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+        ) {
+            continue;
+        }
         let path = entry.path()?.into_owned();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            // An OCI whiteout deletes what a lower layer put there.
-            let victim = dest.join(path.with_file_name(hidden));
-            let _ = std::fs::remove_dir_all(&victim).or_else(|_| std::fs::remove_file(&victim));
+            whiteout(&root, &path, hidden)?;
             continue;
         }
-        entry.unpack_in(dest)?;
+        // tar's error names the file; its source says why (such as the budget).
+        entry.unpack_in(&root).map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            std::io::Error::new(e.kind(), text)
+        })?;
     }
-    std::fs::remove_file(blob)
+    std::fs::remove_file(blob)?;
+    Ok(used.get())
+}
+
+/// An OCI whiteout: `dir/.wh.NAME` deletes what a lower layer put at `dir/NAME`, and
+/// `dir/.wh..wh..opq` empties `dir`. Nothing outside `root` is touched: the entry's
+/// path must be plain names, and its directory must resolve inside `root`.
+fn whiteout(root: &Path, path: &Path, hidden: &str) -> std::io::Result<()> {
+    let plain = path.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if !plain {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("whiteout {} leaves the image", path.display()),
+        ));
+    }
+    let parent = root.join(path.parent().unwrap_or(Path::new("")));
+    let Ok(parent) = parent.canonicalize() else {
+        return Ok(()); // nothing below to delete
+    };
+    if !parent.starts_with(root) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("whiteout {} leaves the image", path.display()),
+        ));
+    }
+    let remove = |victim: &Path| match std::fs::symlink_metadata(victim) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(victim),
+        Ok(_) => std::fs::remove_file(victim),
+        Err(_) => Ok(()),
+    };
+    if hidden == ".wh..opq" {
+        for entry in std::fs::read_dir(&parent)? {
+            remove(&entry?.path())?;
+        }
+        return Ok(());
+    }
+    if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
+        return Ok(());
+    }
+    remove(&parent.join(hidden))
+}
+
+/// The cache's name for an image reference: a hash, so two references never share one
+/// (`a/b:v` and `a_b:v` did when names were escaped).
+fn reference_key(reference: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(reference.as_bytes()))
 }
 
 fn escape(s: &str) -> String {
@@ -337,10 +517,123 @@ mod tests {
         add("disk/.wh.old.img", b"");
         add("disk/new.qcow2", b"new");
         builder.into_inner().unwrap().finish().unwrap();
-        unpack(&blob, &dest, true).unwrap();
+        unpack(&blob, &dest, true, 1 << 20).unwrap();
         assert!(!dest.join("disk/old.img").exists());
         assert_eq!(std::fs::read(dest.join("disk/new.qcow2")).unwrap(), b"new");
         assert!(!blob.exists(), "the layer file is removed after unpacking");
+    }
+
+    /// A gzipped layer of `(path, mode, data)` files and `(path, target)` symlinks.
+    fn layer(blob: &Path, files: &[(&str, u32, &[u8])], links: &[(&str, &str)]) {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            std::fs::File::create(blob).unwrap(),
+            Default::default(),
+        ));
+        for (path, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            builder.append_link(&mut h, path, target).unwrap();
+        }
+        for (path, mode, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_cksum();
+            // append_data refuses `..`; a hostile layer writes the raw name.
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            builder.append(&h, *data).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn a_layer_cannot_delete_outside_its_tree_or_keep_setuid_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("tree");
+        std::fs::create_dir_all(&dest).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let blob = dir.path().join("layer");
+        layer(&blob, &[("../.wh.victim", 0o644, b"")], &[]);
+        let err = unpack(&blob, &dest, true, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("leaves the image"), "{err}");
+        assert!(victim.exists());
+        // Through a symbolic link to the outside: refused the same way.
+        layer(&blob, &[("out/.wh.victim", 0o644, b"")], &[("out", "..")]);
+        let err = unpack(&blob, &dest, true, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("leaves the image"), "{err}");
+        assert!(victim.exists());
+
+        let dest = dir.path().join("tree2");
+        std::fs::create_dir_all(&dest).unwrap();
+        layer(
+            &blob,
+            &[("bin/su", 0o4755, b"#!"), ("bin/g", 0o2755, b"#!")],
+            &[],
+        );
+        unpack(&blob, &dest, true, 1 << 20).unwrap();
+        for f in ["bin/su", "bin/g"] {
+            let mode = std::fs::metadata(dest.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o755, "{f}");
+        }
+    }
+
+    #[test]
+    fn a_layer_that_unpacks_past_the_budget_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("tree");
+        std::fs::create_dir_all(&dest).unwrap();
+        let blob = dir.path().join("layer");
+        let big = vec![0u8; 64 << 10];
+        layer(&blob, &[("disk/zeros.img", 0o644, &big)], &[]);
+        assert!(
+            std::fs::metadata(&blob).unwrap().len() < 4096,
+            "compresses well"
+        );
+        let err = unpack(&blob, &dest, true, 16 << 10).unwrap_err();
+        assert!(err.to_string().contains("limit of 16384 bytes"), "{err}");
+    }
+
+    #[test]
+    fn files_in_an_image_stay_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("disk")).unwrap();
+        std::fs::create_dir_all(tree.join("boot")).unwrap();
+        std::fs::write(dir.path().join("secret"), b"host").unwrap();
+        std::fs::write(tree.join("boot/vmlinuz"), b"k").unwrap();
+        std::os::unix::fs::symlink("../boot/vmlinuz", tree.join("disk/inside.img")).unwrap();
+        std::os::unix::fs::symlink("../../secret", tree.join("disk/a-out.img")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", tree.join("boot/abs")).unwrap();
+        let outside = |r: Result<PathBuf, ImageError>| match r {
+            Err(ImageError::OutsideImage { .. }) => {}
+            other => panic!("not refused: {other:?}"),
+        };
+        outside(file_in_image(&tree, "i", "/../secret"));
+        outside(file_in_image(&tree, "i", "/disk/a-out.img"));
+        outside(file_in_image(&tree, "i", "/boot/abs"));
+        outside(file_in_image(&tree, "i", "boot/vmlinuz"));
+        assert_eq!(
+            file_in_image(&tree, "i", "/disk/inside.img").unwrap(),
+            tree.canonicalize().unwrap().join("boot/vmlinuz")
+        );
+        // The fallback skips the link that leads out and takes the next file.
+        assert_eq!(
+            container_disk_file(&tree, "i", None).unwrap(),
+            tree.canonicalize().unwrap().join("boot/vmlinuz")
+        );
+    }
+
+    #[test]
+    fn references_that_escaped_alike_have_their_own_keys() {
+        assert_ne!(reference_key("r/a/b:v"), reference_key("r/a_b:v"));
+        assert_eq!(reference_key("r/a/b:v").len(), 64);
     }
 
     #[tokio::test]

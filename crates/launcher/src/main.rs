@@ -76,6 +76,9 @@ fn parse_publish(s: &str) -> Result<(u16, u16), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // What the launcher and QEMU create (run directories, cloud-init ISOs with their
+    // passwords and keys, overlays, console logs, sockets) is for their owner alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KUBEVIRT_RS_LOG")

@@ -18,6 +18,9 @@ pub struct NodePaths {
     pub cache: PathBuf,
     pub registries: PathBuf,
     pub run: PathBuf,
+    /// Where `hostDisk` volumes may be (`$KUBEVIRT_RS_HOST_DISK_DIRS`, `:`-separated);
+    /// `None` when unset: anywhere for `virt-launcher run`, nowhere in a pod.
+    pub host_disk_dirs: Option<Vec<PathBuf>>,
 }
 
 impl NodePaths {
@@ -40,10 +43,17 @@ impl NodePaths {
                 _ if root => PathBuf::from("/var/lib/kubevirt-rs/launchers"),
                 _ => PathBuf::from(&home).join(".local/state/kubevirt-rs/launchers"),
             });
+        let host_disk_dirs = env("KUBEVIRT_RS_HOST_DISK_DIRS").map(|v| {
+            v.split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        });
         Self {
             cache,
             registries,
             run,
+            host_disk_dirs,
         }
     }
 
@@ -68,6 +78,7 @@ mod tests {
             ("KUBEVIRT_RS_CACHE", "/c"),
             ("KUBEVIRT_RS_CONFIG_DIR", "/etc/x"),
             ("KUBEVIRT_RS_RUN_DIR", "/r"),
+            ("KUBEVIRT_RS_HOST_DISK_DIRS", "/a:/b/c:"),
         ]
         .into();
         let p = NodePaths::from_env(|k| env.get(k).map(|v| v.to_string()));
@@ -75,6 +86,10 @@ mod tests {
         assert_eq!(p.images(), PathBuf::from("/c/images"));
         assert_eq!(p.registries, PathBuf::from("/etc/x/registries.yaml"));
         assert_eq!(p.run, PathBuf::from("/r"));
+        assert_eq!(
+            p.host_disk_dirs,
+            Some(vec![PathBuf::from("/a"), PathBuf::from("/b/c")])
+        );
     }
 
     #[test]

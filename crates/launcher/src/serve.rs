@@ -130,7 +130,11 @@ pub async fn serve(opts: ServeOptions) -> Result<u8, RunError> {
         }),
         launched: Mutex::new(None),
         config: LaunchConfig {
-            paths: opts.paths.clone(),
+            // In a pod, host disks are allowed only where the node says.
+            paths: NodePaths {
+                host_disk_dirs: Some(opts.paths.host_disk_dirs.clone().unwrap_or_default()),
+                ..opts.paths.clone()
+            },
             qemu: opts.qemu.clone(),
             published: Default::default(),
             port_address: "127.0.0.1".into(),

@@ -144,8 +144,16 @@ pub async fn launch_with(
         vmi.metadata.name.as_deref().unwrap_or("vmi")
     );
     let dir = RunDir::create(&cfg.paths.run.join(format!("{name}-{}", std::process::id())))?;
-    let cache = ImageCache::new(cfg.paths.images(), Registries::load(&cfg.paths.registries)?);
-    let prepared = disks::prepare(vmi, &cache, &dir.0).await?;
+    let cache = ImageCache::with_limits(
+        cfg.paths.images(),
+        Registries::load(&cfg.paths.registries)?,
+        crate::image::Limits::from_env(|k| std::env::var(k).ok()),
+    );
+    let host_disks = match &cfg.paths.host_disk_dirs {
+        None => disks::HostDisks::Anywhere,
+        Some(dirs) => disks::HostDisks::Inside(dirs),
+    };
+    let prepared = disks::prepare(vmi, &cache, &dir.0, host_disks).await?;
     let rt = Runtime {
         sockets: Sockets::in_dir(&dir.0),
         accel: cfg.accel.clone(),

@@ -56,6 +56,16 @@ pub struct ServerArgs {
     /// Serve only the API: no controllers, node agent or pod runner.
     #[arg(long)]
     pub api_only: bool,
+    /// A node directory `hostDisk` volumes may use, when the KubeVirt CR enables the
+    /// `HostDisk` feature gate; repeatable (default: DIR/host-disks under the data
+    /// directory). Paths elsewhere are refused.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "KUBEVIRT_RS_HOST_DISK_DIRS",
+        value_delimiter = ':'
+    )]
+    pub host_disk_dir: Vec<PathBuf>,
 }
 
 /// A usage error on one line, as every other error of the binary is: clap's message, its
@@ -116,6 +126,7 @@ mod tests {
                 nodes: 1,
                 launcher: Some("/opt/virt-launcher".into()),
                 api_only: false,
+                host_disk_dir: Vec::new(),
             }
         );
     }

@@ -37,6 +37,16 @@ pub struct NodeSetup {
     pub pods_dir: PathBuf,
     /// Set when guests are emulated, with the reason.
     pub software_emulation: Option<String>,
+    /// The directories `hostDisk` volumes may be in.
+    pub host_disk_dirs: Vec<PathBuf>,
+}
+
+/// Directories as one `:`-separated variable.
+fn path_list(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +221,10 @@ pub async fn start(
             handler_client_cert_pem: handler_cert,
             handler_client_key_pem: handler_key,
             defaults: Default::default(),
+            host_disk_dirs: nodes
+                .first()
+                .map(|n| n.host_disk_dirs.clone())
+                .unwrap_or_default(),
         },
     );
     let tls = virt_api::ServerTls {
@@ -274,6 +288,10 @@ async fn start_node(
         env: {
             // The node's launchers keep their sockets under the node's run directory.
             let mut env = podrunner::runner_env();
+            env.insert(
+                "KUBEVIRT_RS_HOST_DISK_DIRS".into(),
+                path_list(&node.host_disk_dirs),
+            );
             env.insert(
                 "KUBEVIRT_RS_RUN_DIR".into(),
                 node.run_dir.display().to_string(),

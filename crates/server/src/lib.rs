@@ -235,12 +235,27 @@ fn node_setup(args: &ServerArgs, dir: &DataDir) -> components::NodeSetup {
         launcher::accel::Accel::Tcg { reason } => Some(reason),
         launcher::accel::Accel::Kvm => None,
     };
+    let host_disk_dirs = if args.host_disk_dir.is_empty() {
+        vec![dir.root().join("host-disks")]
+    } else {
+        args.host_disk_dir.clone()
+    };
+    for d in &host_disk_dirs {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            tracing::warn!(dir = %d.display(), error = %e, "host disk directory not created");
+        }
+    }
     components::NodeSetup {
         name,
         launcher_binary,
-        run_dir: launcher::paths::NodePaths::from_process_env().run,
+        // Launchers' run directories live with the rest of the server's state unless
+        // KUBEVIRT_RS_RUN_DIR says otherwise.
+        run_dir: std::env::var_os("KUBEVIRT_RS_RUN_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| dir.root().join("launchers")),
         pods_dir: dir.root().join("pods"),
         software_emulation,
+        host_disk_dirs,
     }
 }
 
@@ -340,6 +355,7 @@ mod tests {
             nodes: 1,
             launcher: None,
             api_only: false,
+            host_disk_dir: Vec::new(),
         };
         let names = server_names(&args, args.listen.ip());
         assert!(names.ips.contains(&"10.0.0.5".parse().unwrap()));

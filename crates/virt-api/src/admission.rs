@@ -200,7 +200,7 @@ pub async fn mutate_vm(Json(body): Json<Value>) -> Json<Value> {
 }
 
 /// `POST /validate-{plural}`.
-pub async fn validate(Json(body): Json<Value>) -> Json<Value> {
+pub async fn validate(State(state): State<AppState>, Json(body): Json<Value>) -> Json<Value> {
     let request = &body["request"];
     if request["object"].is_null() {
         return review(request, allowed());
@@ -208,7 +208,8 @@ pub async fn validate(Json(body): Json<Value>) -> Json<Value> {
     let response = match parse(request) {
         Err(denial) => denial,
         Ok(object) => {
-            let causes = api::validate::validate(&object);
+            let mut causes = api::validate::validate(&object);
+            causes.extend(host_disks(&state, &object).await);
             if causes.is_empty() {
                 allowed()
             } else {
@@ -226,6 +227,109 @@ pub async fn validate(Json(body): Json<Value>) -> Json<Value> {
         }
     };
     review(request, response)
+}
+
+/// The feature gate `hostDisk` volumes need, as upstream names it.
+pub const HOST_DISK_GATE: &str = "HostDisk";
+
+/// The VMI spec of `object` and its field path: a VMI's own, or the template of a VM or
+/// a ReplicaSet.
+fn vmi_spec(object: &api::Object) -> Option<(&api::v1::VirtualMachineInstanceSpec, &str)> {
+    match object {
+        api::Object::VirtualMachineInstance(vmi) => Some((&vmi.spec, "spec")),
+        api::Object::VirtualMachine(vm) => vm
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| (s, "spec.template.spec")),
+        api::Object::VirtualMachineInstanceReplicaSet(rs) => rs
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| (s, "spec.template.spec")),
+        _ => None,
+    }
+}
+
+/// `hostDisk` volumes are refused unless the KubeVirt CR turns the `HostDisk` gate on
+/// (off by default, as upstream's), and then only inside the directories the server
+/// allows: a namespace user must not reach the node's files.
+async fn host_disks(state: &AppState, object: &api::Object) -> Vec<api::validate::Cause> {
+    let Some((spec, at)) = vmi_spec(object) else {
+        return Vec::new();
+    };
+    let volumes: Vec<(usize, &api::v1::HostDiskSource)> = spec
+        .volumes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.host_disk.as_ref().map(|h| (i, h)))
+        .collect();
+    if volumes.is_empty() {
+        return Vec::new();
+    }
+    let invalid = |i: usize, leaf: &str, message: String| api::validate::Cause {
+        reason: api::validate::CauseReason::FieldValueInvalid,
+        field: format!("{at}.volumes[{i}].hostDisk{leaf}"),
+        message,
+    };
+    if !host_disk_gate(state).await {
+        return volumes
+            .iter()
+            .map(|(i, _)| {
+                invalid(
+                    *i,
+                    "",
+                    format!(
+                        "the {HOST_DISK_GATE} feature gate is not enabled: add it to spec.configuration.developerConfiguration.featureGates of the KubeVirt CR"
+                    ),
+                )
+            })
+            .collect();
+    }
+    let dirs = &state.config.host_disk_dirs;
+    volumes
+        .iter()
+        .filter(|(_, h)| {
+            !dirs
+                .iter()
+                .any(|d| std::path::Path::new(&h.path).starts_with(d))
+        })
+        .map(|(i, h)| {
+            let allowed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            invalid(
+                *i,
+                ".path",
+                format!(
+                    "{:?} is not in a directory this cluster allows host disks in ({})",
+                    h.path,
+                    if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Whether a KubeVirt CR lists the `HostDisk` gate.
+async fn host_disk_gate(state: &AppState) -> bool {
+    let api: Api<api::kubevirt::KubeVirt> = Api::all(state.client.clone());
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return false;
+    };
+    list.items.iter().any(|kv| {
+        kv.spec
+            .configuration
+            .as_ref()
+            .and_then(|c| c.developer_configuration.as_ref())
+            .and_then(|d| d.0.get("featureGates"))
+            .and_then(Value::as_array)
+            .is_some_and(|gates| gates.iter().any(|g| g == HOST_DISK_GATE))
+    })
 }
 
 #[cfg(test)]

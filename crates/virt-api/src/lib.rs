@@ -82,12 +82,15 @@ pub struct Config {
     pub handler_client_key_pem: String,
     /// Cluster-wide settings of the VMI defaults.
     pub defaults: api::defaults::DefaultsConfig,
+    /// The node directories `hostDisk` volumes may be in (with the `HostDisk` gate on).
+    pub host_disk_dirs: Vec<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("defaults", &self.defaults)
+            .field("host_disk_dirs", &self.host_disk_dirs)
             .finish_non_exhaustive()
     }
 }

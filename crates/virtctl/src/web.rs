@@ -6,6 +6,11 @@
 //! credentials. The websocket speaks what noVNC expects too (binary frames, the `binary`
 //! subprotocol when offered), so noVNC's own page can be pointed at it. Every websocket
 //! opens its own VNC connection: the newest takes the display over, as with the console.
+//!
+//! Other web pages the user has open must not drive the VM: everything is served under a
+//! random path (`/<token>/`, 128 bits, new at each start) that only the printed URL
+//! names, and a websocket whose `Origin` is not this server's own page is refused (a
+//! page elsewhere cannot read the token, and DNS rebinding brings a foreign origin).
 
 use std::time::Duration;
 
@@ -32,7 +37,10 @@ pub async fn serve(ctx: &Ctx, name: &str, port: u16) -> Result<(), Error> {
         "getting VirtualMachineInstance {name}"
     )))?;
     let (listener, port) = crate::stream::listen_locally(port).await?;
-    let url = format!("http://127.0.0.1:{port}/");
+    let mut secret = [0u8; 16];
+    getrandom::fill(&mut secret).map_err(|e| Error::Usage(format!("no random token: {e}")))?;
+    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let url = format!("http://127.0.0.1:{port}/{token}/");
     println!("{}", json!({"port": port, "url": url}));
     eprintln!("Open {url} in a browser to see {name}'s display (Ctrl-C ends).");
     loop {
@@ -40,9 +48,9 @@ pub async fn serve(ctx: &Ctx, name: &str, port: u16) -> Result<(), Error> {
             .accept()
             .await
             .map_err(Error::io("accepting a browser"))?;
-        let (ctx, name) = (ctx.clone(), name.to_owned());
+        let (ctx, name, token) = (ctx.clone(), name.to_owned(), token.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(&ctx, &name, tcp).await {
+            if let Err(e) = connection(&ctx, &name, &token, port, tcp).await {
                 eprintln!("{e}");
             }
         });
@@ -68,27 +76,66 @@ async fn peek_head(tcp: &TcpStream) -> Result<String, Error> {
     }
 }
 
-async fn connection(ctx: &Ctx, name: &str, mut tcp: TcpStream) -> Result<(), Error> {
+/// The value of header `name` in a request head, if present.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Whether a websocket may open: browsers always send `Origin`, and only this server's
+/// own page has this one. Clients that are not browsers send none and hold the token.
+fn origin_allowed(origin: Option<&str>, port: u16) -> bool {
+    match origin {
+        None => true,
+        Some(o) => [
+            format!("http://127.0.0.1:{port}"),
+            format!("http://localhost:{port}"),
+        ]
+        .iter()
+        .any(|own| o.eq_ignore_ascii_case(own)),
+    }
+}
+
+async fn connection(
+    ctx: &Ctx,
+    name: &str,
+    token: &str,
+    port: u16,
+    mut tcp: TcpStream,
+) -> Result<(), Error> {
     let head = peek_head(&tcp).await?;
     let mut words = head.split_whitespace();
     let (method, path) = (
         words.next().unwrap_or_default(),
         words.next().unwrap_or_default(),
     );
-    let upgrade = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("upgrade:")
-            && l.to_ascii_lowercase().contains("websocket")
-    });
-    if path.starts_with("/websockify") && upgrade {
+    let upgrade = header(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    // Everything lives under the secret path; the query string does not count.
+    let path = path.split('?').next().unwrap_or_default();
+    let inner = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(token))
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let origin_ok = origin_allowed(header(&head, "origin"), port);
+    if inner == Some("/websockify") && upgrade && origin_ok {
         return bridge(ctx, name, tcp).await;
     }
-    // Consume the head, then answer: the page, or 404.
+    // Consume the head, then answer: the page, 403 for a foreign page's websocket, or 404.
     let mut sink = vec![0u8; head.len()];
     tcp.read_exact(&mut sink)
         .await
         .map_err(Error::io("reading a request"))?;
-    let (status, kind, body) = match (method, path) {
-        ("GET", "/" | "/index.html" | "/vnc.html") => ("200 OK", "text/html; charset=utf-8", PAGE),
+    let (status, kind, body) = match (method, inner) {
+        ("GET", Some("/websockify")) if !origin_ok => (
+            "403 Forbidden",
+            "text/plain",
+            "websocket refused: it comes from another web page\n",
+        ),
+        ("GET", Some("/" | "/index.html" | "/vnc.html")) => {
+            ("200 OK", "text/html; charset=utf-8", PAGE)
+        }
         _ => ("404 Not Found", "text/plain", "not found\n"),
     };
     let answer = format!(
@@ -164,4 +211,27 @@ async fn bridge(ctx: &Ctx, name: &str, tcp: TcpStream) -> Result<(), Error> {
         () = down => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_servers_page_may_open_the_websocket() {
+        assert!(origin_allowed(None, 5900));
+        assert!(origin_allowed(Some("http://127.0.0.1:5900"), 5900));
+        assert!(origin_allowed(Some("http://localhost:5900"), 5900));
+        for foreign in [
+            "http://evil.example",
+            "http://127.0.0.1:5901",
+            "http://evil.example:5900",
+            "null",
+        ] {
+            assert!(!origin_allowed(Some(foreign), 5900), "{foreign}");
+        }
+        let head = "GET /t/websockify HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\n\r\n";
+        assert_eq!(header(head, "origin"), Some("http://evil.example"));
+        assert_eq!(header(head, "upgrade"), None);
+    }
 }

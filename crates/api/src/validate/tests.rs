@@ -230,3 +230,52 @@ spec:
         [("spec.readinessProbe".to_string(), FieldValueRequired)]
     );
 }
+
+#[test]
+fn image_paths_must_be_clean_absolute_paths() {
+    let vmi = |path: &str, kernel: &str| {
+        format!(
+            "
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: v}}
+spec:
+  domain:
+    memory: {{guest: 64Mi}}
+    devices: {{disks: [{{name: root}}]}}
+    firmware:
+      kernelBoot:
+        container: {{image: k, kernelPath: '{kernel}'}}
+  volumes:
+  - name: root
+    containerDisk: {{image: x, path: '{path}'}}
+"
+        )
+    };
+    assert_eq!(causes(&vmi("/disk/a.img", "/boot/vmlinuz")), []);
+    for bad in [
+        "/../../../../etc/shadow",
+        "/disk/../../etc/shadow",
+        "disk/a.img",
+        "/",
+        "/disk/./a.img",
+        "/disk//a.img",
+        "/disk/",
+        "",
+    ] {
+        assert_eq!(
+            causes(&vmi(bad, bad)),
+            [
+                (
+                    "spec.volumes[0].containerDisk.path".to_owned(),
+                    CauseReason::FieldValueInvalid
+                ),
+                (
+                    "spec.domain.firmware.kernelBoot.container.kernelPath".to_owned(),
+                    CauseReason::FieldValueInvalid
+                ),
+            ],
+            "{bad}"
+        );
+    }
+}

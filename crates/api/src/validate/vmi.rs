@@ -304,6 +304,12 @@ fn disks_and_volumes(spec: &VirtualMachineInstanceSpec, at: &str, c: &mut Causes
                 format!("disk {:?} has no volume of the same name", d.name),
             );
         }
+        if !d.name.is_empty()
+            && let Err(why) = crate::validate::dns1123_label(&d.name)
+        {
+            // Upstream's rule: a disk name can become a container name.
+            c.invalid(format!("{f}.name"), why);
+        }
         disk(d, &f, c);
         if let Some(order) = d.boot_order {
             if order == 0 {
@@ -314,7 +320,24 @@ fn disks_and_volumes(spec: &VirtualMachineInstanceSpec, at: &str, c: &mut Causes
         }
     }
     for (i, v) in spec.volumes.iter().enumerate() {
+        alias(&v.name, format!("{volumes_at}[{i}].name"), c);
         volume(v, &format!("{volumes_at}[{i}]"), c);
+    }
+}
+
+/// A name that becomes part of a QEMU id or a file name (`ua-NAME`, `NAME.qcow2`):
+/// letters, digits, `-` and `_`, as libvirt allows in upstream's device aliases, and as
+/// upstream's own rule for interface names says.
+fn alias(name: &str, field: String, c: &mut Causes) {
+    if !name.is_empty()
+        && !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        c.invalid(
+            field,
+            format!("{name:?} may contain only letters, digits, '-' and '_'"),
+        );
     }
 }
 
@@ -339,6 +362,19 @@ fn disk(d: &Disk, f: &str, c: &mut Causes) {
     }
     if let Some(t) = &d.lun {
         c.one_of(format!("{f}.lun.bus"), t.bus.as_deref(), &["scsi"]);
+    }
+    if let Some(serial) = &d.serial {
+        // Upstream's rule: it reaches the guest as the disk's serial number.
+        let ok = serial.chars().count() <= 256
+            && serial
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "_.+-".contains(ch));
+        if !ok {
+            c.invalid(
+                format!("{f}.serial"),
+                "may contain only letters, digits, '_', '.', '+' and '-', at most 256 of them",
+            );
+        }
     }
     c.one_of(
         format!("{f}.cache"),
@@ -379,13 +415,8 @@ fn volume(v: &Volume, f: &str, c: &mut Causes) {
             cd.image_pull_policy.as_deref(),
             &["Always", "IfNotPresent", "Never"],
         );
-        if let Some(p) = &cd.path
-            && !p.starts_with('/')
-        {
-            c.invalid(
-                format!("{f}.containerDisk.path"),
-                "must be an absolute path",
-            );
+        if let Some(p) = &cd.path {
+            image_path(p, format!("{f}.containerDisk.path"), c);
         }
     }
     if let Some(ci) = &v.cloud_init_no_cloud {
@@ -398,8 +429,14 @@ fn volume(v: &Volume, f: &str, c: &mut Causes) {
         positive(&e.capacity, format!("{f}.emptyDisk.capacity"), c);
     }
     if let Some(h) = &v.host_disk {
-        if !h.path.starts_with('/') {
-            c.invalid(format!("{f}.hostDisk.path"), "must be an absolute path");
+        if !clean_absolute(&h.path) {
+            c.invalid(
+                format!("{f}.hostDisk.path"),
+                format!(
+                    "{:?} must be an absolute path without '.', '..' or empty components",
+                    h.path
+                ),
+            );
         }
         c.one_of(
             format!("{f}.hostDisk.type"),
@@ -414,6 +451,29 @@ fn volume(v: &Volume, f: &str, c: &mut Causes) {
             _ => {}
         }
     }
+}
+
+/// A file inside an image, as upstream's `ValidatePath` takes it: absolute, not the root,
+/// and already clean (no `.` or `..` component, no empty or trailing one), so it cannot
+/// name anything outside the image's tree.
+fn image_path(p: &str, field: String, c: &mut Causes) {
+    if !clean_absolute(p) {
+        c.invalid(
+            field,
+            format!(
+                "{p:?} must be an absolute path to a file in the image, without '.', '..' or empty components"
+            ),
+        );
+    }
+}
+
+/// Absolute, not the root, with no `.`, `..` or empty component.
+fn clean_absolute(p: &str) -> bool {
+    p.len() > 1
+        && p.starts_with('/')
+        && p[1..]
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 fn cloud_init(ci: &CloudInitSource, f: &str, c: &mut Causes) {
@@ -531,6 +591,7 @@ fn interface(iface: &Interface, networks: &[Network], f: &str, c: &mut Causes) {
         iface.state.as_deref(),
         &["up", "down", "absent"],
     );
+    alias(&iface.name, format!("{f}.name"), c);
     if let Some(mac) = &iface.mac_address {
         let ok = mac.split([':', '-']).count() == 6
             && mac
@@ -587,8 +648,8 @@ fn firmware(spec: &VirtualMachineInstanceSpec, domain: &str, c: &mut Causes) {
                     ("kernelPath", &ct.kernel_path),
                     ("initrdPath", &ct.initrd_path),
                 ] {
-                    if p.as_ref().is_some_and(|p| !p.starts_with('/')) {
-                        c.invalid(format!("{f}.container.{name}"), "must be an absolute path");
+                    if let Some(p) = p {
+                        image_path(p, format!("{f}.container.{name}"), c);
                     }
                 }
             }
@@ -613,6 +674,7 @@ fn devices(spec: &VirtualMachineInstanceSpec, domain: &str, c: &mut Causes) {
         d.inputs.iter().map(|i| i.name.as_str()),
     );
     for (i, input) in d.inputs.iter().enumerate() {
+        alias(&input.name, format!("{at}.inputs[{i}].name"), c);
         c.one_of(
             format!("{at}.inputs[{i}].bus"),
             input.bus.as_deref(),
@@ -625,6 +687,7 @@ fn devices(spec: &VirtualMachineInstanceSpec, domain: &str, c: &mut Causes) {
         );
     }
     if let Some(w) = &d.watchdog {
+        alias(&w.name, format!("{at}.watchdog.name"), c);
         if w.i6300esb.is_none() && w.diag288.is_none() {
             c.required(format!("{at}.watchdog.i6300esb"));
         }
@@ -662,6 +725,7 @@ fn devices(spec: &VirtualMachineInstanceSpec, domain: &str, c: &mut Causes) {
         );
     }
     if let Some(s) = &d.sound {
+        alias(&s.name, format!("{at}.sound.name"), c);
         c.one_of(
             format!("{at}.sound.model"),
             s.model.as_deref(),

@@ -2,7 +2,7 @@
 
 use api::v1::VirtualMachineInstance;
 
-use super::{Args, BuildError, Runtime, escape_path, unsupported};
+use super::{Args, BuildError, Runtime, escape, escape_path, unsupported};
 
 pub(super) fn add(
     vmi: &VirtualMachineInstance,
@@ -76,11 +76,11 @@ pub(super) fn add(
             usb = true;
         }
         let bus_opt = if bus == "usb" { ",bus=usb.0" } else { "" };
-        a.device(format!("{dev},id=ua-{name}{bus_opt}"));
+        a.device(format!("{dev},id=ua-{}{bus_opt}", escape(name)));
     }
     if let Some(w) = &d.watchdog {
         if let Some(i) = &w.i6300esb {
-            a.device(format!("i6300esb,id=ua-{}", w.name));
+            a.device(format!("i6300esb,id=ua-{}", escape(&w.name)));
             let action = match i.action.as_deref().unwrap_or("reset") {
                 "poweroff" => "poweroff",
                 "shutdown" => "shutdown",
@@ -95,10 +95,13 @@ pub(super) fn add(
         a.push("-audiodev", "none,id=audio0");
         match s.model.as_deref().unwrap_or("ich9") {
             "ich9" => {
-                a.device(format!("ich9-intel-hda,id=ua-{}", s.name));
-                a.device(format!("hda-duplex,audiodev=audio0,bus=ua-{}.0", s.name));
+                a.device(format!("ich9-intel-hda,id=ua-{}", escape(&s.name)));
+                a.device(format!(
+                    "hda-duplex,audiodev=audio0,bus=ua-{}.0",
+                    escape(&s.name)
+                ));
             }
-            "ac97" => a.device(format!("AC97,id=ua-{},audiodev=audio0", s.name)),
+            "ac97" => a.device(format!("AC97,id=ua-{},audiodev=audio0", escape(&s.name))),
             other => {
                 return Err(unsupported(
                     format!("{at}.sound.model"),

@@ -111,7 +111,11 @@ fn add_disk(
     });
     a.push("-blockdev", blockdev.to_string());
     let mut dev = match (bus, cdrom) {
-        ("virtio", false) => format!("virtio-blk-pci,drive={node},id=ua-{}", disk.name),
+        ("virtio", false) => format!(
+            "virtio-blk-pci,drive={},id=ua-{}",
+            escape(&node),
+            escape(&disk.name)
+        ),
         ("virtio", true) => {
             return Err(invalid(
                 format!("{field}.cdrom.bus"),
@@ -138,8 +142,9 @@ fn add_disk(
             c.sata_ports += 1;
             let kind = if cdrom { "ide-cd" } else { "ide-hd" };
             format!(
-                "{kind},drive={node},id=ua-{},bus={controller}.{port}",
-                disk.name
+                "{kind},drive={},id=ua-{},bus={controller}.{port}",
+                escape(&node),
+                escape(&disk.name)
             )
         }
         ("scsi", _) => {
@@ -148,14 +153,22 @@ fn add_disk(
                 c.scsi = true;
             }
             let kind = if cdrom { "scsi-cd" } else { "scsi-hd" };
-            format!("{kind},drive={node},id=ua-{},bus=scsi0.0", disk.name)
+            format!(
+                "{kind},drive={},id=ua-{},bus=scsi0.0",
+                escape(&node),
+                escape(&disk.name)
+            )
         }
         ("usb", _) => {
             if !c.usb {
                 a.device("qemu-xhci,id=usb");
                 c.usb = true;
             }
-            format!("usb-storage,drive={node},id=ua-{},bus=usb.0", disk.name)
+            format!(
+                "usb-storage,drive={},id=ua-{},bus=usb.0",
+                escape(&node),
+                escape(&disk.name)
+            )
         }
         (other, _) => {
             return Err(unsupported(

@@ -111,7 +111,7 @@ pub(super) fn add(
             ));
         }
         let host = |n: u32| Ipv4Addr::from(u32::from(net) + n);
-        let id = format!("ua-{}", iface.name);
+        let id = escape(&format!("ua-{}", iface.name));
         let mut netdev = format!(
             "user,id={id},net={net}/{prefix},host={},dhcpstart={},dns={},hostname={}",
             host(1),

@@ -215,3 +215,111 @@ fn host_model_means_max_under_tcg_and_host_under_kvm() {
         "max"
     );
 }
+
+/// Every user-written string that reaches an option value, as a placeholder.
+const INJECTABLE: &str = r#"{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+ "metadata": {"name": N0, "namespace": N1},
+ "spec": {"hostname": N2,
+  "domain": {"memory": {"guest": "64Mi"},
+   "firmware": {"serial": N3},
+   "chassis": {"manufacturer": N4, "version": N5, "serial": N6, "asset": N7, "sku": N8},
+   "devices": {
+    "inputs": [{"name": N9, "type": "tablet", "bus": "usb"}],
+    "watchdog": {"name": N10, "i6300esb": {"action": "reset"}},
+    "sound": {"name": N11, "model": "ich9"},
+    "disks": [{"name": N12, "disk": {"bus": "virtio"}, "serial": N13},
+              {"name": N14, "disk": {"bus": "sata"}},
+              {"name": N15, "disk": {"bus": "scsi"}},
+              {"name": N16, "disk": {"bus": "usb"}}],
+    "interfaces": [{"name": N17, "masquerade": {}, "ports": [{"port": 22}]}]}},
+  "networks": [{"name": N17, "pod": {}}],
+  "volumes": [{"name": N12, "containerDisk": {"image": "x"}},
+              {"name": N14, "emptyDisk": {"capacity": "1Gi"}},
+              {"name": N15, "emptyDisk": {"capacity": "1Gi"}},
+              {"name": N16, "emptyDisk": {"capacity": "1Gi"}}]}}"#;
+
+/// The command line for `INJECTABLE` with `values` in its placeholders; `None` when the
+/// builder refuses it.
+fn injected(values: &[String]) -> Option<Vec<String>> {
+    let mut json = INJECTABLE.to_owned();
+    // Highest first, so N1 does not match the start of N17.
+    for (i, v) in values.iter().enumerate().rev() {
+        json = json.replace(&format!("N{i}"), &serde_json::to_string(v).unwrap());
+    }
+    let api::parse::Object::VirtualMachineInstance(mut vmi) =
+        api::parse::parse_documents(&json).ok()?.remove(0)
+    else {
+        return None;
+    };
+    api::defaults::set_vmi_defaults(&mut vmi.spec, None, &Default::default());
+    build(&vmi, &prepared(&vmi), &runtime(Accel::Kvm)).ok()
+}
+
+/// What QEMU's parser makes of a command line, without the values: each flag, and for
+/// each value its keys (`a=1,,b,c=2` has keys `a` and `c`; JSON values their structure).
+fn shape(args: &[String]) -> Vec<Vec<String>> {
+    fn json_keys(v: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    json_keys(v, &format!("{at}.{k}"), out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| json_keys(v, at, out)),
+            _ => out.push(at.to_owned()),
+        }
+    }
+    args.iter()
+        .map(|arg| {
+            if arg.starts_with('-') && !arg.contains([',', '=']) {
+                return vec![arg.clone()];
+            }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(arg)
+                && v.is_object()
+            {
+                let mut keys = Vec::new();
+                json_keys(&v, "", &mut keys);
+                return keys;
+            }
+            // QEMU's option syntax: `,,` is a comma inside a value, `,` ends a part.
+            let mut parts = vec![String::new()];
+            let mut chars = arg.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (c, chars.peek()) {
+                    (',', Some(',')) => {
+                        chars.next();
+                        parts.last_mut().unwrap().push(',');
+                    }
+                    (',', _) => parts.push(String::new()),
+                    _ => parts.last_mut().unwrap().push(c),
+                }
+            }
+            parts
+                .iter()
+                .map(|p| p.split_once('=').map_or("<value>", |(k, _)| k).to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// No value in a spec can add an option, a device or a flag to QEMU's command line:
+    /// whatever the strings, the command line has the shape it has with plain names.
+    #[test]
+    fn no_spec_value_adds_an_option_or_a_device(
+        values in proptest::collection::vec("[a-z,=.:/ -]{1,12}", 18)
+    ) {
+        let plain: Vec<String> = (0..18).map(|i| format!("n{i}")).collect();
+        let want = shape(&injected(&plain).expect("plain names build"));
+        // Names must stay distinct where the spec pairs them up.
+        let mut distinct = values.clone();
+        for (i, v) in distinct.iter_mut().enumerate() {
+            v.push_str(&format!("{i}"));
+        }
+        if let Some(args) = injected(&distinct) {
+            proptest::prop_assert_eq!(shape(&args), want);
+        }
+    }
+}

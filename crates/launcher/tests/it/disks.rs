@@ -5,7 +5,7 @@ use std::process::Command;
 
 use api::parse::{Object, parse_documents};
 use api::v1::VirtualMachineInstance;
-use launcher::disks::{DiskError, DiskFormat, prepare};
+use launcher::disks::{DiskError, DiskFormat, HostDisks, prepare};
 use launcher::image::ImageCache;
 use launcher::registries::Registries;
 
@@ -80,7 +80,9 @@ spec:
     ));
     let cache = ImageCache::new(dir.path().join("cache"), Registries::default());
     let run = dir.path().join("run");
-    let prepared = prepare(&vmi, &cache, &run).await.unwrap();
+    let prepared = prepare(&vmi, &cache, &run, HostDisks::Anywhere)
+        .await
+        .unwrap();
     let by_name = |n: &str| {
         prepared
             .volumes
@@ -146,7 +148,7 @@ async fn what_cannot_be_prepared_names_its_field() {
         let vmi = vmi(&format!(
             "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: x}}\nspec:\n  domain: {{devices: {{}}, memory: {{guest: 64Mi}}}}\n  volumes: [{volume}]\n"
         ));
-        let err: DiskError = prepare(&vmi, &cache, &dir.path().join("run"))
+        let err: DiskError = prepare(&vmi, &cache, &dir.path().join("run"), HostDisks::Anywhere)
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), expected);

@@ -180,6 +180,28 @@ async fn the_vmi_display_shows_in_a_browser_without_a_viewer() {
     assert!(page.text().await.unwrap().contains("<canvas"));
     let missing = http.get(format!("{url}nosuch")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    // Another web page cannot drive the VM: without the URL's secret path there is
+    // nothing, and a websocket from a foreign origin is refused even with it.
+    let port = announced["port"].as_u64().unwrap();
+    for guess in ["/", "/vnc.html", "/websockify"] {
+        let r = http
+            .get(format!("http://127.0.0.1:{port}{guess}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{guess}");
+    }
+    let foreign = http
+        .get(format!("{url}websockify"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
 
     let browser = Browser::start(http, &scratch.path("browser-tmp")).await;
     browser.open(&url).await;

@@ -18,6 +18,7 @@ mod lifecycle;
 mod migration;
 mod probes;
 mod rbac;
+mod security;
 mod support;
 mod virtctl;
 mod vms;

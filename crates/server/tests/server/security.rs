@@ -1,0 +1,289 @@
+//! Attacks a namespace user could try on the node, each one made for real and each
+//! refused or contained with the error the user sees (`make test-security`). The user is
+//! alice, with upstream's `kubevirt.io:edit` in her namespace and nothing else.
+//! (`virtctl vnc --web`'s token and Origin check are attacked in `browser.rs`.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Scratch, System, kubectl, kubectl_ok, wait_until};
+
+const NS: &str = "default";
+
+/// A VMI booting one containerDisk; `extra` goes into the VMI's spec as JSON members.
+fn vmi(name: &str, disk: &str, image: &str, path: Option<&str>) -> String {
+    let path = path.map_or(String::new(), |p| format!(", \"path\": {p:?}"));
+    format!(
+        r#"{{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+  "metadata": {{"name": "{name}", "namespace": "{NS}"}},
+  "spec": {{"domain": {{"memory": {{"guest": "64Mi"}},
+    "devices": {{"disks": [{{"name": {disk:?}, "disk": {{"bus": "virtio"}}}}]}}}},
+    "volumes": [{{"name": {disk:?}, "containerDisk": {{"image": "{image}"{path}}}}}]}}}}"#
+    )
+}
+
+/// A VMI with one hostDisk at `path`.
+fn host_disk_vmi(name: &str, path: &Path) -> String {
+    format!(
+        r#"{{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+  "metadata": {{"name": "{name}", "namespace": "{NS}"}},
+  "spec": {{"domain": {{"memory": {{"guest": "64Mi"}},
+    "devices": {{"disks": [{{"name": "data", "disk": {{"bus": "virtio"}}}}]}}}},
+    "volumes": [{{"name": "data", "hostDisk": {{"path": {path:?}, "type": "DiskOrCreate", "capacity": "64Mi"}}}}]}}}}"#
+    )
+}
+
+struct Tenant<'a> {
+    kc: PathBuf,
+    scratch: &'a Scratch,
+}
+
+impl Tenant<'_> {
+    /// `kubectl --as alice apply` of `manifest`: Ok(stdout) or Err(stderr).
+    fn apply(&self, manifest: &str) -> Result<String, String> {
+        let file = self.scratch.path("attempt.json");
+        std::fs::write(&file, manifest).unwrap();
+        let out = kubectl(
+            &self.kc,
+            self.scratch,
+            &["--as", "alice", "apply", "-f", file.to_str().unwrap()],
+        );
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(text(&out.stderr))
+        }
+    }
+
+    /// The refusal of `manifest`, asserting it names `field` and says `why`.
+    fn refused(&self, manifest: &str, field: &str, why: &str) {
+        let err = self.apply(manifest).expect_err("the attempt was admitted");
+        assert!(err.contains("is invalid"), "{err}");
+        assert!(err.contains(field), "{field} not named: {err}");
+        assert!(err.contains(why), "{why:?} not said: {err}");
+    }
+}
+
+/// The VMI's Synchronized condition's message once it has failed.
+async fn failure(system: &System, tenant: &Tenant<'_>, name: &str) -> String {
+    wait_until(
+        &format!("VMI {name} failed"),
+        Duration::from_secs(60),
+        &system.server,
+        || async {
+            let out = kubectl(
+                &tenant.kc,
+                tenant.scratch,
+                &["-n", NS, "get", "vmi", name, "-o", "json"],
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            if v["status"]["phase"] != "Failed" {
+                return None;
+            }
+            v["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Synchronized")
+                .and_then(|c| c["message"].as_str())
+                .map(str::to_owned)
+        },
+    )
+    .await
+}
+
+/// Pushes a containerDisk holding `file` (at `/disk/<its name>`) as `repo:devel` to the
+/// test registry, with the guests' own packaging script.
+fn push_disk(scratch: &Scratch, file: &Path, repo: &str) {
+    let layout = scratch.path("layout");
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/oci.py");
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let status = Command::new("python3")
+        .arg(guest)
+        .arg(&layout)
+        .arg("devel")
+        .arg(format!("{}=/disk/{name}", file.display()))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:devel", layout.display()))
+        .arg(format!("docker://127.0.0.1:5000/{repo}:devel"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "skopeo could not push {repo}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_cannot_reach_the_nodes_files() {
+    let scratch = Scratch::new();
+    let system = System::start(&scratch).await;
+    let kc = system.server.kubeconfig_path();
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "create",
+            "rolebinding",
+            "alice-vms",
+            "--clusterrole=kubevirt.io:edit",
+            "--user=alice",
+            "-n",
+            NS,
+        ],
+    );
+    let tenant = Tenant {
+        kc: kc.clone(),
+        scratch: &scratch,
+    };
+    wait_until(
+        "alice may create VMIs",
+        Duration::from_secs(30),
+        &system.server,
+        || async {
+            let out = kubectl(
+                &kc,
+                &scratch,
+                &[
+                    "--as",
+                    "alice",
+                    "auth",
+                    "can-i",
+                    "create",
+                    "virtualmachineinstances.kubevirt.io",
+                    "-n",
+                    NS,
+                ],
+            );
+            (String::from_utf8_lossy(&out.stdout).trim() == "yes").then_some(())
+        },
+    )
+    .await;
+    let image = "registry:5000/kubevirt/cirros-container-disk-demo:devel";
+
+    // 1. A containerDisk path, or a kernel's, that climbs out of the image.
+    tenant.refused(
+        &vmi(
+            "shadow",
+            "root",
+            image,
+            Some("/../../../../../../etc/shadow"),
+        ),
+        "spec.volumes[0].containerDisk.path",
+        "must be an absolute path to a file in the image",
+    );
+    let kernel = r#"{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+      "metadata": {"name": "kernel", "namespace": "default"},
+      "spec": {"domain": {"memory": {"guest": "64Mi"}, "devices": {},
+        "firmware": {"kernelBoot": {"container": {"image": "x",
+          "kernelPath": "/boot/../../etc/shadow"}}}}}}"#;
+    tenant.refused(
+        kernel,
+        "spec.domain.firmware.kernelBoot.container.kernelPath",
+        "without '.', '..' or empty components",
+    );
+
+    // 2. An image whose qcow2 header names a host file as its backing file: admitted
+    // (the image is the tenant's), refused by the launcher before QEMU opens anything.
+    let evil = scratch.path("evil.qcow2");
+    let made = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            "/etc/shadow",
+            "-F",
+            "raw",
+        ])
+        .arg(&evil)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    push_disk(&scratch, &evil, "kubevirt-rs/evil-backing");
+    tenant
+        .apply(&vmi(
+            "backing",
+            "root",
+            "registry:5000/kubevirt-rs/evil-backing:devel",
+            None,
+        ))
+        .unwrap();
+    let message = failure(&system, &tenant, "backing").await;
+    assert!(
+        message.contains("names a backing file (\"/etc/shadow\")"),
+        "{message}"
+    );
+
+    // 3. Names and values that would add QEMU options if they were not checked.
+    tenant.refused(
+        &vmi("comma", "root,file.filename=/etc/shadow", image, None),
+        "spec.domain.devices.disks[0].name",
+        "is not a valid DNS-1123 label",
+    );
+    let serial = vmi("serial", "root", image, None).replace(
+        r#""bus": "virtio"}"#,
+        r#""bus": "virtio"}, "serial": "x,drive=other""#,
+    );
+    tenant.refused(
+        &serial,
+        "spec.domain.devices.disks[0].serial",
+        "may contain only letters, digits",
+    );
+
+    // 4. hostDisk: off unless the KubeVirt CR turns the gate on ...
+    tenant.refused(
+        &host_disk_vmi("host", Path::new("/etc/shadow")),
+        "spec.volumes[0].hostDisk",
+        "the HostDisk feature gate is not enabled",
+    );
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "-n",
+            "kubevirt",
+            "patch",
+            "kv",
+            "kubevirt",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"configuration":{"developerConfiguration":{"featureGates":["HostDisk"]}}}}"#,
+        ],
+    );
+    // ... and then only inside the server's host-disk directories.
+    tenant.refused(
+        &host_disk_vmi("host", Path::new("/etc/shadow")),
+        "spec.volumes[0].hostDisk.path",
+        "is not in a directory this cluster allows host disks in",
+    );
+    let allowed = system.server.data.join("host-disks");
+    tenant
+        .apply(&host_disk_vmi("fine", &allowed.join("fine.img")))
+        .unwrap();
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &["-n", NS, "delete", "vmi", "fine", "--wait=false"],
+    );
+    // A link inside the allowed directory that leads out passes admission, which sees
+    // only the path, and is refused by the launcher, which resolves it.
+    std::os::unix::fs::symlink("/etc/shadow", allowed.join("link.img")).unwrap();
+    tenant
+        .apply(&host_disk_vmi("link", &allowed.join("link.img")))
+        .unwrap();
+    let message = failure(&system, &tenant, "link").await;
+    assert!(
+        message.contains("is not in a directory this node allows host disks in"),
+        "{message}"
+    );
+}
