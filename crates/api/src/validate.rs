@@ -336,6 +336,30 @@ pub fn dns1123_subdomain(name: &str) -> Result<(), String> {
     }
 }
 
+/// A machine type QEMU is given: `q35`, `pc`, or a versioned `pc-q35-X.Y[.Z]` /
+/// `pc-i440fx-X.Y[.Z]`. Nothing else may reach `-machine`, whose options follow it.
+pub fn machine_type_known(m: &str) -> bool {
+    let version = |v: &str| {
+        let parts: Vec<&str> = v.split('.').collect();
+        (2..=3).contains(&parts.len())
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    m == "q35"
+        || m == "pc"
+        || m.strip_prefix("pc-q35-").is_some_and(version)
+        || m.strip_prefix("pc-i440fx-").is_some_and(version)
+}
+
+/// A CPU model or feature name: QEMU splits `-cpu` on every comma (`,,` is no escape
+/// there), so only letters, digits, `_`, `.` and `-` may reach it.
+pub fn cpu_word(s: &str) -> bool {
+    s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
 /// A DNS-1123 label: lower-case alphanumerics and '-', at most 63 characters.
 pub fn dns1123_label(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

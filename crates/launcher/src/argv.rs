@@ -146,11 +146,7 @@ fn machine(vmi: &VirtualMachineInstance, rt: &Runtime, a: &mut Args) -> Result<(
         .as_ref()
         .and_then(|m| m.machine_type.clone())
         .unwrap_or_else(|| "q35".into());
-    let known = mtype == "q35"
-        || mtype == "pc"
-        || mtype.starts_with("pc-q35-")
-        || mtype.starts_with("pc-i440fx-");
-    if !known {
+    if !api::validate::machine_type_known(&mtype) {
         return Err(unsupported(
             "spec.domain.machine.type",
             format!("machine type {mtype:?}"),
@@ -219,7 +215,13 @@ fn cpu(vmi: &VirtualMachineInstance, rt: &Runtime, a: &mut Args) -> Result<(), B
     let model = match (cpu.model.as_deref().unwrap_or("host-model"), &rt.accel) {
         ("host-model" | "host-passthrough", Accel::Kvm) => "host".to_owned(),
         ("host-model" | "host-passthrough", Accel::Tcg { .. }) => "max".to_owned(),
-        (named, _) => escape(named),
+        (named, _) if api::validate::cpu_word(named) => named.to_owned(),
+        (named, _) => {
+            return Err(invalid(
+                "spec.domain.cpu.model",
+                format!("{named:?} is not a CPU model name"),
+            ));
+        }
     };
     let mut opts = vec![model];
     for (i, f) in cpu.features.iter().enumerate() {
@@ -233,7 +235,13 @@ fn cpu(vmi: &VirtualMachineInstance, rt: &Runtime, a: &mut Args) -> Result<(), B
                 ));
             }
         };
-        opts.push(format!("{}={}", escape(&f.name), on_off(on)));
+        if !api::validate::cpu_word(&f.name) {
+            return Err(invalid(
+                format!("spec.domain.cpu.features[{i}].name"),
+                format!("{:?} is not a CPU feature name", f.name),
+            ));
+        }
+        opts.push(format!("{}={}", f.name, on_off(on)));
     }
     if cpu.dedicated_cpu_placement == Some(true) {
         return Err(unsupported(

@@ -225,8 +225,9 @@ async fn prepare_volume(
                 message: format!("{} is not a regular file", h.path),
             });
         }
-        let format = probe_format(&path).await?;
-        return Ok(out(path, format, false));
+        // Always raw, as upstream attaches it: the guest writes this file, and a qcow2
+        // header it wrote must not change how the node opens it next time.
+        return Ok(out(path, DiskFormat::Raw, false));
     }
     let what = v
         .source_kinds()
@@ -294,16 +295,25 @@ fn host_disk_path(path: &str, host_disks: HostDisks<'_>) -> Result<PathBuf, Stri
 /// start forever.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The format QEMU should open `path` with. Only raw and qcow2 are accepted, and a qcow2
-/// image must stand alone: a backing file or an external data file in its header would
+/// The format QEMU should open `path` with: qcow2 when its header says so, else raw. A
+/// qcow2 image must stand alone: a backing file or an external data file in its header would
 /// make QEMU open whatever file it names, so such an image is refused (as upstream does).
 async fn probe_format(path: &Path) -> Result<DiskFormat, DiskError> {
     let tool = |message: String| DiskError::Tool {
         tool: "qemu-img",
         message,
     };
+    // Only qcow2's magic makes it qcow2; anything else is raw. qemu-img never guesses a
+    // format, so it never follows what a vmdk descriptor or the like would name.
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+        .map_err(|e| io(path, e))?;
+    if read < 4 || magic != *b"QFI\xfb" {
+        return Ok(DiskFormat::Raw);
+    }
     let run = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
+        .args(["info", "-f", "qcow2", "--output=json", "-U"])
         .arg(path)
         .kill_on_drop(true)
         .output();

@@ -103,7 +103,9 @@ async fn container_logs(
         .iter()
         .flat_map(|s| &s.containers)
         .any(|c| c.name == container);
-    if !known {
+    // A name that is no plain file name (`../<uid>/compute`) never ran here: its log
+    // path would be another pod's, or no pod's, file.
+    if !known || api::validate::dns1123_label(&container).is_err() {
         return refuse(
             StatusCode::NOT_FOUND,
             format!("pod {namespace}/{name} has no container {container}"),

@@ -131,6 +131,11 @@ impl Worker {
 
     /// Takes over the processes a previous runner started for this pod.
     fn adopt(&mut self, pod: &Pod) {
+        // Only names this runner could have started: another name could lead to another
+        // pod's records (`../<uid>/compute`).
+        if spec::unsupported(pod).is_some() {
+            return;
+        }
         for c in pod.spec.iter().flat_map(|s| &s.containers) {
             if let Some(record) = process::record(&self.dir, &c.name) {
                 tracing::info!(pod = %name_of(pod).1, container = %c.name, pid = record.pid, "adopted");

@@ -71,6 +71,17 @@ pub fn unsupported(pod: &Pod) -> Option<&'static str> {
     if spec.containers.is_empty() {
         return Some("the pod has no containers");
     }
+    // A container's name names its files on the node (`<name>.log`): Kubernetes' rule,
+    // a DNS-1123 label, keeps it one plain file name.
+    if spec
+        .containers
+        .iter()
+        .any(|c| api::validate::dns1123_label(&c.name).is_err())
+    {
+        return Some(
+            "a container name is not a DNS-1123 label (lower-case alphanumerics and '-', at most 63 characters)",
+        );
+    }
     None
 }
 
@@ -290,6 +301,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.reason(), "CreateContainerConfigError");
         assert!(err.to_string().contains("variable S"), "{err}");
+    }
+
+    #[test]
+    fn container_names_that_are_not_plain_file_names_are_refused() {
+        for bad in ["../../../../etc/cron.d/x", "a/b", "Upper", ""] {
+            let p = pod(json!({"name": bad, "image": "img:1"}));
+            assert!(unsupported(&p).unwrap().contains("DNS-1123"), "{bad}");
+        }
     }
 
     #[test]

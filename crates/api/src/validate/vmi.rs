@@ -37,15 +37,13 @@ pub fn validate_vmi_spec(
         .machine
         .as_ref()
         .and_then(|m| m.machine_type.as_deref())
+        && !crate::validate::machine_type_known(m)
     {
-        let ok = m == "q35" || m == "pc" || m.starts_with("pc-q35-") || m.starts_with("pc-i440fx-");
-        if !ok {
-            c.not_supported(
-                format!("{domain}.machine.type"),
-                m,
-                &["q35", "pc-q35-*", "pc", "pc-i440fx-*"],
-            );
-        }
+        c.not_supported(
+            format!("{domain}.machine.type"),
+            m,
+            &["q35", "pc-q35-X.Y", "pc", "pc-i440fx-X.Y"],
+        );
     }
     if spec.termination_grace_period_seconds.is_some_and(|s| s < 0) {
         c.invalid(
@@ -170,7 +168,24 @@ fn cpu(spec: &VirtualMachineInstanceSpec, domain: &str, c: &mut Causes) {
             "must be greater than or equal to cpu.sockets",
         );
     }
+    if let Some(m) = cpu.model.as_deref()
+        && !crate::validate::cpu_word(m)
+    {
+        c.invalid(
+            format!("{domain}.cpu.model"),
+            format!("{m:?} may contain only letters, digits, '_', '.' and '-'"),
+        );
+    }
     for (i, f) in cpu.features.iter().enumerate() {
+        if !crate::validate::cpu_word(&f.name) {
+            c.invalid(
+                format!("{domain}.cpu.features[{i}].name"),
+                format!(
+                    "{:?} may contain only letters, digits, '_', '.' and '-'",
+                    f.name
+                ),
+            );
+        }
         c.one_of(
             format!("{domain}.cpu.features[{i}].policy"),
             f.policy.as_deref(),

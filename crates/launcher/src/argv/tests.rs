@@ -221,6 +221,8 @@ const INJECTABLE: &str = r#"{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMac
  "metadata": {"name": N0, "namespace": N1},
  "spec": {"hostname": N2,
   "domain": {"memory": {"guest": "64Mi"},
+   "machine": {"type": N18},
+   "cpu": {"model": N19, "features": [{"name": N20, "policy": "require"}]},
    "firmware": {"serial": N3},
    "chassis": {"manufacturer": N4, "version": N5, "serial": N6, "asset": N7, "sku": N8},
    "devices": {
@@ -309,16 +311,32 @@ proptest::proptest! {
     /// whatever the strings, the command line has the shape it has with plain names.
     #[test]
     fn no_spec_value_adds_an_option_or_a_device(
-        values in proptest::collection::vec("[a-z,=.:/ -]{1,12}", 18)
+        values in proptest::collection::vec("[a-z,=.:/ -]{1,12}", 18),
+        machine in "[0-9a-z,=./ -]{0,12}",
+        cpu in proptest::collection::vec("[a-z0-9,=.:/+ -]{0,12}", 2),
     ) {
-        let plain: Vec<String> = (0..18).map(|i| format!("n{i}")).collect();
+        let mut plain: Vec<String> = (0..18).map(|i| format!("n{i}")).collect();
+        plain.extend(["q35", "Haswell", "pcid"].map(String::from));
         let want = shape(&injected(&plain).expect("plain names build"));
         // Names must stay distinct where the spec pairs them up.
-        let mut distinct = values.clone();
-        for (i, v) in distinct.iter_mut().enumerate() {
-            v.push_str(&format!("{i}"));
+        let mut names: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{v}{i}"))
+            .collect();
+        names.extend(plain[18..].iter().cloned());
+        if let Some(args) = injected(&names) {
+            proptest::prop_assert_eq!(shape(&args), want.clone());
         }
-        if let Some(args) = injected(&distinct) {
+        // Machine and CPU values behind a name QEMU knows (`-machine` and `-cpu` take
+        // options after the first word, and `-cpu` has no escape).
+        let mut typed = plain[..18].to_vec();
+        typed.extend([
+            format!("pc-q35-{machine}"),
+            format!("Haswell{}", cpu[0]),
+            format!("pcid{}", cpu[1]),
+        ]);
+        if let Some(args) = injected(&typed) {
             proptest::prop_assert_eq!(shape(&args), want);
         }
     }

@@ -239,6 +239,12 @@ async fn a_tenant_cannot_reach_the_nodes_files() {
         "may contain only letters, digits",
     );
 
+    let machine = vmi("machine", "root", image, None).replace(
+        r#""memory": {"guest": "64Mi"},"#,
+        r#""memory": {"guest": "64Mi"}, "machine": {"type": "pc-q35-9.0,initrd=/etc/shadow"},"#,
+    );
+    tenant.refused(&machine, "spec.domain.machine.type", "pc-q35-X.Y");
+
     // 4. hostDisk: off unless the KubeVirt CR turns the gate on ...
     tenant.refused(
         &host_disk_vmi("host", Path::new("/etc/shadow")),
@@ -286,4 +292,39 @@ async fn a_tenant_cannot_reach_the_nodes_files() {
         message.contains("is not in a directory this node allows host disks in"),
         "{message}"
     );
+
+    // 5. A pod whose container name climbs out of its directory on the node, where the
+    // runner keeps `<container>.log`: refused before anything is written.
+    let target = scratch.path("pwned");
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "sneaky", "namespace": NS},
+        "spec": {"containers": [{
+            "name": format!("../../../../../../../../../../..{}", target.display()),
+            "image": format!("kubevirt-rs/virt-launcher:{}", env!("CARGO_PKG_VERSION"))}]}});
+    let file = scratch.path("pod.json");
+    std::fs::write(&file, pod.to_string()).unwrap();
+    kubectl_ok(&kc, &scratch, &["apply", "-f", file.to_str().unwrap()]);
+    let status = wait_until(
+        "the pod refused",
+        Duration::from_secs(30),
+        &system.server,
+        || async {
+            let out = kubectl(
+                &kc,
+                &scratch,
+                &["-n", NS, "get", "pod", "sneaky", "-o", "json"],
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["status"]["phase"] == "Failed").then(|| v["status"].clone())
+        },
+    )
+    .await;
+    assert_eq!(status["reason"], "UnsupportedPodSpec", "{status}");
+    assert!(
+        status["message"].as_str().unwrap().contains("DNS-1123"),
+        "{status}"
+    );
+    for ext in ["log", "pid", "exit"] {
+        assert!(!target.with_extension(ext).exists(), "{ext} written");
+    }
 }
