@@ -119,6 +119,11 @@ pub async fn create(
         let mutated = admission::mutate(state, &a, obj.clone(), None).await?;
         obj = objects::recheck(r, mutated, how.strict)?;
         admission::validate(state, &a, Some(&obj), None).await?;
+        if r.builtin && r.group == crate::rbac::GROUP {
+            state
+                .authorizer
+                .check_escalation(&*state.store, user, &r.plural, &obj)?;
+        }
     } else {
         obj = objects::recheck(r, obj, how.strict)?;
     }
@@ -210,6 +215,11 @@ pub async fn update(
             let mutated = admission::mutate(state, &a, obj.clone(), Some(&old)).await?;
             obj = objects::recheck(r, mutated, how.strict)?;
             admission::validate(state, &a, Some(&obj), Some(&old)).await?;
+            if r.builtin && r.group == crate::rbac::GROUP {
+                state
+                    .authorizer
+                    .check_escalation(&*state.store, user, &r.plural, &obj)?;
+            }
         } else {
             obj = objects::recheck(r, obj, how.strict)?;
         }

@@ -180,25 +180,42 @@ impl Policy {
     /// The rules of a ClusterRole: its own, or with an `aggregationRule`, those of every
     /// ClusterRole its selectors match.
     fn cluster_role_rules(&self, name: &str) -> Vec<&PolicyRule> {
+        let mut seen = std::collections::HashSet::new();
+        self.aggregated_rules(name, &mut seen)
+    }
+
+    /// A ClusterRole's rules with those of the roles it aggregates, which may aggregate
+    /// in turn (`admin` takes in `edit`, which takes in `view`), each role once.
+    fn aggregated_rules<'a>(
+        &'a self,
+        name: &str,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> Vec<&'a PolicyRule> {
+        if !seen.insert(name.to_owned()) {
+            return Vec::new();
+        }
         let Some(role) = self.cluster_roles.get(name) else {
             return Vec::new();
         };
-        match &role.aggregation_rule {
-            Some(AggregationRule {
-                cluster_role_selectors: Some(selectors),
-            }) => self
+        let mut rules: Vec<&PolicyRule> = role.rules.iter().flatten().collect();
+        if let Some(AggregationRule {
+            cluster_role_selectors: Some(selectors),
+        }) = &role.aggregation_rule
+        {
+            let members: Vec<&str> = self
                 .cluster_roles
                 .values()
-                .filter(|r| r.metadata.name.as_deref() != Some(name))
                 .filter(|r| {
                     let labels = r.metadata.labels.clone().unwrap_or_default();
                     selectors.iter().any(|s| selector_matches(s, &labels))
                 })
-                .flat_map(|r| r.rules.iter().flatten())
-                .chain(role.rules.iter().flatten())
-                .collect(),
-            _ => role.rules.iter().flatten().collect(),
+                .filter_map(|r| r.metadata.name.as_deref())
+                .collect();
+            for member in members {
+                rules.extend(self.aggregated_rules(member, seen));
+            }
         }
+        rules
     }
 
     /// Whether `user` may do what `attrs` asks.
@@ -267,6 +284,61 @@ impl Policy {
             allowed: false,
             reason: String::new(),
         }
+    }
+}
+
+impl Policy {
+    /// The first permission `rule` grants that `user` does not hold in `namespace` (the
+    /// cluster scope when empty), described; `None` when the user holds them all. Each
+    /// verb, group, resource and name is checked on its own, a `*` literally, as
+    /// Kubernetes' rule coverage does.
+    fn uncovered(&self, user: &User, namespace: &str, rule: &PolicyRule) -> Option<String> {
+        let allowed = |attrs: Attributes| self.authorize(user, &attrs).allowed;
+        for verb in &rule.verbs {
+            for url in rule.non_resource_urls.iter().flatten() {
+                let attrs = Attributes {
+                    verb: verb.clone(),
+                    resource: None,
+                    path: url.clone(),
+                };
+                if !allowed(attrs) {
+                    return Some(format!("{verb} on the path {url:?}"));
+                }
+            }
+            let names: Vec<&str> = match &rule.resource_names {
+                Some(n) if !n.is_empty() => n.iter().map(String::as_str).collect(),
+                _ => vec![""],
+            };
+            for group in rule.api_groups.iter().flatten() {
+                for resource in rule.resources.iter().flatten() {
+                    let (plural, sub) = resource.split_once('/').unwrap_or((resource, ""));
+                    for name in &names {
+                        let attrs = Attributes {
+                            verb: verb.clone(),
+                            resource: Some(ResourceAttributes {
+                                group: group.clone(),
+                                resource: plural.to_owned(),
+                                subresource: sub.to_owned(),
+                                namespace: namespace.to_owned(),
+                                name: (*name).to_owned(),
+                            }),
+                            path: String::new(),
+                        };
+                        if !allowed(attrs) {
+                            let named = if name.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" named {name:?}")
+                            };
+                            return Some(format!(
+                                "{verb} on {resource:?}{named} in API group {group:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        None
     }
 }
 
@@ -424,6 +496,102 @@ impl Authorizer {
             return Ok(Policy::default().authorize(user, attrs));
         }
         Ok(self.policy(store)?.authorize(user, attrs))
+    }
+}
+
+impl Authorizer {
+    /// Kubernetes' escalation prevention, for `obj` (a role or binding of `plural`)
+    /// about to be written by `user`: a role may hold only rules its writer holds, unless
+    /// the writer may `escalate` it; a binding may grant only a role whose rules its
+    /// writer holds, unless the writer may `bind` that role. So a namespace admin cannot
+    /// bind `cluster-admin`, and nobody grants what they do not have.
+    pub fn check_escalation(
+        &self,
+        store: &dyn store::Store,
+        user: &User,
+        plural: &str,
+        obj: &Value,
+    ) -> Result<(), ApiError> {
+        if user.groups.iter().any(|g| g == MASTERS) {
+            return Ok(());
+        }
+        let policy = self.policy(store)?;
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let namespace = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+        let may = |verb: &str, resource: &str, name: &str| {
+            let attrs = Attributes {
+                verb: verb.to_owned(),
+                resource: Some(ResourceAttributes {
+                    group: GROUP.to_owned(),
+                    resource: resource.to_owned(),
+                    subresource: String::new(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                }),
+                path: String::new(),
+            };
+            policy.authorize(user, &attrs).allowed
+        };
+        let refuse = |why: String| {
+            ApiError::forbidden(format!(
+                "{plural}.{GROUP} \"{name}\" is forbidden: user \"{}\" (groups={:?}) {why}",
+                user.name, user.groups
+            ))
+            .with_details(json!({"group": GROUP, "kind": plural, "name": name}))
+        };
+        let rules: Vec<PolicyRule> = match plural {
+            "roles" | "clusterroles" => {
+                if may("escalate", plural, name) {
+                    return Ok(());
+                }
+                if plural == "clusterroles" && !obj["aggregationRule"].is_null() {
+                    return Err(refuse(
+                        "must have cluster-admin privileges to use an aggregationRule".into(),
+                    ));
+                }
+                serde_json::from_value(obj["rules"].clone()).unwrap_or_default()
+            }
+            "rolebindings" | "clusterrolebindings" => {
+                let kind = obj["roleRef"]["kind"].as_str().unwrap_or_default();
+                let role = obj["roleRef"]["name"].as_str().unwrap_or_default();
+                let role_plural = if kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                };
+                if may("bind", role_plural, role) {
+                    return Ok(());
+                }
+                let rules: Option<Vec<PolicyRule>> = match kind {
+                    "ClusterRole" => policy.cluster_roles.contains_key(role).then(|| {
+                        policy
+                            .cluster_role_rules(role)
+                            .into_iter()
+                            .cloned()
+                            .collect()
+                    }),
+                    _ => policy
+                        .roles
+                        .get(&(namespace.to_owned(), role.to_owned()))
+                        .map(|r| r.rules.clone().unwrap_or_default()),
+                };
+                rules.ok_or_else(|| {
+                    refuse(format!(
+                        "may not bind {kind} {role:?}, which does not exist, without the bind permission on it"
+                    ))
+                })?
+            }
+            _ => return Ok(()),
+        };
+        match rules
+            .iter()
+            .find_map(|r| policy.uncovered(user, namespace, r))
+        {
+            None => Ok(()),
+            Some(missing) => Err(refuse(format!(
+                "is attempting to grant RBAC permissions not currently held: {missing}"
+            ))),
+        }
     }
 }
 

@@ -122,6 +122,13 @@ pub fn rules(component: &str) -> Vec<Rule> {
                 &["rbac.authorization.k8s.io"],
                 &["clusterroles", "clusterrolebindings"],
             ),
+            // Upstream's user roles grant subresources virt-api itself never calls, and
+            // are aggregated: writing them needs escalate, binding them bind.
+            (
+                &["escalate", "bind"],
+                &["rbac.authorization.k8s.io"],
+                &["clusterroles"],
+            ),
             (APPLY, &["apiregistration.k8s.io"], &["apiservices"]),
             (
                 APPLY,

@@ -328,3 +328,85 @@ async fn a_tenant_cannot_reach_the_nodes_files() {
         assert!(!target.with_extension(ext).exists(), "{ext} written");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_admin_cannot_grant_what_they_do_not_hold() {
+    let scratch = Scratch::new();
+    let server = crate::support::Server::start(&scratch).await;
+    let kc = server.kubeconfig_path();
+    let run = |args: &[&str]| kubectl(&kc, &scratch, args);
+    kubectl_ok(&kc, &scratch, &["create", "namespace", "team"]);
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "create",
+            "rolebinding",
+            "alice-admin",
+            "--clusterrole=admin",
+            "--user=alice",
+            "-n",
+            "team",
+        ],
+    );
+    let as_alice = |args: &[&str]| {
+        let mut all = vec!["--as", "alice", "-n", "team"];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
+    };
+    // Binding cluster-admin in her namespace would make alice cluster-admin there (and
+    // grant the non-resource URLs): refused.
+    let (ok, err) = as_alice(&[
+        "create",
+        "rolebinding",
+        "mine",
+        "--clusterrole=cluster-admin",
+        "--user=alice",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("is attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+    // A role with a permission she lacks (nodes are cluster-scoped): refused.
+    let (ok, err) = as_alice(&["create", "role", "nodes", "--verb=get", "--resource=nodes"]);
+    assert!(!ok);
+    assert!(
+        err.contains("not currently held: get on \"nodes\""),
+        "{err}"
+    );
+    // What she holds she may hand on: view to bob, and a role within her rights.
+    let (ok, err) = as_alice(&[
+        "create",
+        "rolebinding",
+        "bob-view",
+        "--clusterrole=view",
+        "--user=bob",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, err) = as_alice(&["create", "role", "pods", "--verb=get", "--resource=pods"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(
+            &run(&["--as", "bob", "auth", "can-i", "list", "pods", "-n", "team"]).stdout
+        )
+        .trim(),
+        "yes"
+    );
+    // Nor can she turn a binding she made into one of cluster-admin.
+    let (ok, err) = as_alice(&[
+        "patch",
+        "rolebinding",
+        "bob-view",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"cluster-admin"}}"#,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("not currently held"), "{err}");
+}
