@@ -121,6 +121,12 @@ async fn vmi_on_create(state: &AppState, request: &Value) -> Result<Value, Value
             )
         })
         .collect();
+    // A VMI starts with no status but Pending: what a user wrote there (a node, a
+    // migration, interfaces) is dropped, as upstream's mutator does.
+    let user = request["userInfo"]["username"].as_str().unwrap_or_default();
+    if !KUBEVIRT_USERS.contains(&user) {
+        vmi.status = None;
+    }
     let uid = vmi.metadata.uid.clone();
     api::defaults::set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &state.config.defaults);
     let finalizers = vmi.metadata.finalizers.get_or_insert_with(Vec::new);

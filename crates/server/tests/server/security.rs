@@ -245,6 +245,34 @@ async fn a_tenant_cannot_reach_the_nodes_files() {
     );
     tenant.refused(&machine, "spec.domain.machine.type", "pc-q35-X.Y");
 
+    // A status written at creation (a node, a phase) is not kept: the VMI starts Pending
+    // with nothing else (a server-side dry run shows what would be stored).
+    let forged = vmi("forged", "root", image, None).replace(
+        r#""metadata": {"name": "forged", "namespace": "default"},"#,
+        r#""metadata": {"name": "forged", "namespace": "default"},
+           "status": {"phase": "Running", "nodeName": "node1", "activePods": {"x": "node1"}},"#,
+    );
+    let file = scratch.path("forged.json");
+    std::fs::write(&file, &forged).unwrap();
+    let stored: Value = serde_json::from_str(&kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "--as",
+            "alice",
+            "create",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(stored["status"]["phase"], "Pending", "{stored}");
+    assert!(stored["status"]["nodeName"].is_null(), "{stored}");
+    assert!(stored["status"]["activePods"].is_null(), "{stored}");
+
     // 4. hostDisk: off unless the KubeVirt CR turns the gate on ...
     tenant.refused(
         &host_disk_vmi("host", Path::new("/etc/shadow")),
