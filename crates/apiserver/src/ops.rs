@@ -99,7 +99,8 @@ pub async fn create(
     let (body, written) = convert::incoming(state, r, version, body).await?;
     let mut obj = objects::for_create(r, &written, ns, body, how.strict)?;
     if r.builtin && r.plural == "services" {
-        crate::services::allocate(state, &mut obj)?;
+        let privileged = crate::services::privileged(how.user.as_deref());
+        crate::services::allocate(state, &mut obj, privileged)?;
     }
     let name = obj["metadata"]["name"]
         .as_str()
@@ -201,6 +202,9 @@ pub async fn update(
         let old = decode(&kv)?;
         let (body, written) = convert::incoming(state, r, version, body).await?;
         let mut obj = objects::for_update(r, &written, &old, body, part, how.strict)?;
+        if r.builtin && r.plural == "services" && part != Part::Status {
+            crate::services::check_update(state, &old, &mut obj)?;
+        }
         if let Some(user) = &how.user {
             let a = Attributes {
                 resource: r,

@@ -16,7 +16,106 @@ use crate::{ApiError, AppState};
 
 const NODE_PORTS: std::ops::RangeInclusive<u64> = 30000..=32767;
 
+/// Whether `ip` is in the service range (127.10.0.0/16, neither network nor broadcast
+/// of a /24), where users' cluster IPs must be.
+fn in_service_range(ip: &str) -> bool {
+    ip.parse::<Ipv4Addr>().is_ok_and(|a| {
+        let [a, b, _, d] = a.octets();
+        a == 127 && b == 10 && d != 0 && d != 255
+    })
+}
+
+/// Whether `user` may place a Service outside the service range: the server itself and
+/// cluster admins (in-process servers such as virt-api share 127.0.0.1).
+pub fn privileged(user: Option<&crate::User>) -> bool {
+    user.is_none_or(|u| u.groups.iter().any(|g| g == crate::rbac::MASTERS))
+        || user.is_some_and(|u| u.name.starts_with("system:serviceaccount:kubevirt:"))
+}
+
+/// Refuses node ports of `svc` outside the range or held by another Service than
+/// `except` (its own name and namespace on an update).
+fn check_node_ports(
+    state: &AppState,
+    svc: &Value,
+    except: Option<(&str, &str)>,
+) -> Result<(), ApiError> {
+    let name = svc["metadata"]["name"].as_str().unwrap_or_default();
+    let (_, taken) = allocated_except(state, except)?;
+    let mut mine = HashSet::new();
+    for (i, p) in svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(n) = p["nodePort"].as_u64() else {
+            continue;
+        };
+        let field = format!("spec.ports[{i}].nodePort");
+        if !NODE_PORTS.contains(&n) {
+            return Err(ApiError::unprocessable(
+                "Service",
+                name,
+                &field,
+                &format!(
+                    "Invalid value: {n}: provided port is not in the valid range. The range of valid ports is 30000-32767"
+                ),
+            ));
+        }
+        if taken.contains(&n) || !mine.insert(n) {
+            return Err(ApiError::unprocessable(
+                "Service",
+                name,
+                &field,
+                &format!("Invalid value: {n}: provided port is already allocated"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// On an update of a Service: the cluster IP cannot change (as in Kubernetes; one left
+/// out is kept), and node ports stay in range and unshared.
+pub fn check_update(state: &AppState, old: &Value, new: &mut Value) -> Result<(), ApiError> {
+    let name = new["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let ns = new["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let ip = |v: &Value| {
+        v["spec"]["clusterIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if ip(new).is_empty() && !ip(old).is_empty() && new["spec"].is_object() {
+        new["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
+        new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+    }
+    let name = name.as_str();
+    if ip(new) != ip(old) {
+        return Err(ApiError::unprocessable(
+            "Service",
+            name,
+            "spec.clusterIP",
+            &format!("Invalid value: {:?}: field is immutable", ip(new)),
+        ));
+    }
+    check_node_ports(state, new, Some((&ns, name)))
+}
+
 fn allocated(state: &AppState) -> Result<(HashSet<String>, HashSet<u64>), ApiError> {
+    allocated_except(state, None)
+}
+
+/// The cluster IPs and node ports Services hold, but `except` (namespace, name).
+fn allocated_except(
+    state: &AppState,
+    except: Option<(&str, &str)>,
+) -> Result<(HashSet<String>, HashSet<u64>), ApiError> {
     let page = state.store.list(&ListRequest {
         prefix: "/core/services/".into(),
         ..Default::default()
@@ -27,6 +126,10 @@ fn allocated(state: &AppState) -> Result<(HashSet<String>, HashSet<u64>), ApiErr
         let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) else {
             continue;
         };
+        let meta = &svc["metadata"];
+        if except.is_some_and(|(ns, name)| meta["namespace"] == ns && meta["name"] == name) {
+            continue;
+        }
         if let Some(ip) = svc["spec"]["clusterIP"].as_str() {
             ips.insert(ip.to_owned());
         }
@@ -39,8 +142,9 @@ fn allocated(state: &AppState) -> Result<(HashSet<String>, HashSet<u64>), ApiErr
     Ok((ips, ports))
 }
 
-/// Defaults and allocates on `svc`, a Service being created.
-pub fn allocate(state: &AppState, svc: &mut Value) -> Result<(), ApiError> {
+/// Defaults and allocates on `svc`, a Service being created; a cluster IP a user gives
+/// must be in the service range and free (`privileged` callers may place one anywhere).
+pub fn allocate(state: &AppState, svc: &mut Value, privileged: bool) -> Result<(), ApiError> {
     let name = svc["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -69,8 +173,25 @@ pub fn allocate(state: &AppState, svc: &mut Value) -> Result<(), ApiError> {
         |field: &str, message: &str| ApiError::unprocessable("Service", &name, field, message);
     match spec["clusterIP"].as_str() {
         Some("None") => {}
-        // Given: kept as it is. In-process servers (virt-api) share 127.0.0.1 on their
-        // own ports, so a given address is not required to be unused.
+        // Given by a user: in the range and not another Service's, or the service proxy
+        // would serve one tenant's Service at another's address, or at a host address.
+        Some(ip) if !ip.is_empty() && !privileged => {
+            if !in_service_range(ip) {
+                return Err(invalid(
+                    "spec.clusterIPs",
+                    &format!(
+                        "Invalid value: {ip:?}: provided IP is not in the valid range. The range of valid IPs is 127.10.0.0/16"
+                    ),
+                ));
+            }
+            if ips.contains(ip) {
+                return Err(invalid(
+                    "spec.clusterIPs",
+                    &format!("Invalid value: {ip:?}: provided IP is already allocated"),
+                ));
+            }
+        }
+        // In-process servers (virt-api) share 127.0.0.1 on their own ports.
         Some(ip) if !ip.is_empty() => {}
         _ => {
             let free = (1..=u16::MAX)

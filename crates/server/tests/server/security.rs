@@ -438,3 +438,92 @@ async fn a_namespace_admin_cannot_grant_what_they_do_not_hold() {
     assert!(!ok);
     assert!(err.contains("not currently held"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_cannot_take_another_services_address() {
+    let scratch = Scratch::new();
+    let server = crate::support::Server::start(&scratch).await;
+    let kc = server.kubeconfig_path();
+    kubectl_ok(&kc, &scratch, &["create", "namespace", "team"]);
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "create",
+            "rolebinding",
+            "alice-edit",
+            "--clusterrole=edit",
+            "--user=alice",
+            "-n",
+            "team",
+        ],
+    );
+    let apply = |svc: Value| {
+        let file = scratch.path("svc.json");
+        std::fs::write(&file, svc.to_string()).unwrap();
+        let out = kubectl(
+            &kc,
+            &scratch,
+            &[
+                "--as",
+                "alice",
+                "-n",
+                "team",
+                "apply",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
+    };
+    let svc = |name: &str, spec: Value| {
+        let mut spec = spec;
+        spec["selector"] = serde_json::json!({"app": name});
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "team"}, "spec": spec})
+    };
+    // The host's own loopback address (the API server's port): not a service address.
+    let (ok, err) = apply(svc(
+        "api",
+        serde_json::json!({"clusterIP": "127.0.0.1", "ports": [{"port": 6443}]}),
+    ));
+    assert!(!ok);
+    assert!(err.contains("is not in the valid range"), "{err}");
+    // An address another Service holds.
+    let (ok, err) = apply(svc(
+        "first",
+        serde_json::json!({"clusterIP": "127.10.5.5", "ports": [{"port": 80}]}),
+    ));
+    assert!(ok, "{err}");
+    let (ok, err) = apply(svc(
+        "second",
+        serde_json::json!({"clusterIP": "127.10.5.5", "ports": [{"port": 80}]}),
+    ));
+    assert!(!ok);
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    // A cluster IP cannot be moved onto it afterwards either.
+    let (ok, err) = apply(svc("second", serde_json::json!({"ports": [{"port": 80}]})));
+    assert!(ok, "{err}");
+    let (ok, err) = apply(svc(
+        "second",
+        serde_json::json!({"clusterIP": "127.10.5.5", "ports": [{"port": 80}]}),
+    ));
+    assert!(!ok);
+    assert!(err.contains("field is immutable"), "{err}");
+    // Node ports: one Service each, on create and on update.
+    let node_port =
+        |n: u64| serde_json::json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": n}]});
+    let (ok, err) = apply(svc("np1", node_port(30500)));
+    assert!(ok, "{err}");
+    let (ok, err) = apply(svc("np2", node_port(30500)));
+    assert!(!ok);
+    assert!(err.contains("provided port is already allocated"), "{err}");
+    let (ok, err) = apply(svc("np2", node_port(30501)));
+    assert!(ok, "{err}");
+    let (ok, err) = apply(svc("np2", node_port(30500)));
+    assert!(!ok);
+    assert!(err.contains("provided port is already allocated"), "{err}");
+}
