@@ -25,6 +25,9 @@ pub fn launcher_image() -> String {
     format!("kubevirt-rs/virt-launcher:{}", env!("CARGO_PKG_VERSION"))
 }
 
+/// The identity virt-api presents to handlers.
+const VIRT_API_USER: &str = "system:serviceaccount:kubevirt:kubevirt-apiserver";
+
 /// This machine as a node.
 #[derive(Debug, Clone)]
 pub struct NodeSetup {
@@ -88,10 +91,12 @@ async fn client(url: &str, pki: &Pki, stem: &'static str) -> Result<kube::Client
     kube::Client::try_from(config).map_err(|e| fail(e.to_string()))
 }
 
-/// Serving TLS for a component endpoint that requires a client certificate from our CA.
+/// Serving TLS for a component endpoint that requires a client certificate from our CA
+/// whose common name is one of `callers`.
 fn mutual_tls(
     pki: &Pki,
     component: &'static str,
+    callers: &[&str],
 ) -> Result<Arc<rustls::ServerConfig>, ComponentError> {
     let fail = |message: String| ComponentError::Tls { component, message };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -103,6 +108,7 @@ fn mutual_tls(
     )
     .build()
     .map_err(|e| fail(e.to_string()))?;
+    let verifier = Arc::new(crate::peer::NamedClients::new(verifier, callers));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(e.to_string()))?
@@ -111,17 +117,6 @@ fn mutual_tls(
         .map_err(|e| fail(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Serving TLS with our certificate, client certificates not asked for.
-fn server_tls(
-    pki: &Pki,
-    component: &'static str,
-) -> Result<Arc<rustls::ServerConfig>, ComponentError> {
-    crate::serve::tls_config(pki).map_err(|e| ComponentError::Tls {
-        component,
-        message: e.to_string(),
-    })
 }
 
 async fn loopback(component: &'static str) -> Result<TcpListener, ComponentError> {
@@ -298,7 +293,8 @@ async fn start_node(
             );
             env
         },
-        log_tls: server_tls(pki, "pod-runner")?,
+        // Pod logs are the API server's to read (it presents its front-proxy identity).
+        log_tls: mutual_tls(pki, "pod-runner", &[crate::pki::FRONT_PROXY_USER])?,
         log_listener,
     };
     tasks.push(spawn(
@@ -323,7 +319,8 @@ async fn start_node(
         endpoint: Some(handler::endpoint::EndpointConfig {
             listener: handler_listener,
             advertise: format!("https://127.0.0.1:{handler_port}"),
-            tls: mutual_tls(pki, "virt-handler")?,
+            // Only virt-api forwards VMI operations and streams to a handler.
+            tls: mutual_tls(pki, "virt-handler", &[VIRT_API_USER])?,
         }),
     };
     tasks.push(spawn(

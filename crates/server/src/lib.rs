@@ -34,6 +34,7 @@ pub mod components;
 pub mod datadir;
 pub mod files;
 pub mod kubeconfig;
+pub mod peer;
 pub mod pki;
 pub mod policy;
 pub mod proxy;

@@ -57,6 +57,24 @@ impl Caller {
     }
 }
 
+/// Webhooks are the API server's to call: only its front-proxy client certificate may
+/// post reviews (a review is trusted as written, and the eviction interceptor acts on it).
+pub async fn api_server_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let from_api_server = req
+        .extensions()
+        .get::<PeerCertificate>()
+        .is_some_and(|c| common_name(&c.0).as_deref() == Some(FRONT_PROXY_USER));
+    if from_api_server {
+        next.run(req).await
+    } else {
+        StatusError::unauthorized().into_response()
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = StatusError;
 

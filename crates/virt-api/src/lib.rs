@@ -114,10 +114,19 @@ pub fn router(client: kube::Client, config: Config) -> Router {
     };
     let base = format!("/apis/{GROUP}/{VERSION}");
     let ns = format!("{base}/namespaces/{{namespace}}");
-    let mut router = Router::new();
+    let mut webhooks = Router::new();
     for plural in admission::VALIDATED {
-        router = router.route(&format!("/validate-{plural}"), post(admission::validate));
+        webhooks = webhooks.route(&format!("/validate-{plural}"), post(admission::validate));
     }
+    let webhooks = webhooks
+        .route(
+            "/mutate-virtualmachineinstances",
+            post(admission::mutate_vmi),
+        )
+        .route("/mutate-virtualmachines", post(admission::mutate_vm))
+        .route("/launcher-eviction-interceptor", post(eviction::intercept))
+        .route_layer(axum::middleware::from_fn(identity::api_server_only));
+    let router = Router::new();
     // The subresources: each call is authorized for its caller first (`authz`).
     let mut subresources = Router::new();
     for plural in ["virtualmachineinstances", "virtualmachines"] {
@@ -154,12 +163,7 @@ pub fn router(client: kube::Client, config: Config) -> Router {
         .route(&format!("{base}/healthz"), get(discovery::healthz))
         .route("/healthz", get(discovery::healthz))
         .merge(subresources)
-        .route(
-            "/mutate-virtualmachineinstances",
-            post(admission::mutate_vmi),
-        )
-        .route("/mutate-virtualmachines", post(admission::mutate_vm))
-        .route("/launcher-eviction-interceptor", post(eviction::intercept))
+        .merge(webhooks)
         .fallback(|uri: http::Uri| async move { StatusError::not_found_path(uri.path()) })
         .with_state(state)
 }

@@ -527,3 +527,73 @@ async fn a_tenant_cannot_take_another_services_address() {
     assert!(!ok);
     assert!(err.contains("provided port is already allocated"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_endpoints_answer_only_their_callers() {
+    use crate::support::{Tls, https_client};
+    let scratch = Scratch::new();
+    let system = System::start(&scratch).await;
+    let server = &system.server;
+    let kc = server.kubeconfig_path();
+    let node: Value = serde_json::from_str(&kubectl_ok(
+        &kc,
+        &scratch,
+        &["get", "node", "node1", "-o", "json"],
+    ))
+    .unwrap();
+    let log_port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .unwrap();
+    let handler = node["metadata"]["annotations"]["kubevirt.io/handler-endpoint"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let tls = server.data.join("tls");
+    let pair = |stem: &str| {
+        (
+            std::fs::read_to_string(tls.join(format!("{stem}.crt"))).unwrap(),
+            std::fs::read_to_string(tls.join(format!("{stem}.key"))).unwrap(),
+        )
+    };
+    let ca = server.ca_pem();
+    // The admin's certificate and another component's are from the same CA: a chain
+    // alone no longer opens these endpoints. Only the API server reads logs, and only
+    // virt-api calls handlers.
+    let admin = pair("admin");
+    let front_proxy = pair("front-proxy-client");
+    let logs = format!("https://127.0.0.1:{log_port}/containerLogs/default/none/compute");
+    let status = |identity: Option<&(String, String)>, url: String| {
+        let client = https_client(
+            &ca,
+            Tls {
+                identity: identity.map(|(c, k)| (c.as_str(), k.as_str())),
+                http1_only: true,
+            },
+        );
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    };
+    for who in [None, Some(&admin)] {
+        assert!(
+            status(who, logs.clone()).await.is_err(),
+            "the log endpoint answered {}",
+            if who.is_some() {
+                "the admin"
+            } else {
+                "no certificate"
+            }
+        );
+    }
+    // The API server's own identity is let in (the pod is unknown: 404).
+    assert_eq!(status(Some(&front_proxy), logs).await.unwrap(), 404);
+    let op = format!("{handler}/v1/namespaces/default/virtualmachineinstances/none/pause");
+    for who in [None, Some(&admin), Some(&front_proxy)] {
+        assert!(
+            status(who, op.clone()).await.is_err(),
+            "the handler answered a caller other than virt-api"
+        );
+    }
+    // virt-api's identity gets an answer (no such VMI on the node).
+    let answered = status(Some(&pair("virt-api")), op).await.unwrap();
+    assert!((400..500).contains(&answered), "{answered}");
+}

@@ -69,6 +69,39 @@ pub async fn post_direct(c: &Cluster, path: &str, review: &Value) -> Value {
     serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
 }
 
+/// The status of a review posted straight to a virt-api webhook with `cert` (or none).
+pub async fn post_status(c: &Cluster, cert: Option<&(String, String)>, path: &str) -> u16 {
+    let client = match cert {
+        Some((cert, key)) => tls_client(c, cert, key),
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(c.pki.ca_pem.as_bytes()).unwrap())
+                .unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(config)
+                .build()
+                .unwrap()
+        }
+    };
+    client
+        .post(format!("https://127.0.0.1:{}{path}", c.virt_api_port))
+        .header("content-type", "application/json")
+        .body(r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "x"}}"#)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// The stand-in handler: records calls, answers guestosinfo, echoes the console.
 async fn fake_handler(c: &Cluster) -> (u16, Arc<Mutex<Vec<String>>>) {
     let calls = Arc::new(Mutex::new(Vec::new()));

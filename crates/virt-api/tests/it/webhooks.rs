@@ -175,3 +175,30 @@ async fn vm_instancetype_kinds_default_to_the_cluster_kinds() {
         Some("VirtualMachineClusterInstancetype")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_api_server_may_call_the_webhooks() {
+    let c = start().await;
+    for path in [
+        "/launcher-eviction-interceptor",
+        "/mutate-virtualmachineinstances",
+        "/validate-virtualmachines",
+    ] {
+        // No certificate, or a user's from the same CA: refused before the review is read.
+        assert_eq!(
+            crate::forwarding::post_status(&c, None, path).await,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            crate::forwarding::post_status(&c, Some(&c.pki.user), path).await,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            crate::forwarding::post_status(&c, Some(&c.pki.front_proxy), path).await,
+            200,
+            "{path}"
+        );
+    }
+}
