@@ -82,7 +82,8 @@ pub fn options(vmi: &VirtualMachineInstance) -> MigrationOptions {
         completion_timeout_seconds: seconds(
             c.completion_timeout_per_gib,
             COMPLETION_TIMEOUT_PER_GIB_SECONDS,
-        ) * gib,
+        )
+        .saturating_mul(gib),
         max_downtime_ms: MAX_DOWNTIME_MS,
         bandwidth_bytes_per_second: c
             .bandwidth_per_migration

@@ -200,7 +200,9 @@ fn cpu(vmi: &VirtualMachineInstance, rt: &Runtime, a: &mut Args) -> Result<(), B
         cpu.cores.unwrap_or(1).max(1),
         cpu.threads.unwrap_or(1).max(1),
     );
-    let vcpus = sockets * cores * threads;
+    let vcpus = u64::from(sockets)
+        .saturating_mul(u64::from(cores))
+        .saturating_mul(u64::from(threads));
     if vcpus > 512 {
         return Err(invalid(
             "spec.domain.cpu",
@@ -209,7 +211,14 @@ fn cpu(vmi: &VirtualMachineInstance, rt: &Runtime, a: &mut Args) -> Result<(), B
     }
     let mut smp = format!("cpus={vcpus},sockets={sockets},cores={cores},threads={threads}");
     if let Some(max) = cpu.max_sockets.filter(|m| *m > sockets) {
-        smp.push_str(&format!(",maxcpus={}", max * cores * threads));
+        let maxcpus = u64::from(max).saturating_mul(vcpus / u64::from(sockets));
+        if maxcpus > 512 {
+            return Err(invalid(
+                "spec.domain.cpu.maxSockets",
+                format!("{maxcpus} vCPUs is more than QEMU's 512"),
+            ));
+        }
+        smp.push_str(&format!(",maxcpus={maxcpus}"));
     }
     a.push("-smp", smp);
     let model = match (cpu.model.as_deref().unwrap_or("host-model"), &rt.accel) {

@@ -342,7 +342,7 @@ impl Worker {
             let seconds = grace(&pod);
             tracing::info!(pod = %name, namespace = %ns, grace = seconds, "stopping");
             self.signal(Signal::SIGTERM);
-            let mut deadline = Instant::now() + Duration::from_secs(seconds as u64);
+            let mut deadline = after(seconds);
             let mut killed = false;
             loop {
                 self.poll();
@@ -371,7 +371,7 @@ impl Worker {
                             Some(p) => Some(grace(p)),
                         };
                         if let Some(s) = shorter.filter(|_| !killed) {
-                            deadline = deadline.min(Instant::now() + Duration::from_secs(s as u64));
+                            deadline = deadline.min(after(s));
                         }
                     }
                     () = tokio::time::sleep(step) => {}
@@ -419,6 +419,13 @@ impl Worker {
             tracing::warn!(dir = %self.dir.display(), error = %e, "pod directory not removed");
         }
     }
+}
+
+/// `seconds` of grace from now; any count a pod can carry, without overflow (a grace
+/// period beyond a year is a year).
+fn after(seconds: i64) -> Instant {
+    let seconds = seconds.clamp(0, 365 * 24 * 3600) as u64;
+    Instant::now() + Duration::from_secs(seconds)
 }
 
 fn view(s: &Started) -> ContainerView {
@@ -515,5 +522,17 @@ mod basis_tests {
         let again = status::pod_status(&with_status(&pod, Some(&written)), "ip", &views, 101);
         assert_eq!(again, written);
         assert_ne!(status::pod_status(&pod, "ip", &views, 101), written);
+    }
+}
+
+#[cfg(test)]
+mod grace_tests {
+    use super::*;
+
+    #[test]
+    fn any_grace_period_gives_a_deadline() {
+        let now = Instant::now();
+        assert!(after(i64::MAX) > now);
+        assert!(after(i64::MIN) <= Instant::now());
     }
 }

@@ -41,20 +41,24 @@ pub fn guest_memory(vmi: &VirtualMachineInstance) -> u64 {
 pub fn vcpus(vmi: &VirtualMachineInstance) -> u64 {
     let cpu = vmi.spec.domain.cpu.as_ref();
     let n = |v: Option<u32>| u64::from(v.unwrap_or(1).max(1));
-    n(cpu.and_then(|c| c.sockets)) * n(cpu.and_then(|c| c.cores)) * n(cpu.and_then(|c| c.threads))
+    // Validation keeps it at most 512; saturating all the same, so no spec can overflow.
+    n(cpu.and_then(|c| c.sockets))
+        .saturating_mul(n(cpu.and_then(|c| c.cores)))
+        .saturating_mul(n(cpu.and_then(|c| c.threads)))
 }
 
 /// The memory a VMI's launcher pod needs beyond the guest, in bytes.
 pub fn memory_overhead(vmi: &VirtualMachineInstance, software_emulation: bool) -> u64 {
     let graphics = vmi.spec.domain.devices.autoattach_graphics_device != Some(false);
-    let mut mib = 10 + 48 + 2 * vcpus(vmi);
+    let mut mib = 58u64.saturating_add(vcpus(vmi).saturating_mul(2));
     if software_emulation {
-        mib += 64;
+        mib = mib.saturating_add(64);
     }
     if graphics {
-        mib += 16;
+        mib = mib.saturating_add(16);
     }
-    mib * MIB + guest_memory(vmi) / 512
+    mib.saturating_mul(MIB)
+        .saturating_add(guest_memory(vmi) / 512)
 }
 
 fn quantity(bytes: u64) -> Quantity {
@@ -82,8 +86,14 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
         ),
     ]);
     let mut requests = BTreeMap::from([
-        ("memory".to_owned(), quantity(guest_memory(vmi) + overhead)),
-        ("cpu".to_owned(), Quantity(format!("{}m", vcpus(vmi) * 100))),
+        (
+            "memory".to_owned(),
+            quantity(guest_memory(vmi).saturating_add(overhead)),
+        ),
+        (
+            "cpu".to_owned(),
+            Quantity(format!("{}m", vcpus(vmi).saturating_mul(100))),
+        ),
     ]);
     let mut limits = BTreeMap::new();
     if let Some(resources) = &vmi.spec.domain.resources {
@@ -92,7 +102,10 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
             .get("memory")
             .and_then(|q| api::quantity::to_units(q).ok())
         {
-            limits.insert("memory".to_owned(), quantity(limit + overhead));
+            limits.insert(
+                "memory".to_owned(),
+                quantity(limit.saturating_add(overhead)),
+            );
         }
         if let Some(cpu) = resources.requests.get("cpu") {
             requests.insert("cpu".to_owned(), cpu.clone());
@@ -103,7 +116,11 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
     }
     let mut node_selector = vmi.spec.node_selector.clone();
     node_selector.insert("kubevirt.io/schedulable".into(), "true".into());
-    let grace = vmi.spec.termination_grace_period_seconds.unwrap_or(30) + 15;
+    let grace = vmi
+        .spec
+        .termination_grace_period_seconds
+        .unwrap_or(30)
+        .saturating_add(15);
     Pod {
         metadata: ObjectMeta {
             generate_name: Some(format!("virt-launcher-{name}-")),
@@ -164,11 +181,35 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used)]
 
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn huge_counts_saturate_instead_of_overflowing() {
+        let vmi: VirtualMachineInstance = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "big"},
+            "spec": {"terminationGracePeriodSeconds": i64::MAX,
+                "domain": {"devices": {}, "memory": {"guest": "64Mi"},
+                    "cpu": {"sockets": u32::MAX, "cores": u32::MAX, "threads": u32::MAX}}}}))
+        .unwrap();
+        assert_eq!(vcpus(&vmi), u64::MAX);
+        assert_eq!(memory_overhead(&vmi, true), u64::MAX);
+        let pod = launcher_pod(
+            &vmi,
+            &LauncherConfig {
+                image: "i".into(),
+                software_emulation: true,
+            },
+        );
+        assert_eq!(
+            pod.spec.unwrap().termination_grace_period_seconds,
+            Some(i64::MAX)
+        );
+    }
 
     fn vmi(domain: serde_json::Value) -> VirtualMachineInstance {
         serde_json::from_value(json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",

@@ -279,3 +279,35 @@ spec:
         );
     }
 }
+
+#[test]
+fn vcpu_products_are_bounded_without_overflow() {
+    let vmi = |cpu: &str| {
+        format!(
+            "
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: v}}
+spec:
+  domain: {{memory: {{guest: 64Mi}}, devices: {{}}, cpu: {cpu}}}
+"
+        )
+    };
+    assert_eq!(causes(&vmi("{sockets: 2, cores: 16, threads: 16}")), []);
+    let max = u32::MAX;
+    assert_eq!(
+        causes(&vmi(&format!(
+            "{{sockets: {max}, cores: {max}, threads: {max}, maxSockets: {max}}}"
+        ))),
+        [
+            (
+                "spec.domain.cpu.sockets".to_owned(),
+                CauseReason::FieldValueInvalid
+            ),
+            (
+                "spec.domain.cpu.maxSockets".to_owned(),
+                CauseReason::FieldValueInvalid
+            ),
+        ]
+    );
+}

@@ -160,6 +160,18 @@ fn cpu(spec: &VirtualMachineInstanceSpec, domain: &str, c: &mut Causes) {
             c.invalid(format!("{domain}.cpu.{name}"), "must be greater than 0");
         }
     }
+    // QEMU's limit, checked without overflow whatever the counts.
+    let n = |v: Option<u32>| u64::from(v.unwrap_or(1).max(1));
+    let per_socket = n(cpu.cores).saturating_mul(n(cpu.threads));
+    for (name, sockets) in [("sockets", cpu.sockets), ("maxSockets", cpu.max_sockets)] {
+        let vcpus = n(sockets).saturating_mul(per_socket);
+        if vcpus > 512 {
+            c.invalid(
+                format!("{domain}.cpu.{name}"),
+                format!("{vcpus} vCPUs (sockets x cores x threads) is more than 512"),
+            );
+        }
+    }
     if let (Some(max), Some(s)) = (cpu.max_sockets, cpu.sockets)
         && max < s
     {
