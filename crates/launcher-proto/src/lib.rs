@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use api::v1::VirtualMachineInstance;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
@@ -341,7 +343,9 @@ pub fn socket_path(run_dir: &Path, uid: &str) -> PathBuf {
 /// One side of a connection: reads and writes versioned lines.
 #[derive(Debug)]
 pub struct Conn<S> {
-    lines: Lines<BufReader<tokio::io::ReadHalf<S>>>,
+    /// Lines are cut at [`MAX_LINE`] while they are read, so a peer cannot make the
+    /// reader buffer without end.
+    lines: FramedRead<tokio::io::ReadHalf<S>, LinesCodec>,
     writer: tokio::io::WriteHalf<S>,
 }
 
@@ -349,7 +353,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     pub fn new(stream: S) -> Self {
         let (r, w) = tokio::io::split(stream);
         Self {
-            lines: BufReader::new(r).lines(),
+            lines: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),
             writer: w,
         }
     }
@@ -369,13 +373,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     /// Reads one message; `Ok(None)` at a clean end of stream.
     pub async fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, ProtoError> {
-        let Some(line) = self.lines.next_line().await? else {
-            return Ok(None);
-        };
-        if line.len() > MAX_LINE {
-            return Err(ProtoError::TooLong);
+        match self.lines.next().await {
+            None => Ok(None),
+            Some(Ok(line)) => decode(&line).map(Some),
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Err(ProtoError::TooLong),
+            Some(Err(LinesCodecError::Io(e))) => Err(ProtoError::Io(e)),
         }
-        decode(&line).map(Some)
     }
 }
 
@@ -436,6 +439,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_line_without_end_is_cut_while_it_is_read() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move {
+            // Past the limit, never a newline: the reader must give up, not buffer it all.
+            let chunk = vec![b'x'; 1 << 16];
+            for _ in 0..(MAX_LINE / chunk.len() + 2) {
+                if theirs.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            theirs
+        });
+        let mut conn = Conn::new(ours);
+        let err = conn.recv::<Request>().await.unwrap_err();
+        assert!(matches!(err, ProtoError::TooLong), "{err}");
+        drop(conn);
+        let _ = writer.await;
+    }
 
     #[test]
     fn messages_carry_the_version_and_read_back() {

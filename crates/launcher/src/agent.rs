@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -25,6 +27,8 @@ pub enum AgentError {
     Refused { command: String, message: String },
     #[error("the guest agent sent {0}")]
     Malformed(String),
+    #[error("the guest agent sent a line over {MAX_AGENT_LINE} bytes")]
+    TooLong,
 }
 
 /// One guest's agent channel.
@@ -64,7 +68,7 @@ impl Agent {
             .await
             .map_err(|_| AgentError::NotConnected)?;
         let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read).lines();
+        let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_AGENT_LINE));
         let send = |v: Value| {
             let mut line = v.to_string();
             line.push('\n');
@@ -280,13 +284,18 @@ impl Agent {
     }
 }
 
-type Lines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
+/// The longest line read from the guest agent. The guest is the tenant's: a line without
+/// an end must not grow the launcher's memory, so it is cut while it is read.
+const MAX_AGENT_LINE: usize = 4 << 20;
+
+type Lines = FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>;
 
 async fn next_line(lines: &mut Lines, timeout: Duration) -> Result<String, AgentError> {
-    match tokio::time::timeout(timeout, lines.next_line()).await {
+    match tokio::time::timeout(timeout, lines.next()).await {
         Err(_) => Err(AgentError::Timeout(timeout)),
-        Ok(Err(_) | Ok(None)) => Err(AgentError::NotConnected),
-        Ok(Ok(Some(line))) => Ok(line),
+        Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => Err(AgentError::TooLong),
+        Ok(Some(Err(_)) | None) => Err(AgentError::NotConnected),
+        Ok(Some(Ok(line))) => Ok(line),
     }
 }
 
@@ -400,7 +409,30 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::UnixListener;
+
+    #[tokio::test]
+    async fn an_endless_line_from_the_guest_is_cut_while_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qga.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let _sync = lines.next_line().await;
+            let chunk = vec![b'x'; 1 << 16];
+            for _ in 0..(MAX_AGENT_LINE / chunk.len() + 2) {
+                if write.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let agent = Agent::new(&path);
+        let err = agent.os_info(Duration::from_secs(10)).await.unwrap_err();
+        assert!(matches!(err, AgentError::TooLong), "{err}");
+    }
 
     /// A scripted agent: answers guest-sync with its id (after a stale line), then `reply`.
     async fn fake(dir: &Path, reply: Option<&'static str>) -> PathBuf {
