@@ -718,11 +718,13 @@ async fn answer_review(
     user: Option<User>,
     (plural, namespace): (&str, Option<&str>),
     headers: &HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let kind = review_kind(plural, namespace.is_some()).ok_or_else(|| {
         ApiError::not_found_path(&format!("/apis/authorization.k8s.io/v1/{plural}"))
     })?;
+    // Bounded like every other body.
+    let body = body::read(body).await?;
     let body = body::decode(headers, &body)?;
     if body["kind"].as_str().is_some_and(|k| k != kind) {
         return Err(ApiError::bad_request(format!(
@@ -743,7 +745,7 @@ pub async fn access_review(
     axum::extract::Path(plural): axum::extract::Path<String>,
     user: Option<axum::Extension<User>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     answer_review(&state, user.map(|u| u.0), (&plural, None), &headers, body)
         .await
@@ -756,7 +758,7 @@ pub async fn local_access_review(
     axum::extract::Path((ns, plural)): axum::extract::Path<(String, String)>,
     user: Option<axum::Extension<User>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     answer_review(
         &state,
