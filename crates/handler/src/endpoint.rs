@@ -442,8 +442,12 @@ pub(crate) async fn serve(config: EndpointConfig, ctx: Arc<Ctx>) {
                     }
                 };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
             let _ = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
                 .await;

@@ -118,7 +118,12 @@ pub async fn serve(
                     }
                     router.clone().oneshot(req.map(axum::body::Body::new))
                 });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await;
         });
