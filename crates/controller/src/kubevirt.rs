@@ -60,7 +60,14 @@ async fn reconcile(kv: Arc<KubeVirt>, ctx: Arc<Context>) -> Result<Action, Error
         .image
         .rsplit_once('/')
         .map_or("", |(registry, _)| registry);
-    let status = reconcile::kubevirt::status(&kv, registry, env!("CARGO_PKG_VERSION"), (ctx.now)());
+    let health = health(&ctx).await;
+    let status = reconcile::kubevirt::status(
+        &kv,
+        registry,
+        env!("CARGO_PKG_VERSION"),
+        &health,
+        (ctx.now)(),
+    );
     if kv.status.as_ref() != Some(&status) {
         let api: Api<KubeVirt> = Api::namespaced(ctx.client.clone(), &namespace);
         api.patch_status(
@@ -71,7 +78,55 @@ async fn reconcile(kv: Arc<KubeVirt>, ctx: Arc<Context>) -> Result<Action, Error
         .await
         .map_err(Error::api("patch status", "KubeVirt", &name))?;
     }
-    Ok(Action::await_change())
+    // Looked at again after a while: health changes without the CR changing.
+    Ok(Action::requeue(HEALTH_EVERY))
+}
+
+/// How often the components' health is looked at.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A handler whose heartbeat (every 30 s) is older than this is taken for gone.
+const HEARTBEAT_STALE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// virt-api through the API server (the path a user's `virtctl` takes), and the
+/// handlers' heartbeats on their nodes.
+async fn health(ctx: &Context) -> reconcile::kubevirt::Health {
+    use k8s_openapi::api::core::v1::Node;
+    let request = http::Request::get("/apis/subresources.kubevirt.io/v1/version")
+        .body(Vec::new())
+        .map_err(|e| e.to_string());
+    let virt_api = match request {
+        Ok(r) => ctx
+            .client
+            .request_text(r)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let labelled = nodes
+        .list(&kube::api::ListParams::default().labels("kubevirt.io/schedulable=true"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let now = (ctx.now)();
+    let fresh_handlers = labelled
+        .iter()
+        .filter(|n| {
+            n.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kubevirt.io/heartbeat"))
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .and_then(|t| now.duration_since(t).try_into().ok())
+                .is_some_and(|age: std::time::Duration| age < HEARTBEAT_STALE)
+        })
+        .count();
+    reconcile::kubevirt::Health {
+        virt_api,
+        nodes: labelled.len(),
+        fresh_handlers,
+    }
 }
 
 fn error_policy(_: Arc<KubeVirt>, _: &Error, _: Arc<Context>) -> Action {

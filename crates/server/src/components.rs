@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::error;
 
 use crate::kubeconfig::Kubeconfig;
 use crate::pki::Pki;
@@ -125,15 +125,28 @@ async fn loopback(component: &'static str) -> Result<TcpListener, ComponentError
         .map_err(|source| ComponentError::Listen { component, source })
 }
 
-fn spawn<F>(name: &'static str, fut: F) -> JoinHandle<()>
+/// Where a component that stops tells why: the server does not run on without it.
+type Deaths = tokio::sync::mpsc::UnboundedSender<(&'static str, String)>;
+
+/// Runs a component; if it ever ends (an error, a panic, or a return), says so on `died`.
+fn spawn<F>(died: &Deaths, name: &'static str, fut: F) -> JoinHandle<()>
 where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    use futures_util::FutureExt;
+    let died = died.clone();
     tokio::spawn(async move {
-        match fut.await {
-            Ok(()) => info!(component = name, "stopped"),
-            Err(e) => error!(component = name, error = format!("{e:#}"), "stopped"),
-        }
+        let why = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(Ok(())) => "it returned".to_owned(),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .map_or_else(|| "it panicked".to_owned(), |m| format!("it panicked: {m}")),
+        };
+        error!(component = name, error = %why, "stopped");
+        let _ = died.send((name, why));
     })
 }
 
@@ -162,6 +175,17 @@ async fn ensure_namespace(client: &kube::Client) -> Result<(), ComponentError> {
 #[derive(Debug)]
 pub struct Components {
     tasks: Vec<JoinHandle<()>>,
+    died: tokio::sync::mpsc::UnboundedReceiver<(&'static str, String)>,
+}
+
+impl Components {
+    /// Waits until a component stops, and names it with why.
+    pub async fn died(&mut self) -> (&'static str, String) {
+        self.died
+            .recv()
+            .await
+            .unwrap_or(("kubevirt-rs", "the components' supervisor went away".into()))
+    }
 }
 
 impl Drop for Components {
@@ -180,13 +204,14 @@ pub async fn start(
     nodes: &[NodeSetup],
 ) -> Result<Components, ComponentError> {
     let mut tasks = Vec::new();
+    let (deaths, died) = tokio::sync::mpsc::unbounded_channel();
     let api_client = client(url, pki, "virt-api").await?;
     ensure_namespace(&api_client).await?;
     for node in nodes {
-        start_node(url, pki, node, &mut tasks).await?;
+        start_node(url, pki, node, &deaths, &mut tasks).await?;
     }
     let Some(first) = nodes.first() else {
-        return Ok(Components { tasks });
+        return Ok(Components { tasks, died });
     };
 
     // The service proxy: Services reachable on this machine (kube-proxy's part).
@@ -195,6 +220,7 @@ pub async fn start(
         .map(|n| (n.name.clone(), n.run_dir.clone()))
         .collect();
     tasks.push(spawn(
+        &deaths,
         "service-proxy",
         crate::proxy::run(client(url, pki, "pod-runner").await?, run_dirs),
     ));
@@ -227,7 +253,7 @@ pub async fn start(
         key_pem: pki.virt_api_serving.1.clone(),
         client_ca_pem: pki.ca_pem.clone(),
     };
-    tasks.push(spawn("virt-api", async move {
+    tasks.push(spawn(&deaths, "virt-api", async move {
         virt_api::serve(api_listener, tls, router).await?;
         Ok(())
     }));
@@ -252,6 +278,7 @@ pub async fn start(
         identity: format!("{}-virt-controller", first.name),
     };
     tasks.push(spawn(
+        &deaths,
         "virt-controller",
         controller::run(
             client(url, pki, "virt-controller").await?,
@@ -259,7 +286,7 @@ pub async fn start(
         ),
     ));
 
-    Ok(Components { tasks })
+    Ok(Components { tasks, died })
 }
 
 /// One node's pod runner and handler.
@@ -267,6 +294,7 @@ async fn start_node(
     url: &str,
     pki: &Pki,
     node: &NodeSetup,
+    deaths: &Deaths,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(), ComponentError> {
     // The pod runner: this machine as a node, running the launcher pods.
@@ -298,6 +326,7 @@ async fn start_node(
         log_listener,
     };
     tasks.push(spawn(
+        &deaths,
         "pod-runner",
         podrunner::run(client(url, pki, "pod-runner").await?, runner_config),
     ));
@@ -324,8 +353,34 @@ async fn start_node(
         }),
     };
     tasks.push(spawn(
+        &deaths,
         "virt-handler",
         handler::run(client(url, pki, "virt-handler").await?, handler_config),
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_component_that_fails_or_panics_is_reported() {
+        let (deaths, died) = tokio::sync::mpsc::unbounded_channel();
+        let tasks = vec![
+            spawn(&deaths, "quiet", std::future::pending()),
+            spawn(&deaths, "failing", async { anyhow::bail!("disk full") }),
+        ];
+        let mut components = Components { tasks, died };
+        assert_eq!(components.died().await, ("failing", "disk full".to_owned()));
+        let panicking = spawn(&deaths, "panicking", async {
+            let v: Vec<u8> = Vec::new();
+            let _ = v[1];
+            Ok(())
+        });
+        let (name, why) = components.died().await;
+        assert_eq!(name, "panicking");
+        assert!(why.starts_with("it panicked: index out of bounds"), "{why}");
+        drop(panicking);
+    }
 }

@@ -60,6 +60,10 @@ const COMPACT_EVERY: Duration = Duration::from_secs(60);
 pub enum ServerError {
     #[error(transparent)]
     DataDir(#[from] datadir::DataDirError),
+    #[error(
+        "{0}; the server stopped with it (launchers and their VMs keep running; the next start adopts them)"
+    )]
+    Component(String),
     #[error("listening on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -154,26 +158,42 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
     info!(%url, kubeconfig = %kubeconfig_path.display(), "serving");
     let app = apiserver::router(state);
     // The components are clients of the listener above, which accepts once serving starts.
+    // A component that stops, or never starts, takes the server down with it: running on
+    // without it would only look healthy. Launchers and their guests keep running, and
+    // the next start adopts them.
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
     let components = (!args.api_only).then(|| {
         let nodes = node_setups(args, &dir);
         let url = url.clone();
         tokio::spawn(async move {
-            match components::start(&url, &pki, &nodes).await {
-                Ok(running) => {
-                    // Held until the server stops; aborting this task drops them.
-                    std::future::pending::<()>().await;
-                    drop(running);
+            let why = match components::start(&url, &pki, &nodes).await {
+                Ok(mut running) => {
+                    // Held until the server stops (aborting this task drops them) or one dies.
+                    let (name, why) = running.died().await;
+                    format!("the component {name} stopped: {why}")
                 }
-                Err(e) => tracing::error!(error = %e, "the KubeVirt components did not start"),
-            }
+                Err(e) => format!("the KubeVirt components did not start: {e}"),
+            };
+            let _ = fatal_tx.send(why);
+            std::future::pending::<()>().await;
         })
     });
     // On the signal the components stop first, so they do not log the API going away.
     let components_stop = components
         .as_ref()
         .map(tokio::task::JoinHandle::abort_handle);
+    let fatal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let fatal_seen = fatal.clone();
     let shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            Ok(why) = fatal_rx => {
+                tracing::error!("{why}: the server stops");
+                if let Ok(mut f) = fatal_seen.lock() {
+                    *f = Some(why);
+                }
+            }
+        }
         if let Some(c) = components_stop {
             c.abort();
         }
@@ -196,7 +216,10 @@ pub async fn run(args: &ServerArgs, shutdown: impl Future<Output = ()>) -> Resul
     let _ = compactor.await;
     drop(store);
     info!("stopped");
-    Ok(())
+    match fatal.lock().ok().and_then(|mut f| f.take()) {
+        Some(why) => Err(ServerError::Component(why)),
+        None => Ok(()),
+    }
 }
 
 /// This machine as `--nodes` nodes: the first named by `--node-name` (or the host), the

@@ -86,6 +86,9 @@ pub fn rules(component: &str) -> Vec<Rule> {
                 &["leases"],
             ),
             EVENTS,
+            // The KubeVirt CR's health: virt-api answering, handlers' heartbeats.
+            (&["get"], &["subresources.kubevirt.io"], &["version"]),
+            (&["list"], &[""], &["nodes"]),
         ],
         "virt-handler" => vec![
             (UPDATE, KUBEVIRT, &["virtualmachineinstances"]),

@@ -120,3 +120,29 @@ fn a_data_dir_that_is_a_file_or_unwritable_is_one_line_and_status_1() {
         "{unwritable}"
     );
 }
+
+#[test]
+fn a_component_that_cannot_run_stops_the_server_with_one_line() {
+    // A node name the API refuses: the pod runner cannot register its node and stops, and
+    // the server does not run on without it.
+    let scratch = Scratch::new();
+    let data = scratch.data();
+    let port = crate::support::free_port().to_string();
+    let r = run(&[
+        "server",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--node-name",
+        "Not_A_Name",
+    ]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("kubevirt-rs: the component ") && last.contains(" stopped: "),
+        "{}",
+        r.stderr
+    );
+    assert!(last.contains("the next start adopts them"), "{last}");
+}

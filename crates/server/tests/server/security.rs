@@ -635,3 +635,50 @@ async fn a_request_head_that_never_ends_loses_its_connection() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubevirt_cr_says_when_a_component_is_missing() {
+    let scratch = Scratch::new();
+    let system = System::start(&scratch).await;
+    let kc = system.server.kubeconfig_path();
+    let available = || {
+        let out = kubectl(
+            &kc,
+            &scratch,
+            &[
+                "get",
+                "kv",
+                "kubevirt",
+                "-n",
+                "kubevirt",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Available')].status} {.status.conditions[?(@.type=='Available')].message}",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(
+        "Available",
+        Duration::from_secs(40),
+        &system.server,
+        || async { available().starts_with("True ").then_some(()) },
+    )
+    .await;
+    // virt-api unreachable (its APIService gone): the CR no longer claims availability.
+    kubectl_ok(
+        &kc,
+        &scratch,
+        &["delete", "apiservice", "v1.subresources.kubevirt.io"],
+    );
+    let said = wait_until(
+        "Available False",
+        Duration::from_secs(40),
+        &system.server,
+        || async {
+            let a = available();
+            a.starts_with("False ").then_some(a)
+        },
+    )
+    .await;
+    assert!(said.contains("virt-api does not answer"), "{said}");
+}
