@@ -326,7 +326,7 @@ async fn start_node(
         log_listener,
     };
     tasks.push(spawn(
-        &deaths,
+        deaths,
         "pod-runner",
         podrunner::run(client(url, pki, "pod-runner").await?, runner_config),
     ));
@@ -353,7 +353,7 @@ async fn start_node(
         }),
     };
     tasks.push(spawn(
-        &deaths,
+        deaths,
         "virt-handler",
         handler::run(client(url, pki, "virt-handler").await?, handler_config),
     ));
