@@ -24,6 +24,29 @@ pub enum Command {
                       SIGTERM or Ctrl-C stops the server cleanly."
     )]
     Server(ServerArgs),
+    /// Stop the server on the data directory and every VM it started, for good.
+    #[command(
+        after_help = "Launchers outlive a stopped server on purpose (the next start adopts \
+                      them); this stops them too. The objects stay in the data directory: \
+                      at the next start the VMIs fail and VMs that should run start again."
+    )]
+    Down(DownArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct DownArgs {
+    /// The server's data directory.
+    #[arg(
+        long,
+        env = "KUBEVIRT_RS_DATA_DIR",
+        hide_env_values = true,
+        value_name = "DIR",
+        default_value = "/var/lib/kubevirt-rs"
+    )]
+    pub data_dir: PathBuf,
+    /// Seconds each guest gets to shut down before its launcher is killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub grace_period: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
@@ -98,7 +121,9 @@ mod tests {
 
     fn server_args(argv: &[&str]) -> ServerArgs {
         let cli = Cli::try_parse_from([&["kubevirt-rs", "server"], argv].concat()).unwrap();
-        let Command::Server(args) = cli.command;
+        let Command::Server(args) = cli.command else {
+            panic!("not the server command")
+        };
         args
     }
 

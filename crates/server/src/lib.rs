@@ -32,6 +32,7 @@ pub mod auth;
 pub mod cli;
 pub mod components;
 pub mod datadir;
+pub mod down;
 pub mod files;
 pub mod kubeconfig;
 pub mod peer;

@@ -56,7 +56,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let Command::Server(args) = cli.command;
+    let args = match cli.command {
+        Command::Server(args) => args,
+        Command::Down(args) => {
+            drop(runtime);
+            let stopped =
+                server::down::down(&args.data_dir, Duration::from_secs(args.grace_period))?;
+            match stopped.server {
+                Some(pid) => println!(
+                    "stopped the server (pid {pid}) and {} pods with their VMs",
+                    stopped.pods
+                ),
+                None => println!("stopped {} pods with their VMs", stopped.pods),
+            }
+            return Ok(());
+        }
+    };
     let result = runtime.block_on(async {
         // Handlers are installed before anything else, so a signal during startup stops
         // the server cleanly instead of killing it.

@@ -154,3 +154,60 @@ async fn secrets_are_private_and_the_log_says_where_to_connect() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn down_stops_the_server_and_every_vm_it_started() {
+    use crate::support::{System, kubectl_ok, processes_mentioning, qemu_pids, wait_until};
+    let scratch = Scratch::new();
+    let mut system = System::start(&scratch).await;
+    let kc = system.server.kubeconfig_path();
+    let manifest = crate::support::upstream_example("vmi-ephemeral.yaml");
+    kubectl_ok(&kc, &scratch, &["apply", "-f", &manifest]);
+    let run_dir = system.run_dir.clone();
+    wait_until(
+        "a running guest",
+        Duration::from_secs(60),
+        &system.server,
+        || {
+            let run_dir = run_dir.clone();
+            async move { (!qemu_pids(&run_dir).is_empty()).then_some(()) }
+        },
+    )
+    .await;
+    let server_pid = system.server.pid();
+    let out = Command::new(BIN)
+        .args(["down", "--grace-period", "5", "--data-dir"])
+        .arg(&system.server.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("stopped the server (pid {server_pid}) and 1 pods with their VMs")
+    );
+    // The server has exited, and nothing it started runs on.
+    let status = system.server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(processes_mentioning(&run_dir), []);
+    assert!(
+        std::fs::read_dir(system.server.data.join("pods"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "pod state left behind"
+    );
+    // A second run finds nothing to do.
+    let again = Command::new(BIN)
+        .args(["down", "--data-dir"])
+        .arg(&system.server.data)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "stopped 0 pods with their VMs"
+    );
+}
