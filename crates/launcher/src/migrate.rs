@@ -104,6 +104,26 @@ fn free_port(ip: Ipv4Addr) -> Result<u16, MigrateError> {
         .map_err(io("picking a free port"))
 }
 
+/// Runs `bind` with free ports until QEMU's bind does not find the port taken; the port.
+async fn bind_retrying<F, Fut>(ip: Ipv4Addr, mut bind: F) -> Result<u16, MigrateError>
+where
+    F: FnMut(u16) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, qmp::QmpError>>,
+{
+    let mut attempts = 0;
+    loop {
+        let port = free_port(ip)?;
+        match bind(port).await {
+            Ok(_) => return Ok(port),
+            Err(qmp::QmpError::Command { desc, .. }) if desc.contains("in use") && attempts < 5 => {
+                attempts += 1;
+                tracing::debug!(port, "port taken before QEMU bound it: another");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The extra QEMU arguments of a migration target.
 pub fn target_args() -> Vec<String> {
     vec!["-incoming".into(), "defer".into()]
@@ -130,14 +150,6 @@ impl Incoming {
         let handover = TcpListener::bind((address, 0))
             .await
             .map_err(io("listening for the hand-over"))?;
-        let ports = TargetPorts {
-            memory: free_port(address)?,
-            disks: free_port(address)?,
-            handover: handover
-                .local_addr()
-                .map_err(io("hand-over address"))?
-                .port(),
-        };
         qmp.execute(
             "migrate-set-capabilities",
             Some(json!({"capabilities": [
@@ -146,11 +158,16 @@ impl Incoming {
             ]})),
         )
         .await?;
-        qmp.execute(
-            "nbd-server-start",
-            Some(json!({"addr": {"type": "inet", "data": {
-                "host": address.to_string(), "port": ports.disks.to_string()}}})),
-        )
+        // QEMU binds the ports itself. A port picked free may be taken before QEMU binds
+        // it; QEMU's bind then fails (no port sharing), and another port is tried, so a
+        // stream never goes to somebody else's listener.
+        let disks_port = bind_retrying(address, |port| {
+            qmp.execute(
+                "nbd-server-start",
+                Some(json!({"addr": {"type": "inet", "data": {
+                    "host": address.to_string(), "port": port.to_string()}}})),
+            )
+        })
         .await?;
         for node in disks {
             qmp.execute(
@@ -160,11 +177,21 @@ impl Incoming {
             )
             .await?;
         }
-        qmp.execute(
-            "migrate-incoming",
-            Some(json!({"uri": format!("tcp:{address}:{}", ports.memory)})),
-        )
+        let memory_port = bind_retrying(address, |port| {
+            qmp.execute(
+                "migrate-incoming",
+                Some(json!({"uri": format!("tcp:{address}:{port}")})),
+            )
+        })
         .await?;
+        let ports = TargetPorts {
+            memory: memory_port,
+            disks: disks_port,
+            handover: handover
+                .local_addr()
+                .map_err(io("hand-over address"))?
+                .port(),
+        };
         info!(%address, ?ports, "waiting for the migration source");
         Ok(Self {
             address,
@@ -635,5 +662,43 @@ mod tests {
         assert_eq!(read_tail(&log, 4), b"6789");
         assert_eq!(read_tail(&log, 100), b"0123456789");
         assert!(read_tail(&dir.path().join("none"), 4).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_taken_before_qemu_binds_it_is_replaced() {
+        let mut tried = Vec::new();
+        let port = bind_retrying(Ipv4Addr::LOCALHOST, |port| {
+            tried.push(port);
+            let taken = tried.len() == 1;
+            async move {
+                if taken {
+                    Err(qmp::QmpError::Command {
+                        class: "GenericError".into(),
+                        desc: "Failed to bind socket: Address already in use".into(),
+                    })
+                } else {
+                    Ok(Value::Null)
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(tried.len(), 2);
+        assert_eq!(port, tried[1]);
+        // Any other failure is the caller's.
+        let err = bind_retrying(Ipv4Addr::LOCALHOST, |_| async {
+            Err::<Value, _>(qmp::QmpError::Command {
+                class: "GenericError".into(),
+                desc: "no such export".into(),
+            })
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("no such export"), "{err}");
     }
 }
