@@ -682,3 +682,58 @@ async fn the_kubevirt_cr_says_when_a_component_is_missing() {
     .await;
     assert!(said.contains("virt-api does not answer"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vmis_files_on_the_node_are_its_launchers_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let system = System::start(&scratch).await;
+    let kc = system.server.kubeconfig_path();
+    let manifest = crate::support::upstream_example("vmi-nocloud.yaml");
+    kubectl_ok(&kc, &scratch, &["apply", "-f", &manifest]);
+    // The guest's run directory once its console log is there: overlays, the cloud-init
+    // ISO (user data may carry passwords and keys), sockets and logs.
+    let dir = wait_until(
+        "the VMI's run directory",
+        Duration::from_secs(60),
+        &system.server,
+        || async {
+            std::fs::read_dir(&system.run_dir)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("default_vmi-nocloud-"))
+                        && p.join("virt-serial0.log").exists()
+                })
+        },
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut todo = vec![dir];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        if meta.is_dir() {
+            todo.extend(
+                std::fs::read_dir(&path)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+        seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for expected in [
+        "cloudinitdisk.iso",
+        "containerdisk.qcow2",
+        "virt-serial0.log",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "{expected} not in {seen:?}"
+        );
+    }
+}
