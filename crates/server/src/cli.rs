@@ -79,9 +79,10 @@ pub struct ServerArgs {
     /// Serve only the API: no controllers, node agent or pod runner.
     #[arg(long)]
     pub api_only: bool,
-    /// A node directory `hostDisk` volumes may use, when the KubeVirt CR enables the
-    /// `HostDisk` feature gate; repeatable (default: DIR/host-disks under the data
-    /// directory). Paths elsewhere are refused.
+    /// A node directory `hostDisk` volumes may use, each namespace in its own
+    /// subdirectory, when the KubeVirt CR enables the `HostDisk` feature gate;
+    /// repeatable (default: host-disks under the data directory). Paths elsewhere are
+    /// refused.
     #[arg(
         long,
         value_name = "DIR",

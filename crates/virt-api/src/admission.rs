@@ -215,7 +215,8 @@ pub async fn validate(State(state): State<AppState>, Json(body): Json<Value>) ->
         Err(denial) => denial,
         Ok(object) => {
             let mut causes = api::validate::validate(&object);
-            causes.extend(host_disks(&state, &object).await);
+            let namespace = request["namespace"].as_str().unwrap_or("default");
+            causes.extend(host_disks(&state, &object, namespace).await);
             if causes.is_empty() {
                 allowed()
             } else {
@@ -262,7 +263,11 @@ fn vmi_spec(object: &api::Object) -> Option<(&api::v1::VirtualMachineInstanceSpe
 /// `hostDisk` volumes are refused unless the KubeVirt CR turns the `HostDisk` gate on
 /// (off by default, as upstream's), and then only inside the directories the server
 /// allows: a namespace user must not reach the node's files.
-async fn host_disks(state: &AppState, object: &api::Object) -> Vec<api::validate::Cause> {
+async fn host_disks(
+    state: &AppState,
+    object: &api::Object,
+    namespace: &str,
+) -> Vec<api::validate::Cause> {
     let Some((spec, at)) = vmi_spec(object) else {
         return Vec::new();
     };
@@ -294,13 +299,18 @@ async fn host_disks(state: &AppState, object: &api::Object) -> Vec<api::validate
             })
             .collect();
     }
-    let dirs = &state.config.host_disk_dirs;
+    // Each namespace has its own directory under each allowed one.
+    let dirs: Vec<std::path::PathBuf> = state
+        .config
+        .host_disk_dirs
+        .iter()
+        .map(|d| d.join(namespace))
+        .collect();
     volumes
         .iter()
         .filter(|(_, h)| {
-            !dirs
-                .iter()
-                .any(|d| std::path::Path::new(&h.path).starts_with(d))
+            let p = std::path::Path::new(&h.path);
+            !dirs.iter().any(|d| p.starts_with(d) && p != d)
         })
         .map(|(i, h)| {
             let allowed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();

@@ -300,7 +300,16 @@ async fn a_tenant_cannot_reach_the_nodes_files() {
         "spec.volumes[0].hostDisk.path",
         "is not in a directory this cluster allows host disks in",
     );
-    let allowed = system.server.data.join("host-disks");
+    // Each namespace has a directory of its own there: another's is refused.
+    let allowed = system.server.data.join("host-disks").join(NS);
+    tenant.refused(
+        &host_disk_vmi(
+            "theirs",
+            &system.server.data.join("host-disks/other/theirs.img"),
+        ),
+        "spec.volumes[0].hostDisk.path",
+        "is not in a directory this cluster allows host disks in",
+    );
     tenant
         .apply(&host_disk_vmi("fine", &allowed.join("fine.img")))
         .unwrap();
@@ -311,6 +320,7 @@ async fn a_tenant_cannot_reach_the_nodes_files() {
     );
     // A link inside the allowed directory that leads out passes admission, which sees
     // only the path, and is refused by the launcher, which resolves it.
+    std::fs::create_dir_all(&allowed).unwrap();
     std::os::unix::fs::symlink("/etc/shadow", allowed.join("link.img")).unwrap();
     tenant
         .apply(&host_disk_vmi("link", &allowed.join("link.img")))
