@@ -211,6 +211,7 @@ async fn once(
     }
     target
         .call(&Request::MigrationTarget {
+            tls: None,
             vmi: Box::new(vmi),
             migration_uid: uid.clone(),
             post_copy: false,
@@ -228,6 +229,7 @@ async fn once(
     let t0 = Instant::now();
     source
         .call(&Request::Migrate {
+            tls: None,
             migration_uid: uid,
             host: "127.0.0.1".into(),
             ports,

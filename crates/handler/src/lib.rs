@@ -47,6 +47,9 @@ pub struct Config {
     pub software_emulation: Option<String>,
     /// The endpoint virt-api calls, if this handler serves one.
     pub endpoint: Option<endpoint::EndpointConfig>,
+    /// The migration streams' mutual TLS, handed to both launchers of each migration;
+    /// `None` leaves them plain TCP.
+    pub migration_tls: Option<launcher_proto::MigrationTls>,
 }
 
 struct Ctx {
@@ -61,6 +64,7 @@ struct Ctx {
     migration_requests: Mutex<std::collections::HashSet<String>>,
     /// The console and VNC connections, one per socket ([`endpoint::Streams`]).
     streams: endpoint::Streams,
+    migration_tls: Option<launcher_proto::MigrationTls>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -91,6 +95,7 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
         targets: Mutex::new(HashMap::new()),
         migration_requests: Mutex::new(std::collections::HashSet::new()),
         streams: endpoint::Streams::default(),
+        migration_tls: config.migration_tls.clone(),
     });
     let advertise = config.endpoint.as_ref().map(|e| e.advertise.clone());
     let labels = node::Labels {

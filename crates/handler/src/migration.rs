@@ -160,6 +160,7 @@ pub(crate) fn drive_source(ctx: &Arc<Ctx>, vmi: &VirtualMachineInstance) {
             host,
             ports,
             options: options(vmi),
+            tls: ctx.migration_tls.clone(),
         }
     };
     let key = format!(
@@ -250,6 +251,7 @@ async fn follow_target(ctx: Arc<Ctx>, vmi: VirtualMachineInstance, migration_uid
         vmi: Box::new(vmi.clone()),
         migration_uid: migration_uid.clone(),
         post_copy: options(&vmi).allow_post_copy,
+        tls: ctx.migration_tls.clone(),
     };
     match launcher_proto::call(&socket, &request, Duration::from_secs(10)).await {
         Ok(Response::Status(_)) => {}

@@ -83,6 +83,9 @@ pub enum Request {
         /// Accept a switch to post-copy (the source's [`MigrationOptions::allow_post_copy`]).
         #[serde(default)]
         post_copy: bool,
+        /// The streams' TLS credentials; without them the streams are plain TCP.
+        #[serde(default)]
+        tls: Option<MigrationTls>,
     },
     /// Live-migrate the guest to the target at `host` (idempotent per migration). The
     /// progress is reported in [`Status::migration`]; on success the launcher exits with
@@ -93,9 +96,32 @@ pub enum Request {
         host: String,
         ports: TargetPorts,
         options: MigrationOptions,
+        /// The streams' TLS credentials; without them the streams are plain TCP.
+        #[serde(default)]
+        tls: Option<MigrationTls>,
     },
     /// Abort the running migration; the guest keeps running here.
     CancelMigration,
+}
+
+/// The name every migration certificate carries, and the one each side checks.
+pub const MIGRATION_TLS_NAME: &str = "kubevirt-migration";
+
+/// Mutual TLS for a migration's streams (memory, disks, hand-over): the migration CA,
+/// and a certificate it signed for [`MIGRATION_TLS_NAME`] with its key, which the
+/// target serves and the source presents. PEM.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for MigrationTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationTls").finish_non_exhaustive()
+    }
 }
 
 /// Where a migration target listens, on its node's address.

@@ -312,8 +312,20 @@ async fn probe_format(path: &Path) -> Result<DiskFormat, DiskError> {
     if read < 4 || magic != *b"QFI\xfb" {
         return Ok(DiskFormat::Raw);
     }
-    let run = Command::new("qemu-img")
-        .args(["info", "-f", "qcow2", "--output=json", "-U"])
+    // Under CPU-time and address-space limits, as upstream runs it: a crafted header
+    // must not make the node's qemu-img spin or balloon.
+    let run = Command::new("prlimit")
+        .args([
+            &format!("--cpu={}", PROBE_TIMEOUT.as_secs()),
+            "--as=1073741824",
+            "--",
+            "qemu-img",
+            "info",
+            "-f",
+            "qcow2",
+            "--output=json",
+            "-U",
+        ])
         .arg(path)
         .kill_on_drop(true)
         .output();

@@ -28,10 +28,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use api::v1::VirtualMachineInstance;
-use launcher_proto::{MigrationOptions, TargetPorts};
+use launcher_proto::{MIGRATION_TLS_NAME, MigrationOptions, MigrationTls, TargetPorts};
 use qmp::Qmp;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
@@ -104,6 +104,135 @@ fn free_port(ip: Ipv4Addr) -> Result<u16, MigrateError> {
         .map_err(io("picking a free port"))
 }
 
+/// The credentials of a migration with TLS, and where QEMU reads them.
+#[derive(Debug, Clone)]
+pub struct Tls<'a> {
+    pub creds: &'a MigrationTls,
+    /// A directory of the VMI's own (its run directory's `migration-tls`).
+    pub dir: &'a Path,
+    /// The migration's uid: each migration's credentials are a QEMU object of their own
+    /// (a guest that came in as a target may later leave as a source).
+    pub migration: &'a str,
+}
+
+/// Which end a launcher is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Server,
+    Client,
+}
+
+impl Tls<'_> {
+    /// QEMU's id of these credentials.
+    fn id(&self) -> String {
+        format!("tls-{}", self.migration)
+    }
+
+    /// Writes the credentials as QEMU's `tls-creds-x509` reads them (`ca-cert.pem`,
+    /// `{server,client}-cert.pem`, `{server,client}-key.pem`, 0600 under the launcher's
+    /// umask), creates the object, and sets it (and, for the source, the name to check) on
+    /// the migration stream. Both ends verify the other against the migration CA.
+    async fn setup(&self, qmp: &Qmp, end: End) -> Result<(), MigrateError> {
+        let side = match end {
+            End::Server => "server",
+            End::Client => "client",
+        };
+        std::fs::create_dir_all(self.dir).map_err(io("creating the TLS directory"))?;
+        for (file, pem) in [
+            ("ca-cert.pem".to_owned(), &self.creds.ca_pem),
+            (format!("{side}-cert.pem"), &self.creds.cert_pem),
+            (format!("{side}-key.pem"), &self.creds.key_pem),
+        ] {
+            std::fs::write(self.dir.join(&file), pem).map_err(io(format!("writing {file}")))?;
+        }
+        qmp.execute(
+            "object-add",
+            Some(json!({"qom-type": "tls-creds-x509", "id": self.id(),
+                "dir": self.dir.display().to_string(), "endpoint": side, "verify-peer": true})),
+        )
+        .await?;
+        let mut parameters = json!({"tls-creds": self.id()});
+        if end == End::Client {
+            parameters["tls-hostname"] = json!(MIGRATION_TLS_NAME);
+        }
+        qmp.execute("migrate-set-parameters", Some(parameters))
+            .await?;
+        Ok(())
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore, MigrateError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pem_certs(&self.creds.ca_pem)? {
+            roots.add(cert).map_err(tls_error)?;
+        }
+        Ok(roots)
+    }
+
+    fn identity(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        MigrateError,
+    > {
+        use rustls::pki_types::pem::PemObject;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.creds.key_pem.as_bytes())
+            .map_err(tls_error)?;
+        Ok((pem_certs(&self.creds.cert_pem)?, key))
+    }
+
+    /// The hand-over's server side: our certificate, the source's required.
+    fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, MigrateError> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(self.roots()?),
+            provider.clone(),
+        )
+        .build()
+        .map_err(tls_error)?;
+        let (certs, key) = self.identity()?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(tls_error)?;
+        Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+    }
+
+    /// The hand-over's client side: the target's certificate checked, ours presented.
+    fn connector(&self) -> Result<tokio_rustls::TlsConnector, MigrateError> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let (certs, key) = self.identity()?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(certs, key)
+            .map_err(tls_error)?;
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            config,
+        )))
+    }
+}
+
+fn pem_certs(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, MigrateError> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(tls_error)
+}
+
+fn tls_error(e: impl std::fmt::Display) -> MigrateError {
+    MigrateError::Failed(format!("migration TLS: {e}"))
+}
+
+/// A byte stream, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Runs `bind` with free ports until QEMU's bind does not find the port taken; the port.
 async fn bind_retrying<F, Fut>(ip: Ipv4Addr, mut bind: F) -> Result<u16, MigrateError>
 where
@@ -130,12 +259,23 @@ pub fn target_args() -> Vec<String> {
 }
 
 /// A target waiting for its source.
-#[derive(Debug)]
 pub struct Incoming {
     /// The address the streams are expected on.
     pub address: Ipv4Addr,
     pub ports: TargetPorts,
     handover: TcpListener,
+    /// With TLS: the hand-over's.
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("address", &self.address)
+            .field("ports", &self.ports)
+            .field("tls", &self.acceptor.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Incoming {
@@ -145,6 +285,7 @@ impl Incoming {
         qmp: &Qmp,
         disks: &[String],
         post_copy: bool,
+        tls: Option<Tls<'_>>,
     ) -> Result<Self, MigrateError> {
         let address = listen_address();
         let handover = TcpListener::bind((address, 0))
@@ -158,15 +299,21 @@ impl Incoming {
             ]})),
         )
         .await?;
+        if let Some(tls) = &tls {
+            tls.setup(qmp, End::Server).await?;
+        }
+        let acceptor = tls.as_ref().map(Tls::acceptor).transpose()?;
+        let nbd_tls = tls.as_ref().map_or(Value::Null, |t| json!(t.id()));
         // QEMU binds the ports itself. A port picked free may be taken before QEMU binds
         // it; QEMU's bind then fails (no port sharing), and another port is tried, so a
         // stream never goes to somebody else's listener.
         let disks_port = bind_retrying(address, |port| {
-            qmp.execute(
-                "nbd-server-start",
-                Some(json!({"addr": {"type": "inet", "data": {
-                    "host": address.to_string(), "port": port.to_string()}}})),
-            )
+            let mut args = json!({"addr": {"type": "inet", "data": {
+                "host": address.to_string(), "port": port.to_string()}}});
+            if !nbd_tls.is_null() {
+                args["tls-creds"] = nbd_tls.clone();
+            }
+            qmp.execute("nbd-server-start", Some(args))
         })
         .await?;
         for node in disks {
@@ -197,6 +344,7 @@ impl Incoming {
             address,
             ports,
             handover,
+            acceptor,
         })
     }
 
@@ -204,11 +352,22 @@ impl Incoming {
     /// `serial_log`, stops the disk export and resumes the guest. True when the guest
     /// arrived by post-copy (the rest of its memory still streaming in).
     pub async fn finish(self, qmp: &Qmp, serial_log: &Path) -> Result<bool, MigrateError> {
-        let (stream, peer) = self
-            .handover
-            .accept()
-            .await
-            .map_err(io("accepting the hand-over"))?;
+        // With TLS only the source, holding a migration certificate, gets past here;
+        // anyone else's connection is dropped and the wait goes on.
+        let (stream, peer): (Box<dyn Stream>, _) = loop {
+            let (tcp, peer) = self
+                .handover
+                .accept()
+                .await
+                .map_err(io("accepting the hand-over"))?;
+            match &self.acceptor {
+                None => break (Box::new(tcp), peer),
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(tls) => break (Box::new(tls), peer),
+                    Err(e) => warn!(%peer, error = %e, "a hand-over without valid TLS: dropped"),
+                },
+            }
+        };
         let mut reader = BufReader::new(stream);
         let mut header = String::new();
         reader
@@ -239,6 +398,10 @@ impl Incoming {
         let mut stream = reader.into_inner();
         stream
             .write_all(b"resumed\n")
+            .await
+            .map_err(io("answering the hand-over"))?;
+        stream
+            .flush()
             .await
             .map_err(io("answering the hand-over"))?;
         Ok(post_copy)
@@ -275,6 +438,7 @@ pub struct Outgoing<'a> {
     /// The node names of the disks to copy ([`local_disks`]).
     pub disks: &'a [String],
     pub serial_log: &'a Path,
+    pub tls: Option<Tls<'a>>,
 }
 
 /// The source's side: steps 1 to 4 of the module's description. `cancel` aborts it
@@ -293,11 +457,17 @@ pub async fn run_source(
         options,
         disks,
         serial_log,
+        tls,
     } = out;
+    if let Some(tls) = &tls {
+        tls.setup(qmp, End::Client).await?;
+    }
+    let connector = tls.as_ref().map(Tls::connector).transpose()?;
     let ip: Ipv4Addr = host
         .parse()
         .map_err(|_| MigrateError::Failed(format!("target address {host:?} is not IPv4")))?;
-    let mirrored = match mirror(qmp, ip, ports.disks, disks).await {
+    let tls_id = tls.as_ref().map(Tls::id);
+    let mirrored = match mirror(qmp, ip, ports.disks, disks, tls_id.as_deref()).await {
         Ok(()) => disks.to_vec(),
         Err(e) => {
             abandon_mirrors(qmp, disks).await;
@@ -326,7 +496,13 @@ pub async fn run_source(
         on_post_copy();
     }
     complete_mirrors(qmp, &mirrored).await?;
-    handover(SocketAddrV4::new(ip, ports.handover), serial_log, post_copy).await?;
+    handover(
+        SocketAddrV4::new(ip, ports.handover),
+        serial_log,
+        post_copy,
+        connector.as_ref(),
+    )
+    .await?;
     let after = u64::try_from(stopped.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut outcome = match sent {
         Sent::Completed(outcome) => outcome,
@@ -371,16 +547,21 @@ fn nbd_node(node: &str) -> String {
     format!("migrate-{node}")
 }
 
-async fn mirror(qmp: &Qmp, ip: Ipv4Addr, port: u16, disks: &[String]) -> Result<(), MigrateError> {
+async fn mirror(
+    qmp: &Qmp,
+    ip: Ipv4Addr,
+    port: u16,
+    disks: &[String],
+    tls: Option<&str>,
+) -> Result<(), MigrateError> {
     for node in disks {
-        qmp.execute(
-            "blockdev-add",
-            Some(
-                json!({"driver": "nbd", "node-name": nbd_node(node), "export": node,
-                "server": {"type": "inet", "host": ip.to_string(), "port": port.to_string()}}),
-            ),
-        )
-        .await?;
+        let mut target = json!({"driver": "nbd", "node-name": nbd_node(node), "export": node,
+            "server": {"type": "inet", "host": ip.to_string(), "port": port.to_string()}});
+        if let Some(id) = tls {
+            target["tls-creds"] = json!(id);
+            target["tls-hostname"] = json!(MIGRATION_TLS_NAME);
+        }
+        qmp.execute("blockdev-add", Some(target)).await?;
         qmp.execute(
             "blockdev-mirror",
             Some(
@@ -573,11 +754,25 @@ async fn handover(
     target: SocketAddrV4,
     serial_log: &Path,
     post_copy: bool,
+    tls: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<(), MigrateError> {
     let history = read_tail(serial_log, MAX_HISTORY);
-    let mut stream = TcpStream::connect(target)
+    let tcp = TcpStream::connect(target)
         .await
         .map_err(io(format!("connecting to the target at {target}")))?;
+    let mut stream: Box<dyn Stream> = match tls {
+        Some(connector) => {
+            let name =
+                rustls::pki_types::ServerName::try_from(MIGRATION_TLS_NAME).map_err(tls_error)?;
+            Box::new(
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(io("the hand-over's TLS"))?,
+            )
+        }
+        None => Box::new(tcp),
+    };
     let header = format!(
         "{}\n",
         json!({"history": history.len(), "postCopy": post_copy})
@@ -588,6 +783,10 @@ async fn handover(
         .map_err(io("sending the hand-over"))?;
     stream
         .write_all(&history)
+        .await
+        .map_err(io("sending the console history"))?;
+    stream
+        .flush()
         .await
         .map_err(io("sending the console history"))?;
     let mut answer = String::new();

@@ -289,6 +289,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             vmi,
             migration_uid,
             post_copy,
+            tls,
         } => {
             let state = shared.status.borrow().state.clone();
             let same = shared
@@ -307,7 +308,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
                 s.state = DomainState::Created;
                 s.migration = Some(migration_status(migration_uid, MigrationRole::Target));
             });
-            tokio::spawn(start_target(*vmi, post_copy, shared.clone()));
+            tokio::spawn(start_target(*vmi, post_copy, tls, shared.clone()));
             current()
         }
         Request::Migrate {
@@ -315,6 +316,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             host,
             ports,
             options,
+            tls,
         } => {
             let status = shared.status.borrow().clone();
             if status
@@ -334,7 +336,7 @@ async fn answer(request: Request, shared: &Arc<Shared>) -> Response {
             shared.status.send_modify(|s| {
                 s.migration = Some(migration_status(migration_uid, MigrationRole::Source));
             });
-            tokio::spawn(start_source(shared.clone(), host, ports, options));
+            tokio::spawn(start_source(shared.clone(), host, ports, options, tls));
             current()
         }
         Request::CancelMigration => {
@@ -556,7 +558,12 @@ fn migration_status(uid: String, role: MigrationRole) -> MigrationStatus {
 }
 
 /// The target's side: QEMU waiting for the stream, then the hand-over, then running.
-async fn start_target(mut vmi: VirtualMachineInstance, post_copy: bool, shared: Arc<Shared>) {
+async fn start_target(
+    mut vmi: VirtualMachineInstance,
+    post_copy: bool,
+    tls: Option<launcher_proto::MigrationTls>,
+    shared: Arc<Shared>,
+) {
     let uid = vmi.metadata.uid.clone();
     set_vmi_defaults(&mut vmi.spec, uid.as_deref(), &DefaultsConfig::default());
     // The source holds the forwarded host ports until the hand-over.
@@ -573,10 +580,23 @@ async fn start_target(mut vmi: VirtualMachineInstance, post_copy: bool, shared: 
     let state = launched.domain.state();
     let qmp = launched.domain.qmp().clone();
     let serial_log = launched.sockets.serial_log.clone();
+    let tls_dir = launched.dir.path().join("migration-tls");
     let agent = Arc::new(Agent::new(&launched.sockets.guest_agent));
     let _ = shared.agent.set(agent.clone());
     *shared.launched.lock().await = Some(launched);
-    match Incoming::listen(&qmp, &migrate::local_disks(&vmi), post_copy).await {
+    let migration_uid = shared
+        .status
+        .borrow()
+        .migration
+        .as_ref()
+        .map(|m| m.uid.clone())
+        .unwrap_or_default();
+    let tls = tls.as_ref().map(|creds| migrate::Tls {
+        creds,
+        dir: &tls_dir,
+        migration: &migration_uid,
+    });
+    match Incoming::listen(&qmp, &migrate::local_disks(&vmi), post_copy, tls).await {
         Ok(incoming) => {
             let ports = incoming.ports;
             let address = incoming.address.to_string();
@@ -662,14 +682,19 @@ async fn start_source(
     host: String,
     ports: TargetPorts,
     options: MigrationOptions,
+    tls: Option<launcher_proto::MigrationTls>,
 ) {
     let prepared = {
         let guard = shared.launched.lock().await;
-        guard
-            .as_ref()
-            .map(|l| (l.domain.qmp().clone(), l.sockets.serial_log.clone()))
+        guard.as_ref().map(|l| {
+            (
+                l.domain.qmp().clone(),
+                l.sockets.serial_log.clone(),
+                l.dir.path().join("migration-tls"),
+            )
+        })
     };
-    let Some((qmp, serial_log)) = prepared else {
+    let Some((qmp, serial_log, tls_dir)) = prepared else {
         shared.set_migration(|m| {
             m.phase = MigrationPhase::Failed;
             m.message = Some("the domain has not started".into());
@@ -677,6 +702,13 @@ async fn start_source(
         return;
     };
     let disks = shared.local_disks.get().cloned().unwrap_or_default();
+    let migration_uid = shared
+        .status
+        .borrow()
+        .migration
+        .as_ref()
+        .map(|m| m.uid.clone())
+        .unwrap_or_default();
     info!(%host, ?ports, ?disks, "migrating out");
     let running = || {
         shared.migrating.store(true, Ordering::SeqCst);
@@ -692,6 +724,11 @@ async fn start_source(
         options: &options,
         disks: &disks,
         serial_log: &serial_log,
+        tls: tls.as_ref().map(|creds| migrate::Tls {
+            creds,
+            dir: &tls_dir,
+            migration: &migration_uid,
+        }),
     };
     let result = migrate::run_source(
         &qmp,

@@ -207,8 +207,15 @@ pub async fn start(
     let (deaths, died) = tokio::sync::mpsc::unbounded_channel();
     let api_client = client(url, pki, "virt-api").await?;
     ensure_namespace(&api_client).await?;
+    let migration_tls =
+        crate::pki::migration_tls(time::OffsetDateTime::now_utc()).map_err(|e| {
+            ComponentError::Tls {
+                component: "migration",
+                message: e.to_string(),
+            }
+        })?;
     for node in nodes {
-        start_node(url, pki, node, &deaths, &mut tasks).await?;
+        start_node(url, pki, node, &migration_tls, &deaths, &mut tasks).await?;
     }
     let Some(first) = nodes.first() else {
         return Ok(Components { tasks, died });
@@ -294,6 +301,7 @@ async fn start_node(
     url: &str,
     pki: &Pki,
     node: &NodeSetup,
+    migration_tls: &launcher_proto::MigrationTls,
     deaths: &Deaths,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(), ComponentError> {
@@ -351,6 +359,7 @@ async fn start_node(
             // Only virt-api forwards VMI operations and streams to a handler.
             tls: mutual_tls(pki, "virt-handler", &[VIRT_API_USER])?,
         }),
+        migration_tls: Some(migration_tls.clone()),
     };
     tasks.push(spawn(
         deaths,

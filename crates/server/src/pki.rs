@@ -365,6 +365,53 @@ fn usage_of(cert: &X509Certificate<'_>) -> Option<Usage> {
     })
 }
 
+/// Credentials for live migration's streams: a CA of their own (so a migration
+/// certificate opens nothing else, and no other certificate opens a migration), and one
+/// certificate it signs for [`launcher_proto::MIGRATION_TLS_NAME`], usable by both ends.
+/// Made anew at each start and kept in memory: the handlers hand them to the launchers
+/// of each migration.
+pub fn migration_tls(now: OffsetDateTime) -> Result<launcher_proto::MigrationTls, PkiError> {
+    let fail = |source| PkiError::Issue {
+        what: "migration",
+        source,
+    };
+    let ca_key = KeyPair::generate().map_err(fail)?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = distinguished_name("kubevirt-rs-migration-ca", &[]);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = now - BACKDATE;
+    ca.not_after = now + LEAF_VALIDITY;
+    let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let key = KeyPair::generate().map_err(fail)?;
+    let mut leaf = CertificateParams::new(vec![launcher_proto::MIGRATION_TLS_NAME.to_owned()])
+        .map_err(fail)?;
+    leaf.distinguished_name = distinguished_name(launcher_proto::MIGRATION_TLS_NAME, &[]);
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    // What QEMU's x509 credentials require of a certificate used at both ends.
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    leaf.not_before = now - BACKDATE;
+    leaf.not_after = now + LEAF_VALIDITY;
+    let cert = leaf.signed_by(&key, &issuer).map_err(fail)?;
+    Ok(launcher_proto::MigrationTls {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 fn covers(have: &ServerNames, wanted: &ServerNames) -> bool {
     wanted.dns.is_subset(&have.dns) && wanted.ips.is_subset(&have.ips)
 }

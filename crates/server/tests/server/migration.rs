@@ -522,6 +522,49 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
         Duration::from_secs(60),
     )
     .await;
+    // The streams are TLS with mutual authentication: without the migration
+    // certificate, the target's disk export and hand-over give nothing.
+    let state = vmi(&client, "counter")
+        .await
+        .status
+        .unwrap()
+        .migration_state
+        .unwrap();
+    let address = state.target_node_address.clone().unwrap();
+    // The ports map says which stream each port takes: 10809 the disks, 1 the hand-over.
+    let port = |stream: i32| {
+        state
+            .target_direct_migration_node_ports
+            .iter()
+            .find(|(_, s)| **s == stream)
+            .map(|(p, _)| p.clone())
+            .unwrap()
+    };
+    let nbd = std::process::Command::new("qemu-img")
+        .args(["info", "--image-opts"])
+        .arg(format!(
+            "driver=nbd,host={address},port={},export=drive-ua-containerdisk",
+            port(10809)
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&nbd.stderr).into_owned();
+    assert!(
+        !nbd.status.success() && said.contains("TLS"),
+        "the disk export without TLS: {said}"
+    );
+    let handover = port(1);
+    let answer = {
+        use std::io::{Read, Write};
+        let mut tcp =
+            std::net::TcpStream::connect((address.as_str(), handover.parse().unwrap())).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = tcp.write_all(b"{\"history\": 0, \"postCopy\": false}\n");
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(!answer.contains("resumed"), "{answer}");
     // The target's QEMU is the one started last (a guest that migrated in before also
     // runs in a QEMU started with `-incoming`).
     let started = |pid: &i32| {
