@@ -55,7 +55,11 @@ test-unit:
 # The attacks a namespace user could try, each made for real (docs/security.md); also
 # part of `make test`.
 test-security: deps guest registry
-	$(CARGO) test -p server --test server -- security:: browser::
+	$(CARGO) build --bins
+	$(CARGO) test -p server --test server -- security:: browser:: migration:: \
+		lifecycle::down_stops cli::a_component_that
+	$(CARGO) test -p virt-api --test it -- only_the_api_server
+	$(CARGO) test -p apiserver --test bad_input
 
 lint:
 	$(CARGO) fmt --all --check
