@@ -287,6 +287,27 @@ impl Policy {
     }
 }
 
+/// The most permissions (verb x group x resource x name, or verb x path, each value
+/// counted once) a role may grant to be checked against its writer's, one by one: a
+/// larger role needs `escalate` (or `bind`), so no write makes the server check forever.
+const MAX_RULE_COMBINATIONS: usize = 10_000;
+
+/// How many permissions `rule` grants, each distinct value counted once.
+fn combinations(rule: &PolicyRule) -> usize {
+    let count = |list: Option<&Vec<String>>| {
+        list.map_or(0, |l| {
+            l.iter().collect::<std::collections::BTreeSet<_>>().len()
+        })
+    };
+    let verbs = count(Some(&rule.verbs));
+    let per_verb = count(rule.non_resource_urls.as_ref()).saturating_add(
+        count(rule.api_groups.as_ref())
+            .saturating_mul(count(rule.resources.as_ref()))
+            .saturating_mul(count(rule.resource_names.as_ref()).max(1)),
+    );
+    verbs.saturating_mul(per_verb)
+}
+
 impl Policy {
     /// The first permission `rule` grants that `user` does not hold in `namespace` (the
     /// cluster scope when empty), described; `None` when the user holds them all. Each
@@ -294,6 +315,24 @@ impl Policy {
     /// Kubernetes' rule coverage does.
     fn uncovered(&self, user: &User, namespace: &str, rule: &PolicyRule) -> Option<String> {
         let allowed = |attrs: Attributes| self.authorize(user, &attrs).allowed;
+        // Each value once: a rule that repeats itself costs no more than it grants.
+        let set = |list: &[String]| -> Vec<String> {
+            let unique: std::collections::BTreeSet<&String> = list.iter().collect();
+            unique.into_iter().cloned().collect()
+        };
+        let verbs = set(&rule.verbs);
+        let urls = set(rule.non_resource_urls.as_deref().unwrap_or_default());
+        let groups = set(rule.api_groups.as_deref().unwrap_or_default());
+        let resources = set(rule.resources.as_deref().unwrap_or_default());
+        let names = set(rule.resource_names.as_deref().unwrap_or_default());
+        let rule = PolicyRule {
+            verbs,
+            non_resource_urls: Some(urls),
+            api_groups: Some(groups),
+            resources: Some(resources),
+            resource_names: Some(names),
+        };
+        let rule = &rule;
         for verb in &rule.verbs {
             for url in rule.non_resource_urls.iter().flatten() {
                 let attrs = Attributes {
@@ -583,6 +622,15 @@ impl Authorizer {
             }
             _ => return Ok(()),
         };
+        let total = rules
+            .iter()
+            .map(combinations)
+            .fold(0usize, usize::saturating_add);
+        if total > MAX_RULE_COMBINATIONS {
+            return Err(refuse(format!(
+                "may not grant {total} permissions at once without the escalate or bind permission (at most {MAX_RULE_COMBINATIONS} are checked against the writer's)"
+            )));
+        }
         match rules
             .iter()
             .find_map(|r| policy.uncovered(user, namespace, r))

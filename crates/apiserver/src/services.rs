@@ -25,11 +25,21 @@ fn in_service_range(ip: &str) -> bool {
     })
 }
 
-/// Whether `user` may place a Service outside the service range: the server itself and
-/// cluster admins (in-process servers such as virt-api share 127.0.0.1).
+/// The identity of virt-api, whose Service shares 127.0.0.1 with the other in-process
+/// servers.
+const VIRT_API_USER: &str = "system:serviceaccount:kubevirt:kubevirt-apiserver";
+
+/// Whether `user` may place a Service outside the service range: the server itself,
+/// cluster admins and virt-api.
 pub fn privileged(user: Option<&crate::User>) -> bool {
-    user.is_none_or(|u| u.groups.iter().any(|g| g == crate::rbac::MASTERS))
-        || user.is_some_and(|u| u.name.starts_with("system:serviceaccount:kubevirt:"))
+    user.is_none_or(|u| {
+        u.groups.iter().any(|g| g == crate::rbac::MASTERS) || u.name == VIRT_API_USER
+    })
+}
+
+/// Whether a Service of type `kind` has node ports (the others may not name any).
+fn has_node_ports(kind: &str) -> bool {
+    matches!(kind, "NodePort" | "LoadBalancer")
 }
 
 /// Refuses node ports of `svc` outside the range or held by another Service than
@@ -96,6 +106,24 @@ pub fn check_update(state: &AppState, old: &Value, new: &mut Value) -> Result<()
         new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
     }
     let name = name.as_str();
+    let kind = |v: &Value| v["spec"]["type"].as_str().unwrap_or("ClusterIP").to_owned();
+    if kind(old) == "ExternalName" && kind(new) != "ExternalName" {
+        // It has no cluster IP or node ports to keep: it is made anew, through the checks.
+        return Err(ApiError::unprocessable(
+            "Service",
+            name,
+            "spec.type",
+            "an ExternalName Service cannot change its type: delete and create it",
+        ));
+    }
+    if !has_node_ports(&kind(new)) {
+        // A Service that no longer has node ports lets go of them, as Kubernetes does.
+        for p in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+            if let Some(p) = p.as_object_mut() {
+                p.remove("nodePort");
+            }
+        }
+    }
     if ip(new) != ip(old) {
         return Err(ApiError::unprocessable(
             "Service",
@@ -157,7 +185,25 @@ pub fn allocate(state: &AppState, svc: &mut Value, privileged: bool) -> Result<(
         spec["sessionAffinity"] = json!("None");
     }
     let kind = spec["type"].as_str().unwrap_or_default().to_owned();
+    let invalid_early =
+        |field: &str, message: &str| ApiError::unprocessable("Service", &name, field, message);
+    if !has_node_ports(&kind) {
+        for (i, p) in spec["ports"].as_array().into_iter().flatten().enumerate() {
+            if !p["nodePort"].is_null() {
+                return Err(invalid_early(
+                    &format!("spec.ports[{i}].nodePort"),
+                    &format!("may not be used when `type` is '{kind}'"),
+                ));
+            }
+        }
+    }
     if kind == "ExternalName" {
+        if spec["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty()) {
+            return Err(invalid_early(
+                "spec.clusterIP",
+                "must be empty for type ExternalName",
+            ));
+        }
         return Ok(());
     }
     for p in spec["ports"].as_array_mut().into_iter().flatten() {

@@ -104,6 +104,9 @@ fn free_port(ip: Ipv4Addr) -> Result<u16, MigrateError> {
         .map_err(io("picking a free port"))
 }
 
+/// How long the hand-over's connection and TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// The credentials of a migration with TLS, and where QEMU reads them.
 #[derive(Debug, Clone)]
 pub struct Tls<'a> {
@@ -145,12 +148,16 @@ impl Tls<'_> {
         ] {
             std::fs::write(self.dir.join(&file), pem).map_err(io(format!("writing {file}")))?;
         }
-        qmp.execute(
-            "object-add",
-            Some(json!({"qom-type": "tls-creds-x509", "id": self.id(),
-                "dir": self.dir.display().to_string(), "endpoint": side, "verify-peer": true})),
-        )
-        .await?;
+        let added = qmp
+            .execute(
+                "object-add",
+                Some(json!({"qom-type": "tls-creds-x509", "id": self.id(),
+                    "dir": self.dir.display().to_string(), "endpoint": side, "verify-peer": true})),
+            )
+            .await;
+        // QEMU has read the key: it need not stay on disk.
+        let _ = std::fs::remove_file(self.dir.join(format!("{side}-key.pem")));
+        added?;
         let mut parameters = json!({"tls-creds": self.id()});
         if end == End::Client {
             parameters["tls-hostname"] = json!(MIGRATION_TLS_NAME);
@@ -352,22 +359,33 @@ impl Incoming {
     /// `serial_log`, stops the disk export and resumes the guest. True when the guest
     /// arrived by post-copy (the rest of its memory still streaming in).
     pub async fn finish(self, qmp: &Qmp, serial_log: &Path) -> Result<bool, MigrateError> {
-        // With TLS only the source, holding a migration certificate, gets past here;
-        // anyone else's connection is dropped and the wait goes on.
+        // With TLS only the source, holding a migration certificate, gets past here.
+        // Each connection's handshake runs on its own, within HANDSHAKE; anyone else's
+        // connection (failing, or stalling) is dropped and the wait goes on.
+        let mut handshakes = tokio::task::JoinSet::new();
         let (stream, peer): (Box<dyn Stream>, _) = loop {
-            let (tcp, peer) = self
-                .handover
-                .accept()
-                .await
-                .map_err(io("accepting the hand-over"))?;
-            match &self.acceptor {
-                None => break (Box::new(tcp), peer),
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(tls) => break (Box::new(tls), peer),
-                    Err(e) => warn!(%peer, error = %e, "a hand-over without valid TLS: dropped"),
+            tokio::select! {
+                accepted = self.handover.accept() => {
+                    let (tcp, peer) = accepted.map_err(io("accepting the hand-over"))?;
+                    match &self.acceptor {
+                        None => break (Box::new(tcp), peer),
+                        Some(acceptor) => {
+                            let acceptor = acceptor.clone();
+                            handshakes.spawn(async move {
+                                let tls = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await;
+                                (tls, peer)
+                            });
+                        }
+                    }
+                }
+                Some(Ok((tls, peer))) = handshakes.join_next() => match tls {
+                    Ok(Ok(tls)) => break (Box::new(tls), peer),
+                    Ok(Err(e)) => warn!(%peer, error = %e, "a hand-over without valid TLS: dropped"),
+                    Err(_) => warn!(%peer, "a hand-over that did not finish its TLS handshake: dropped"),
                 },
             }
         };
+        handshakes.abort_all();
         let mut reader = BufReader::new(stream);
         let mut header = String::new();
         reader
@@ -757,17 +775,23 @@ async fn handover(
     tls: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<(), MigrateError> {
     let history = read_tail(serial_log, MAX_HISTORY);
-    let tcp = TcpStream::connect(target)
+    let late = || {
+        MigrateError::Failed(format!(
+            "the target at {target} did not take the hand-over within {HANDSHAKE:?}"
+        ))
+    };
+    let tcp = tokio::time::timeout(HANDSHAKE, TcpStream::connect(target))
         .await
+        .map_err(|_| late())?
         .map_err(io(format!("connecting to the target at {target}")))?;
     let mut stream: Box<dyn Stream> = match tls {
         Some(connector) => {
             let name =
                 rustls::pki_types::ServerName::try_from(MIGRATION_TLS_NAME).map_err(tls_error)?;
             Box::new(
-                connector
-                    .connect(name, tcp)
+                tokio::time::timeout(HANDSHAKE, connector.connect(name, tcp))
                     .await
+                    .map_err(|_| late())?
                     .map_err(io("the hand-over's TLS"))?,
             )
         }

@@ -44,7 +44,14 @@ pub fn down(dir: &Path, grace: Duration) -> Result<Stopped, DownError> {
     let data = match DataDir::lock(dir) {
         Ok(d) => d,
         Err(DataDirError::Locked { pid: Some(pid), .. }) => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            // Only a plain process id: not 0 (our own group), 1 or one past i32 (which
+            // would signal a group, or everything).
+            let target = i32::try_from(pid).ok().filter(|p| *p > 1).ok_or_else(|| {
+                DownError::UnknownServer {
+                    dir: dir.to_owned(),
+                }
+            })?;
+            let _ = kill(Pid::from_raw(target), Signal::SIGTERM);
             stopped.server = Some(pid);
             let deadline = Instant::now() + SERVER_STOP;
             loop {
@@ -83,7 +90,7 @@ pub fn down(dir: &Path, grace: Duration) -> Result<Stopped, DownError> {
     for r in &records {
         podrunner::process::signal(r, Signal::SIGTERM);
     }
-    let deadline = Instant::now() + grace;
+    let deadline = Instant::now() + grace.min(Duration::from_secs(365 * 24 * 3600));
     while records.iter().any(podrunner::process::alive) && Instant::now() < deadline {
         std::thread::sleep(POLL);
     }

@@ -125,13 +125,6 @@ pub fn rules(component: &str) -> Vec<Rule> {
                 &["rbac.authorization.k8s.io"],
                 &["clusterroles", "clusterrolebindings"],
             ),
-            // Upstream's user roles grant subresources virt-api itself never calls, and
-            // are aggregated: writing them needs escalate, binding them bind.
-            (
-                &["escalate", "bind"],
-                &["rbac.authorization.k8s.io"],
-                &["clusterroles"],
-            ),
             (APPLY, &["apiregistration.k8s.io"], &["apiservices"]),
             (
                 APPLY,
@@ -172,13 +165,37 @@ pub fn rules(component: &str) -> Vec<Rule> {
     }
 }
 
+/// The ClusterRoles virt-api installs and binds (upstream's user roles).
+const VIRT_API_ROLES: [&str; 6] = [
+    "kubevirt.io:default",
+    "kubevirt.io:admin",
+    "kubevirt.io:edit",
+    "kubevirt.io:view",
+    "kubevirt.io:migrate",
+    "instancetype.kubevirt.io:view",
+];
+
 /// The components' ClusterRoles and ClusterRoleBindings, `kubevirt-rs:<component>`.
 pub fn objects() -> Vec<Value> {
     let mut objects = Vec::new();
     for (stem, user, _) in crate::pki::COMPONENTS {
         let name = format!("kubevirt-rs:{stem}");
         let labels = serde_json::json!({"kubevirt.io": "", "app.kubernetes.io/component": stem});
-        objects.push(apiserver::rbac::cluster_role(&name, labels, &rules(stem)));
+        let mut role = apiserver::rbac::cluster_role(&name, labels, &rules(stem));
+        if stem == "virt-api"
+            && let Some(rules) = role["rules"].as_array_mut()
+        {
+            // Upstream's user roles grant subresources virt-api itself never calls, and
+            // are aggregated: writing them needs escalate, binding them bind; for those
+            // roles alone.
+            rules.push(serde_json::json!({
+                "verbs": ["escalate", "bind"],
+                "apiGroups": ["rbac.authorization.k8s.io"],
+                "resources": ["clusterroles"],
+                "resourceNames": VIRT_API_ROLES,
+            }));
+        }
+        objects.push(role);
         objects.push(apiserver::rbac::cluster_role_binding(
             &name,
             &name,

@@ -44,6 +44,7 @@ struct Route {
 /// The addresses the Services ask for, each with its route.
 fn routes(services: &[Arc<Service>]) -> HashMap<SocketAddr, Route> {
     let mut wanted = HashMap::new();
+    let mut contested = Vec::new();
     for svc in services {
         let Some(spec) = svc.spec.as_ref() else {
             continue;
@@ -71,13 +72,27 @@ fn routes(services: &[Arc<Service>]) -> HashMap<SocketAddr, Route> {
                     .unwrap_or(IntOrString::Int(port.port)),
             };
             let as_port = |n: i32| u16::try_from(n).ok();
+            // An address two Services claim is served for neither: the API server keeps
+            // them apart, and a conflict that slips by must not hand one's traffic to the
+            // other.
+            let mut claim = |addr: SocketAddr, route: Route| match wanted.entry(addr) {
+                std::collections::hash_map::Entry::Occupied(_) => contested.push(addr),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(route);
+                }
+            };
             if let (Some(ip), Some(p)) = (cluster_ip, as_port(port.port)) {
-                wanted.insert(SocketAddr::new(ip, p), route.clone());
+                claim(SocketAddr::new(ip, p), route.clone());
             }
-            if let Some(p) = port.node_port.and_then(as_port) {
-                wanted.insert(SocketAddr::from(([127, 0, 0, 1], p)), route);
+            // Node ports only for the types that have them.
+            let has_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+            if let Some(p) = port.node_port.and_then(as_port).filter(|_| has_node_ports) {
+                claim(SocketAddr::from(([127, 0, 0, 1], p)), route);
             }
         }
+    }
+    for addr in contested {
+        wanted.remove(&addr);
     }
     wanted
 }
@@ -325,6 +340,37 @@ mod tests {
         assert_eq!(addrs, ["127.0.0.1:30080", "127.10.0.7:80"]);
         let route = &got[&"127.10.0.7:80".parse().unwrap()];
         assert_eq!(route.target, IntOrString::Int(8080));
+    }
+
+    #[test]
+    fn a_contested_address_or_a_stray_node_port_is_served_for_nobody() {
+        let service = |name: &str, spec: serde_json::Value| -> Arc<Service> {
+            let mut spec = spec;
+            spec["selector"] = json!({"app": name});
+            Arc::new(
+                serde_json::from_value(
+                    json!({"metadata": {"name": name, "namespace": "t"}, "spec": spec}),
+                )
+                .unwrap(),
+            )
+        };
+        let got = routes(&[
+            service(
+                "a",
+                json!({"clusterIP": "127.10.0.9", "ports": [{"port": 80}]}),
+            ),
+            service(
+                "b",
+                json!({"clusterIP": "127.10.0.9", "ports": [{"port": 80}]}),
+            ),
+            service(
+                "c",
+                json!({"clusterIP": "127.10.0.10", "ports": [{"port": 80, "nodePort": 30999}]}),
+            ),
+        ]);
+        let mut addrs: Vec<String> = got.keys().map(ToString::to_string).collect();
+        addrs.sort();
+        assert_eq!(addrs, ["127.10.0.10:80"]);
     }
 
     #[test]

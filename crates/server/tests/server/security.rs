@@ -435,6 +435,39 @@ async fn a_namespace_admin_cannot_grant_what_they_do_not_hold() {
         .trim(),
         "yes"
     );
+    // A role that repeats what she holds costs one check per distinct permission, and one
+    // too large to check is refused (it would need escalate): no write keeps the server
+    // busy.
+    let role = |name: &str, verbs: Vec<String>, resources: Vec<String>| {
+        let file = scratch.path("role.json");
+        let role = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role", "metadata": {"name": name, "namespace": "team"},
+            "rules": [{"apiGroups": [""], "verbs": verbs, "resources": resources}]});
+        std::fs::write(&file, role.to_string()).unwrap();
+        as_alice(&["create", "-f", file.to_str().unwrap()])
+    };
+    let started = std::time::Instant::now();
+    let (ok, err) = role(
+        "repeats",
+        vec!["get".into(); 20_000],
+        vec!["pods".into(); 20_000],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let (ok, err) = role(
+        "wide",
+        (0..120).map(|i| format!("verb{i}")).collect(),
+        (0..100).map(|i| format!("res{i}")).collect(),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("may not grant 12000 permissions at once"),
+        "{err}"
+    );
     // Nor can she turn a binding she made into one of cluster-admin.
     let (ok, err) = as_alice(&[
         "patch",
@@ -536,6 +569,29 @@ async fn a_tenant_cannot_take_another_services_address() {
     let (ok, err) = apply(svc("np2", node_port(30500)));
     assert!(!ok);
     assert!(err.contains("provided port is already allocated"), "{err}");
+    // A node port on a type without node ports (the proxy would serve it all the same).
+    let (ok, err) = apply(svc(
+        "sneaky",
+        serde_json::json!({"ports": [{"port": 80, "nodePort": 30500}]}),
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("may not be used when `type` is 'ClusterIP'"),
+        "{err}"
+    );
+    // An ExternalName Service has no cluster IP to check: it cannot become a ClusterIP
+    // Service with one afterwards.
+    let (ok, err) = apply(svc(
+        "external",
+        serde_json::json!({"type": "ExternalName", "externalName": "example.org"}),
+    ));
+    assert!(ok, "{err}");
+    let (ok, err) = apply(svc(
+        "external",
+        serde_json::json!({"type": "ClusterIP", "clusterIP": "127.10.5.5", "ports": [{"port": 80}]}),
+    ));
+    assert!(!ok);
+    assert!(err.contains("cannot change its type"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
