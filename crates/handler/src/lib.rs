@@ -110,7 +110,10 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
     let selector = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", ctx.node));
     let incoming =
         watcher::Config::default().labels(&format!("{}={}", migration::TARGET_LABEL, ctx.node));
-    let _guard = Aborter(heartbeat, server);
+    let _guard = Aborter(
+        heartbeat.abort_handle(),
+        server.as_ref().map(tokio::task::JoinHandle::abort_handle),
+    );
     let log = |r: Result<_, _>| async move {
         if let Err(e) = r {
             debug!(error = %e, "reconcile");
@@ -122,15 +125,32 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
     let targets = Controller::new(vmis, incoming)
         .run(reconcile_target, error_policy, ctx)
         .for_each(log);
-    tokio::join!(local, targets);
-    Ok(())
+    // The heartbeat and the endpoint are the handler too: if either ends, the handler
+    // ends with it and says why (the server's supervisor takes it from there).
+    let endpoint = async {
+        match server {
+            Some(s) => s.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = async { tokio::join!(local, targets); } => Ok(()),
+        r = heartbeat => anyhow::bail!("the node heartbeat stopped: {}", ended(r)),
+        r = endpoint => anyhow::bail!("the endpoint stopped: {}", ended(r)),
+    }
+}
+
+/// How a background task ended, in words.
+fn ended(r: Result<(), tokio::task::JoinError>) -> &'static str {
+    match r {
+        Ok(()) => "it returned",
+        Err(e) if e.is_panic() => "it panicked",
+        Err(_) => "it was cancelled",
+    }
 }
 
 /// Aborts the background tasks when the handler's future is dropped.
-struct Aborter(
-    tokio::task::JoinHandle<()>,
-    Option<tokio::task::JoinHandle<()>>,
-);
+struct Aborter(tokio::task::AbortHandle, Option<tokio::task::AbortHandle>);
 
 impl Drop for Aborter {
     fn drop(&mut self) {
