@@ -83,6 +83,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// The uid of the migration this launcher takes part in ("" when none).
+    fn migration_uid(&self) -> String {
+        self.status
+            .borrow()
+            .migration
+            .as_ref()
+            .map(|m| m.uid.clone())
+            .unwrap_or_default()
+    }
+
     fn set_migration(&self, f: impl FnOnce(&mut MigrationStatus)) {
         self.status.send_modify(|s| {
             if let Some(m) = s.migration.as_mut() {
@@ -584,13 +594,7 @@ async fn start_target(
     let agent = Arc::new(Agent::new(&launched.sockets.guest_agent));
     let _ = shared.agent.set(agent.clone());
     *shared.launched.lock().await = Some(launched);
-    let migration_uid = shared
-        .status
-        .borrow()
-        .migration
-        .as_ref()
-        .map(|m| m.uid.clone())
-        .unwrap_or_default();
+    let migration_uid = shared.migration_uid();
     let tls = tls.as_ref().map(|creds| migrate::Tls {
         creds,
         dir: &tls_dir,
@@ -702,13 +706,7 @@ async fn start_source(
         return;
     };
     let disks = shared.local_disks.get().cloned().unwrap_or_default();
-    let migration_uid = shared
-        .status
-        .borrow()
-        .migration
-        .as_ref()
-        .map(|m| m.uid.clone())
-        .unwrap_or_default();
+    let migration_uid = shared.migration_uid();
     info!(%host, ?ports, ?disks, "migrating out");
     let running = || {
         shared.migrating.store(true, Ordering::SeqCst);

@@ -376,16 +376,7 @@ pub fn migration_tls(now: OffsetDateTime) -> Result<launcher_proto::MigrationTls
         source,
     };
     let ca_key = KeyPair::generate().map_err(fail)?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name = distinguished_name("kubevirt-rs-migration-ca", &[]);
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = now - BACKDATE;
-    ca.not_after = now + LEAF_VALIDITY;
+    let ca = ca_params("kubevirt-rs-migration-ca", now, LEAF_VALIDITY);
     let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
     let issuer = Issuer::from_params(&ca, &ca_key);
     let key = KeyPair::generate().map_err(fail)?;
@@ -412,15 +403,10 @@ pub fn migration_tls(now: OffsetDateTime) -> Result<launcher_proto::MigrationTls
     })
 }
 
-fn covers(have: &ServerNames, wanted: &ServerNames) -> bool {
-    wanted.dns.is_subset(&have.dns) && wanted.ips.is_subset(&have.ips)
-}
-
-fn new_ca(dir: &Path, now: OffsetDateTime) -> Result<Pair, PkiError> {
-    let fail = |source| PkiError::Issue { what: "ca", source };
-    let key = KeyPair::generate().map_err(fail)?;
+/// A certificate authority's parameters: `name`, valid for `validity` from now.
+fn ca_params(name: &str, now: OffsetDateTime, validity: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name = distinguished_name(CA_NAME, &[]);
+    params.distinguished_name = distinguished_name(name, &[]);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -428,8 +414,20 @@ fn new_ca(dir: &Path, now: OffsetDateTime) -> Result<Pair, PkiError> {
         KeyUsagePurpose::DigitalSignature,
     ];
     params.not_before = now - BACKDATE;
-    params.not_after = now + CA_VALIDITY;
-    let cert = params.self_signed(&key).map_err(fail)?;
+    params.not_after = now + validity;
+    params
+}
+
+fn covers(have: &ServerNames, wanted: &ServerNames) -> bool {
+    wanted.dns.is_subset(&have.dns) && wanted.ips.is_subset(&have.ips)
+}
+
+fn new_ca(dir: &Path, now: OffsetDateTime) -> Result<Pair, PkiError> {
+    let fail = |source| PkiError::Issue { what: "ca", source };
+    let key = KeyPair::generate().map_err(fail)?;
+    let cert = ca_params(CA_NAME, now, CA_VALIDITY)
+        .self_signed(&key)
+        .map_err(fail)?;
     store(dir, "ca", cert.pem(), cert.der().to_vec(), key)
 }
 
