@@ -185,12 +185,12 @@ pub fn allocate(state: &AppState, svc: &mut Value, privileged: bool) -> Result<(
         spec["sessionAffinity"] = json!("None");
     }
     let kind = spec["type"].as_str().unwrap_or_default().to_owned();
-    let invalid_early =
+    let invalid =
         |field: &str, message: &str| ApiError::unprocessable("Service", &name, field, message);
     if !has_node_ports(&kind) {
         for (i, p) in spec["ports"].as_array().into_iter().flatten().enumerate() {
             if !p["nodePort"].is_null() {
-                return Err(invalid_early(
+                return Err(invalid(
                     &format!("spec.ports[{i}].nodePort"),
                     &format!("may not be used when `type` is '{kind}'"),
                 ));
@@ -199,7 +199,7 @@ pub fn allocate(state: &AppState, svc: &mut Value, privileged: bool) -> Result<(
     }
     if kind == "ExternalName" {
         if spec["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty()) {
-            return Err(invalid_early(
+            return Err(invalid(
                 "spec.clusterIP",
                 "must be empty for type ExternalName",
             ));
@@ -215,8 +215,6 @@ pub fn allocate(state: &AppState, svc: &mut Value, privileged: bool) -> Result<(
         }
     }
     let (ips, node_ports) = allocated(state)?;
-    let invalid =
-        |field: &str, message: &str| ApiError::unprocessable("Service", &name, field, message);
     match spec["clusterIP"].as_str() {
         Some("None") => {}
         // Given by a user: in the range and not another Service's, or the service proxy

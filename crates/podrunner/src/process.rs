@@ -220,14 +220,32 @@ pub fn record(dir: &Path, container: &str) -> Option<Record> {
     })
 }
 
-/// Start time (field 22) and state (field 3) from `/proc/<pid>/stat`.
-fn stat(pid: i32) -> Option<(u64, char)> {
+/// A process as `/proc/<pid>/stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 4.
+    pub ppid: i32,
+    /// Start time in clock ticks after boot (field 22): tells a reused pid apart.
+    pub start_ticks: u64,
+    /// Field 3 (`Z` for a zombie).
+    pub state: char,
+}
+
+/// What `/proc/<pid>/stat` says of `pid`, if it exists.
+pub fn proc_stat(pid: i32) -> Option<Stat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold anything.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    Some((fields.get(19)?.parse().ok()?, state))
+    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Start time (field 22) and state (field 3) from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(u64, char)> {
+    proc_stat(pid).map(|s| (s.start_ticks, s.state))
 }
 
 /// Whether the recorded wrapper still runs (a zombie does not), without reaping it.

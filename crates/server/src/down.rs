@@ -111,7 +111,7 @@ pub fn down(dir: &Path, grace: Duration) -> Result<Stopped, DownError> {
     Ok(stopped)
 }
 
-/// A process as `/proc` shows it: its pid and start time (which tells a reused pid apart).
+/// A process, by pid and start time (which tells a reused pid apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Proc {
     pid: i32,
@@ -120,21 +120,9 @@ struct Proc {
 
 impl Proc {
     fn alive(&self) -> bool {
-        stat(self.pid).is_some_and(|(_, start, state)| start == self.start && state != 'Z')
+        podrunner::process::proc_stat(self.pid)
+            .is_some_and(|s| s.start_ticks == self.start && s.state != 'Z')
     }
-}
-
-/// Parent pid, start time and state from `/proc/<pid>/stat`.
-fn stat(pid: i32) -> Option<(i32, u64, char)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold anything.
-    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    Some((
-        fields.get(1)?.parse().ok()?,
-        fields.get(19)?.parse().ok()?,
-        state,
-    ))
 }
 
 /// Every process below `roots`, at this moment.
@@ -144,7 +132,7 @@ fn descendants(roots: &[i32]) -> Vec<Proc> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| stat(pid).map(|(ppid, start, _)| (pid, ppid, start)))
+        .filter_map(|pid| podrunner::process::proc_stat(pid).map(|s| (pid, s.ppid, s.start_ticks)))
         .collect();
     let mut found: Vec<Proc> = Vec::new();
     let mut parents: Vec<i32> = roots.to_vec();
