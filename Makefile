@@ -6,7 +6,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build server guest guest-full registry demo demo-launcher test test-unit test-security lint crds bench clean
+.PHONY: all deps build server guest guest-full registry images demo demo-launcher test test-unit test-security lint crds bench clean
 
 all: build
 
@@ -32,6 +32,13 @@ guest-full: guest
 # A registry on 127.0.0.1:5000 serving the guests (the full one only once built), and the
 # node's mirror configuration.
 registry: guest
+	guest/registry.sh
+
+# The launcher image (kubevirt-rs/virt-launcher:<version>, from this machine's Debian
+# files and the release launcher), pushed to the local registry with the guests.
+images: build guest
+	images/build.sh launcher $(RELEASE)/virt-launcher
+	images/build.sh toolbox
 	guest/registry.sh
 
 # Starts the all-in-one server on a scratch directory, applies the demo VM, starts it with

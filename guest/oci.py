@@ -8,25 +8,16 @@ by 107:107 (qemu in upstream's containerDisk images), mode 0440 for files and 07
 for directories. Timestamps are fixed, so the same inputs give the same digests.
 The layout is replaced as a whole (written next to it, then renamed).
 """
-import gzip
-import hashlib
 import io
-import json
 import os
-import shutil
 import sys
 import tarfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "images"))
+import layout as images_layout  # noqa: E402
+
 UID = GID = 107
 MTIME = 0
-
-
-def blob(root, data):
-    digest = hashlib.sha256(data).hexdigest()
-    path = os.path.join(root, "blobs", "sha256", digest)
-    with open(path, "wb") as f:
-        f.write(data)
-    return "sha256:" + digest, len(data)
 
 
 def layer_tar(entries):
@@ -56,55 +47,7 @@ def main(argv):
         sys.exit(__doc__)
     layout, tags = argv[1], argv[2].split(",")
     entries = [tuple(a.split("=", 1)) for a in argv[3:]]
-    tmp = layout.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "blobs", "sha256"))
-
-    tar = layer_tar(entries)
-    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
-    layer_digest, layer_size = blob(tmp, gzip.compress(tar, compresslevel=6, mtime=0))
-
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": "kubevirt-rs guest/package.sh"}],
-    }
-    config_digest, config_size = blob(tmp, json.dumps(config, sort_keys=True).encode())
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config_size,
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": layer_digest,
-            "size": layer_size,
-        }],
-    }
-    manifest_digest, manifest_size = blob(tmp, json.dumps(manifest, sort_keys=True).encode())
-    index = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest_size,
-            "annotations": {"org.opencontainers.image.ref.name": t},
-        } for t in tags],
-    }
-    with open(os.path.join(tmp, "index.json"), "w") as f:
-        json.dump(index, f, sort_keys=True)
-    with open(os.path.join(tmp, "oci-layout"), "w") as f:
-        json.dump({"imageLayoutVersion": "1.0.0"}, f)
-
-    shutil.rmtree(layout, ignore_errors=True)
-    os.rename(tmp, layout)
-    print(manifest_digest)
+    print(images_layout.write(layout, tags, {}, [layer_tar(entries)], "kubevirt-rs guest/package.sh"))
 
 
 if __name__ == "__main__":

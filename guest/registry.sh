@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Serves the test guests from a local registry, the way a node pulls upstream's images.
-#   guest/registry.sh [start]  build the tiny guest if needed, start Debian's docker-registry
-#                              on 127.0.0.1:5000 unless something already answers /v2/ there,
-#                              push the images whose OCI layout exists (the full guest only
-#                              after guest/build-full.sh), write the node's registries.yaml
+#   guest/registry.sh [start]  build the tiny guest and the toolbox image if needed, start
+#                              Debian's docker-registry on 127.0.0.1:5000 unless something
+#                              already answers /v2/ there, push the images whose OCI layout
+#                              exists (the full guest only after guest/build-full.sh, the
+#                              launcher only after images/build.sh launcher), write the
+#                              node's registries.yaml
 #   guest/registry.sh stop     stop the registry this script started
 # Registry data, config, pid file and log: $CACHE/registry/.
 set -euo pipefail
@@ -23,6 +25,8 @@ images=(
   "kubevirt/alpine-ext-kernel-boot-demo:devel=tiny-kernelboot"
   "kubevirt/fedora-with-test-tooling-container-disk:devel=full-containerdisk"
   "kubevirt-rs/idle-disk:devel=idle-containerdisk"
+  "kubevirt-rs/toolbox:devel=toolbox"
+  "kubevirt-rs/virt-launcher:$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/../Cargo.toml" | head -n 1)=virt-launcher"
 )
 
 log() { echo "guest/registry.sh: $*" >&2; }
@@ -135,6 +139,7 @@ mirrors:
 case "${1:-start}" in
   start)
     "$here/build.sh"
+    [ -f "$oci/toolbox/index.json" ] || "$here/../images/build.sh" toolbox
     start_registry
     push
     write_mirrors

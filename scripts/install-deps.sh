@@ -3,7 +3,7 @@
 # Idempotent: skips the work when everything is already there.
 set -euo pipefail
 
-need=(qemu-system-x86_64 busybox genisoimage cpio lz4 docker-registry skopeo passt socat mkfs.ext4 debootstrap virsh
+need=(qemu-system-x86_64 runc nft busybox genisoimage cpio lz4 docker-registry skopeo passt socat mkfs.ext4 debootstrap virsh
       syslinux mcopy mkfs.vfat sfdisk python3 xz zstd libvirtd virtlogd etcd ssh ssh-keygen scp)
 missing=0
 for cmd in "${need[@]}"; do
@@ -27,7 +27,7 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 $SUDO apt-get install -y -qq --no-install-recommends \
   busybox-static cpio lz4 genisoimage xorriso kmod socat e2fsprogs \
-  docker-registry skopeo passt debootstrap \
+  docker-registry skopeo passt debootstrap runc nftables containernetworking-plugins iproute2 \
   syslinux syslinux-common mtools dosfstools fdisk python3 xz-utils zstd openssh-client \
   chromium chromium-driver \
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients etcd-server >/dev/null

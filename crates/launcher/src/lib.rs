@@ -2,7 +2,7 @@
 //! it over QMP.
 //!
 //! Owns: choosing the accelerator ([`accel`]), pulling containerDisk and kernel-boot images
-//! into the node cache ([`image`], [`registries`]), preparing the VMI's disks ([`disks`]),
+//! into the node cache (the `registry` crate, re-exported as [`image`] and [`registries`]), preparing the VMI's disks ([`disks`]),
 //! the QEMU command line as a pure function of the VMI ([`argv`]), and the QEMU process and
 //! its lifecycle ([`domain`]): start (optionally paused), pause, unpause, ACPI shutdown with a
 //! grace period then kill, reset, and the domain's state and events. [`standalone`] runs one
@@ -18,11 +18,9 @@ pub mod agent;
 pub mod argv;
 pub mod disks;
 pub mod domain;
-pub mod image;
 pub mod migrate;
 pub mod paths;
 pub mod probe;
-pub mod registries;
 pub mod serve;
 pub mod standalone;
 
@@ -37,3 +35,5 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     line
 }
+
+pub use registry::{image, registries};

@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 
 /// The CFS period `cpu.max` is written with, in microseconds.
 const CPU_PERIOD: u64 = 100_000;
@@ -101,21 +101,26 @@ fn prepare(mount: &Path) -> Result<PathBuf, String> {
 /// containers, or none when any container has no such limit.
 pub fn limits(pod: &Pod) -> (Option<u64>, Option<u64>) {
     let containers = pod.spec.as_ref().map(|s| s.containers.as_slice());
-    let sum = |name: &str, parse: &dyn Fn(&str) -> Option<u64>| {
-        containers
-            .unwrap_or_default()
-            .iter()
-            .map(|c| {
-                let limits = c.resources.as_ref()?.limits.as_ref()?;
-                parse(&limits.get(name)?.0)
-            })
+    let (memory, cpu): (Vec<_>, Vec<_>) = containers
+        .unwrap_or_default()
+        .iter()
+        .map(container_limits)
+        .unzip();
+    let sum = |each: Vec<Option<u64>>| {
+        each.into_iter()
             .sum::<Option<u64>>()
             .filter(|total| *total > 0)
     };
-    let milli = |q: &str| api::quantity::parse_milli(q).ok();
-    let memory = sum("memory", &|q| u64::try_from(milli(q)?.div_ceil(1000)).ok());
-    let cpu = sum("cpu", &|q| u64::try_from(milli(q)?).ok());
-    (memory, cpu)
+    (sum(memory), sum(cpu))
+}
+
+/// One container's memory limit in bytes and CPU limit in millicores, where it sets them.
+pub fn container_limits(c: &Container) -> (Option<u64>, Option<u64>) {
+    let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let milli = |name: &str| api::quantity::parse_milli(&limits?.get(name)?.0).ok();
+    let memory = milli("memory").and_then(|m| u64::try_from(m.div_ceil(1000)).ok());
+    let cpu = milli("cpu").and_then(|m| u64::try_from(m).ok());
+    (memory.filter(|b| *b > 0), cpu.filter(|m| *m > 0))
 }
 
 #[cfg(test)]

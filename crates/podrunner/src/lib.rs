@@ -9,12 +9,15 @@
 //!   deletion, and re-adopting them after a restart ([`pods`], [`process`], [`spec`],
 //!   [`status`]);
 //! - the log endpoint the API server's `pods/log` reads ([`logs`]);
-//! - cgroup v2 limits where the host offers them ([`cgroup`]).
+//! - cgroup v2 limits for host processes where the host offers them ([`cgroup`]);
+//! - how containers run ([`runtime`]): as host processes whose image maps to a local
+//!   binary, or in an OCI runtime (runc) from their image, each in namespaces of its own,
+//!   under its securityContext, seccomp and cgroup limits ([`oci`]).
 //!
-//! Does not own: images (a pod runs only when its image maps to a local binary in
-//! [`Config::images`]), networking (pods share the node's network; `podIP` is the node's
-//! address), volumes, probes, init containers (refused), restarts (containers run once;
-//! `restartPolicy` is treated as `Never`), authentication on the log endpoint.
+//! Does not own: pod networking (pods share the node's network; `podIP` is the node's
+//! address), volumes other than `emptyDir` (refused), probes, init containers (refused),
+//! restarts (containers run once; `restartPolicy` is treated as `Never`), authentication
+//! on the log endpoint.
 //!
 //! Processes outlive the runner. Each container runs under a `/bin/sh` wrapper in its
 //! own session that records the exit code in a file, so a runner that restarts finds
@@ -25,8 +28,10 @@
 pub mod cgroup;
 pub mod logs;
 pub mod node;
+pub mod oci;
 pub mod pods;
 pub mod process;
+pub mod runtime;
 pub mod scheduler;
 pub mod spec;
 pub mod status;
@@ -59,8 +64,8 @@ pub struct Config {
     pub node_ip: String,
     /// Per pod, a directory named by its uid: pid and exit files, logs.
     pub state_dir: PathBuf,
-    /// Image reference (in full, as pods write it) -> the local binary it runs.
-    pub images: BTreeMap<String, PathBuf>,
+    /// How containers run: host processes or an OCI runtime.
+    pub runtime: runtime::Runtime,
     /// Variables every process gets besides its container's `env` (the server's
     /// `KUBEVIRT_RS_*` settings; see [`runner_env`]). `PATH` defaults to the usual
     /// system directories.
@@ -96,7 +101,7 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
         node_name,
         node_ip,
         state_dir,
-        images,
+        runtime,
         env,
         log_tls,
         log_listener,
@@ -143,7 +148,7 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
             name: node_name,
             ip: node_ip,
             state_dir,
-            images,
+            runtime,
             env,
             cgroups: cgroup::Cgroups::detect(),
         }),
@@ -329,9 +334,9 @@ impl Runner {
                 continue;
             }
             tracing::info!(uid = %uid, "removing the state of a pod that no longer exists");
-            let cgroups = self.node.cgroups.clone();
+            let node = self.node.clone();
             tokio::task::spawn_blocking(move || {
-                pods::remove_pod_state(&entry.path(), &uid, &cgroups);
+                node.remove_pod_state(&entry.path(), &uid);
             });
         }
     }

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::cgroup::Cgroups;
 use crate::process::{self, Exit, Record, State};
+use crate::runtime::Runtime;
 use crate::spec::{self, Host};
 use crate::status::{self, ContainerView, Phase};
 
@@ -44,9 +45,16 @@ pub struct Node {
     pub name: String,
     pub ip: String,
     pub state_dir: PathBuf,
-    pub images: BTreeMap<String, PathBuf>,
+    pub runtime: Runtime,
     pub env: BTreeMap<String, String>,
     pub cgroups: Cgroups,
+}
+
+impl Node {
+    /// Removes what `dir` holds for the pod `uid` (see [`remove_pod_state`]).
+    pub fn remove_pod_state(&self, dir: &Path, uid: &str) {
+        remove_pod_state(dir, uid, &self.cgroups, &self.runtime);
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -154,7 +162,7 @@ impl Worker {
         self.poll();
         let now = process::now();
         let status = if self.started.is_empty() {
-            match self.start(pod) {
+            match self.start(pod).await {
                 Some(status) => status,
                 None => return IDLE,
             }
@@ -187,7 +195,7 @@ impl Worker {
 
     /// Starts the pod's containers if it can run; the status to report, or `None` when
     /// the pod finished before (nothing to do).
-    fn start(&mut self, pod: &Pod) -> Option<Value> {
+    async fn start(&mut self, pod: &Pod) -> Option<Value> {
         let now = process::now();
         let pod_status = pod.status.as_ref();
         let phase = pod_status
@@ -216,13 +224,26 @@ impl Worker {
         if let Some(why) = spec::unsupported(pod) {
             return Some(status::pod_failed(pod, "UnsupportedPodSpec", why, now));
         }
+        let no_images = BTreeMap::new();
         let host = Host {
             node_name: &self.node.name,
             node_ip: &self.node.ip,
-            images: &self.node.images,
+            images: match &self.node.runtime {
+                Runtime::Process { images } => images,
+                Runtime::Oci(_) => &no_images,
+            },
             env: &self.node.env,
         };
-        let plans = spec::plan(pod, &host);
+        let plans = match &self.node.runtime {
+            Runtime::Process { .. } => spec::plan(pod, &host),
+            Runtime::Oci(oci) => {
+                let mut plans = Vec::new();
+                for c in pod.spec.iter().flat_map(|s| &s.containers) {
+                    plans.push((c.name.clone(), oci.prepare(pod, c, &host, &self.dir).await));
+                }
+                plans
+            }
+        };
         let images: BTreeMap<&str, &str> = pod
             .spec
             .iter()
@@ -259,9 +280,13 @@ impl Worker {
             self.warned_restart = true;
             tracing::warn!(pod = %name_of(pod).1, policy = ?policy, "containers are never restarted: treated as restartPolicy Never");
         }
+        // An OCI runtime makes each container's cgroup itself.
         let cgroup = std::fs::create_dir_all(&self.dir)
             .map_err(|e| e.to_string())
-            .map(|()| self.node.cgroups.pod(&self.uid, pod));
+            .map(|()| match &self.node.runtime {
+                Runtime::Process { .. } => self.node.cgroups.pod(&self.uid, pod),
+                Runtime::Oci(_) => None,
+            });
         for (name, plan) in plans {
             let Ok(launch) = plan else { continue };
             let started = match &cgroup {
@@ -318,7 +343,7 @@ impl Worker {
 
     fn signal(&self, signal: Signal) {
         for s in self.started.iter().filter(|s| s.exit.is_none()) {
-            process::signal(&s.record, signal);
+            process::signal(&self.dir, &s.name, &s.record, signal);
         }
     }
 
@@ -403,16 +428,15 @@ impl Worker {
 
     /// The pod is gone from the API: its processes go too.
     async fn forget(&self) {
-        let (dir, uid, cgroups) = (
-            self.dir.clone(),
-            self.uid.clone(),
-            self.node.cgroups.clone(),
-        );
-        let _ = tokio::task::spawn_blocking(move || remove_pod_state(&dir, &uid, &cgroups)).await;
+        let (dir, uid, node) = (self.dir.clone(), self.uid.clone(), self.node.clone());
+        let _ = tokio::task::spawn_blocking(move || node.remove_pod_state(&dir, &uid)).await;
     }
 
     fn remove_state(&self) {
         self.node.cgroups.remove(&self.uid);
+        if let Runtime::Oci(oci) = &self.node.runtime {
+            oci.cleanup(&self.dir, &self.uid);
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -454,9 +478,9 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
     writeln!(f, "kubevirt-rs pod runner: {line}")
 }
 
-/// Kills whatever `dir` records as running (SIGKILL to each process group), waits for
-/// it to go, and removes the directory and the pod's cgroup.
-pub fn remove_pod_state(dir: &Path, uid: &str, cgroups: &Cgroups) {
+/// Kills whatever `dir` records as running (SIGKILL to each container), waits for it to
+/// go, and removes the directory, the pod's cgroup and what the runtime holds of it.
+pub fn remove_pod_state(dir: &Path, uid: &str, cgroups: &Cgroups, runtime: &Runtime) {
     let records: Vec<(String, Record)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -471,7 +495,7 @@ pub fn remove_pod_state(dir: &Path, uid: &str, cgroups: &Cgroups) {
         if process::alive(record) {
             tracing::info!(uid, container = %container, pid = record.pid, "killing the process of a deleted pod");
         }
-        process::signal(record, Signal::SIGKILL);
+        process::signal(dir, container, record, Signal::SIGKILL);
     }
     let deadline = std::time::Instant::now() + KILL_WAIT;
     for (container, record) in &records {
@@ -482,6 +506,9 @@ pub fn remove_pod_state(dir: &Path, uid: &str, cgroups: &Cgroups) {
         }
     }
     cgroups.remove(uid);
+    if let Runtime::Oci(oci) = runtime {
+        oci.cleanup(dir, uid);
+    }
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -282,12 +282,30 @@ pub fn poll(dir: &Path, container: &str, record: &Record) -> State {
     })
 }
 
-/// Sends `signal` to the container's process group while its wrapper runs (never to a
-/// pid that was reused).
-pub fn signal(record: &Record, signal: Signal) {
+/// Sends `signal` to the container: to its first process when a shim recorded one in
+/// `<container>.init` (an OCI container, which leads its own session), else to the
+/// wrapper's process group; while it runs, never to a pid that was reused.
+pub fn signal(dir: &Path, container: &str, record: &Record, signal: Signal) {
+    if let Some(init) = init_record(dir, container)
+        && alive(&init)
+    {
+        let _ = nix::sys::signal::kill(Pid::from_raw(init.pid), signal);
+        return;
+    }
     if alive(record) {
         let _ = killpg(Pid::from_raw(record.pid), signal);
     }
+}
+
+/// The container's first process as the shim recorded it: pid and start ticks.
+fn init_record(dir: &Path, container: &str) -> Option<Record> {
+    let text = fs::read_to_string(crate::runtime::init_path(dir, container)).ok()?;
+    let mut words = text.split_whitespace();
+    Some(Record {
+        pid: words.next()?.parse().ok()?,
+        start_ticks: words.next()?.parse().ok()?,
+        started_at: 0,
+    })
 }
 
 #[cfg(test)]
@@ -343,7 +361,7 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(poll(dir.path(), "t", &r), State::Running);
-        signal(&r, Signal::SIGTERM);
+        signal(dir.path(), "t", &r, Signal::SIGTERM);
         assert_eq!(wait_exit(dir.path(), "t", &r).code, 4);
 
         let r = sh(
@@ -352,10 +370,10 @@ mod tests {
             "trap '' TERM; while :; do sleep 0.05; done",
         );
         std::thread::sleep(Duration::from_millis(200));
-        signal(&r, Signal::SIGTERM);
+        signal(dir.path(), "k", &r, Signal::SIGTERM);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(poll(dir.path(), "k", &r), State::Running);
-        signal(&r, Signal::SIGKILL);
+        signal(dir.path(), "k", &r, Signal::SIGKILL);
         let e = wait_exit(dir.path(), "k", &r);
         assert_eq!((e.code, e.recorded), (137, false));
     }

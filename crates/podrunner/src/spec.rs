@@ -40,6 +40,12 @@ pub enum Refusal {
         "environment variable {name}: the pod runner supports plain values and fieldRef to metadata.name, metadata.namespace, metadata.uid, spec.nodeName, status.hostIP and status.podIP"
     )]
     UnsupportedEnv { name: String },
+    /// The container's configuration cannot be given here (see [`crate::oci`]).
+    #[error("{0}")]
+    Config(String),
+    /// The image could not be pulled.
+    #[error("{0}")]
+    Pull(String),
 }
 
 impl Refusal {
@@ -47,7 +53,8 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::ImageNotMapped { .. } => "ErrImageNeverPull",
-            Self::UnsupportedEnv { .. } => "CreateContainerConfigError",
+            Self::UnsupportedEnv { .. } | Self::Config(_) => "CreateContainerConfigError",
+            Self::Pull(_) => "ErrImagePull",
         }
     }
 }
@@ -108,30 +115,17 @@ fn launch(pod: &Pod, c: &Container, host: &Host<'_>) -> Result<Launch, Refusal> 
     let mut args: Vec<String> = c.command.iter().flatten().skip(1).cloned().collect();
     args.extend(c.args.iter().flatten().cloned());
     let meta = &pod.metadata;
-    let mut env: BTreeMap<String, String> = host.env.clone();
-    env.entry("PATH".to_owned())
+    let mut base: BTreeMap<String, String> = host.env.clone();
+    base.entry("PATH".to_owned())
         .or_insert_with(|| DEFAULT_PATH.to_owned());
     for (k, v) in [
         ("POD_NAME", &meta.name),
         ("POD_NAMESPACE", &meta.namespace),
         ("POD_UID", &meta.uid),
     ] {
-        env.insert(k.to_owned(), v.clone().unwrap_or_default());
+        base.insert(k.to_owned(), v.clone().unwrap_or_default());
     }
-    let mut ordered: Vec<(String, String)> = env.into_iter().collect();
-    // The container's own variables, as `$(VAR)` sees them.
-    let mut defined: BTreeMap<String, String> = BTreeMap::new();
-    for var in c.env.iter().flatten() {
-        let value = match &var.value_from {
-            None => expand(var.value.as_deref().unwrap_or_default(), |n| {
-                defined.get(n).cloned()
-            }),
-            Some(_) => env_value(pod, var, host)?,
-        };
-        defined.insert(var.name.clone(), value.clone());
-        ordered.retain(|(k, _)| *k != var.name);
-        ordered.push((var.name.clone(), value));
-    }
+    let (ordered, defined) = environment(pod, c, host, &base)?;
     let args = args
         .iter()
         .map(|a| expand(a, |n| defined.get(n).cloned()))
@@ -144,6 +138,35 @@ fn launch(pod: &Pod, c: &Container, host: &Host<'_>) -> Result<Launch, Refusal> 
         env: ordered,
         working_dir: c.working_dir.clone().unwrap_or_else(|| "/".into()).into(),
     })
+}
+
+/// A container's environment: `base`, then its `env` in order (a variable named again
+/// replaces the earlier one); also the container's own variables, which `$(VAR)` in its
+/// command and arguments sees.
+pub type Environment = (Vec<(String, String)>, BTreeMap<String, String>);
+
+/// The environment of `c`: `base` overlaid with the container's `env`, each value's
+/// `$(VAR)` expanded to the container's variables defined before it.
+pub fn environment(
+    pod: &Pod,
+    c: &Container,
+    host: &Host<'_>,
+    base: &BTreeMap<String, String>,
+) -> Result<Environment, Refusal> {
+    let mut ordered: Vec<(String, String)> = base.clone().into_iter().collect();
+    let mut defined: BTreeMap<String, String> = BTreeMap::new();
+    for var in c.env.iter().flatten() {
+        let value = match &var.value_from {
+            None => expand(var.value.as_deref().unwrap_or_default(), |n| {
+                defined.get(n).cloned()
+            }),
+            Some(_) => env_value(pod, var, host)?,
+        };
+        defined.insert(var.name.clone(), value.clone());
+        ordered.retain(|(k, _)| *k != var.name);
+        ordered.push((var.name.clone(), value));
+    }
+    Ok((ordered, defined))
 }
 
 /// Kubernetes' variable references: `$(NAME)` becomes `lookup(NAME)`, or stays as written

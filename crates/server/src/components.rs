@@ -315,7 +315,9 @@ async fn start_node(
         node_name: node.name.clone(),
         node_ip: "127.0.0.1".into(),
         state_dir: node.pods_dir.clone(),
-        images: [(launcher_image(), node.launcher_binary.clone())].into(),
+        runtime: podrunner::runtime::Runtime::Process {
+            images: [(launcher_image(), node.launcher_binary.clone())].into(),
+        },
         env: {
             // The node's launchers keep their sockets under the node's run directory.
             let mut env = podrunner::runner_env();

@@ -78,29 +78,33 @@ pub fn down(dir: &Path, grace: Duration) -> Result<Stopped, DownError> {
         Err(e) => return Err(e.into()),
     };
     let pods = pod_dirs(data.root());
-    let records: Vec<podrunner::process::Record> = pods
+    let records: Vec<_> = pods
         .iter()
         .flat_map(|p| containers(p))
-        .filter(podrunner::process::alive)
+        .filter(|(_, _, r)| podrunner::process::alive(r))
         .collect();
     // Everything below the launchers (QEMU runs in a process group of its own), to wait
     // for once they are gone.
-    let wrappers: Vec<i32> = records.iter().map(|r| r.pid).collect();
+    let wrappers: Vec<i32> = records.iter().map(|(_, _, r)| r.pid).collect();
     let below = descendants(&wrappers);
-    for r in &records {
-        podrunner::process::signal(r, Signal::SIGTERM);
+    for (dir, container, r) in &records {
+        podrunner::process::signal(dir, container, r, Signal::SIGTERM);
     }
     let deadline = Instant::now() + grace.min(Duration::from_secs(365 * 24 * 3600));
-    while records.iter().any(podrunner::process::alive) && Instant::now() < deadline {
+    while records.iter().any(|(_, _, r)| podrunner::process::alive(r)) && Instant::now() < deadline
+    {
         std::thread::sleep(POLL);
     }
     let cgroups = podrunner::cgroup::Cgroups::detect();
+    let runtime = podrunner::runtime::Runtime::Process {
+        images: Default::default(),
+    };
     for pod in &pods {
         let uid = pod
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        podrunner::pods::remove_pod_state(pod, &uid, &cgroups);
+        podrunner::pods::remove_pod_state(pod, &uid, &cgroups, &runtime);
     }
     // A killed launcher takes QEMU with it (its parent-death signal), a moment later.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -166,7 +170,8 @@ fn pod_dirs(root: &Path) -> Vec<PathBuf> {
 }
 
 /// The records of the containers started in pod directory `pod`.
-fn containers(pod: &Path) -> Vec<podrunner::process::Record> {
+/// A pod's started containers: its directory, each container's name and record.
+fn containers(pod: &Path) -> Vec<(PathBuf, String, podrunner::process::Record)> {
     std::fs::read_dir(pod)
         .into_iter()
         .flatten()
@@ -174,7 +179,8 @@ fn containers(pod: &Path) -> Vec<podrunner::process::Record> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let container = name.strip_suffix(".pid")?.to_owned();
-            podrunner::process::record(pod, &container)
+            let record = podrunner::process::record(pod, &container)?;
+            Some((pod.to_owned(), container, record))
         })
         .collect()
 }

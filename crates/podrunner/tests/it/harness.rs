@@ -9,11 +9,16 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, PostParams};
+use podrunner::runtime::{Oci, Runtime};
+use registry::image::ImageCache;
+use registry::registries::Registries;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 /// The image every test pod uses: `command: ["sh", "-c", SCRIPT]` runs SCRIPT.
 pub const SH: &str = "test/sh:1";
+/// The image sandboxed test pods use: busybox, from the local registry (`make registry`).
+pub const TOOLBOX: &str = "127.0.0.1:5000/kubevirt-rs/toolbox:devel";
 pub const NODE: &str = "node-a";
 
 pub struct Cluster {
@@ -23,6 +28,8 @@ pub struct Cluster {
     pub scratch: tempfile::TempDir,
     /// The log endpoint's port of the running runner.
     pub log_port: u16,
+    /// Runs pods in runc instead of as host processes; runc's state directory.
+    sandbox: Option<tempfile::TempDir>,
     runner: Option<JoinHandle<anyhow::Result<()>>>,
     server: JoinHandle<()>,
 }
@@ -31,6 +38,14 @@ impl Cluster {
     /// An API server, and a runner on it.
     pub async fn start() -> Self {
         let mut cluster = Self::without_runner().await;
+        cluster.start_runner();
+        cluster
+    }
+
+    /// An API server, and a runner on it that runs pods in runc from their images.
+    pub async fn sandboxed() -> Self {
+        let mut cluster = Self::without_runner().await;
+        cluster.sandbox = Some(tempfile::tempdir().unwrap());
         cluster.start_runner();
         cluster
     }
@@ -57,6 +72,7 @@ impl Cluster {
             state: tempfile::tempdir().unwrap(),
             scratch: tempfile::tempdir().unwrap(),
             log_port: 0,
+            sandbox: None,
             runner: None,
             server,
         }
@@ -70,7 +86,7 @@ impl Cluster {
             node_name: NODE.to_owned(),
             node_ip: "127.0.0.1".to_owned(),
             state_dir: self.state.path().to_owned(),
-            images: BTreeMap::from([(SH.to_owned(), PathBuf::from("/bin/sh"))]),
+            runtime: self.runtime(),
             env: BTreeMap::from([(
                 "KUBEVIRT_RS_SCRATCH".to_owned(),
                 self.scratch.path().display().to_string(),
@@ -79,6 +95,27 @@ impl Cluster {
             log_listener: listener,
         };
         self.runner = Some(tokio::spawn(podrunner::run(self.client.clone(), config)));
+    }
+
+    fn runtime(&self) -> Runtime {
+        let Some(sandbox) = &self.sandbox else {
+            return Runtime::Process {
+                images: BTreeMap::from([(SH.to_owned(), PathBuf::from("/bin/sh"))]),
+            };
+        };
+        // The node's image cache, shared by every test: the toolbox is pulled once.
+        let cache = std::env::var_os("KUBEVIRT_RS_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kubevirt-rs")
+            })
+            .join("images");
+        Runtime::Oci(Oci {
+            runc: PathBuf::from("runc"),
+            shim: PathBuf::from(env!("CARGO_BIN_EXE_kubevirt-rs-shim")),
+            state: sandbox.path().to_owned(),
+            images: ImageCache::new(cache, Registries::default()),
+        })
     }
 
     /// Drops the runner's future, as a crash of the server would end it.
@@ -115,7 +152,19 @@ impl Cluster {
 
     /// Polls the pod until `ok` holds (10 s at most).
     pub async fn wait_pod(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_pod_for(name, what, Duration::from_secs(10), ok)
+            .await
+    }
+
+    /// Polls the pod until `ok` holds, `limit` at most.
+    pub async fn wait_pod_for(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
         loop {
             let pod = self.pods().get_opt(name).await.unwrap();
             let pod = serde_json::to_value(&pod).unwrap();
@@ -129,6 +178,12 @@ impl Cluster {
 
     pub async fn wait_phase(&self, name: &str, phase: &str) -> Value {
         self.wait_pod(name, phase, |p| p["status"]["phase"] == phase)
+            .await
+    }
+
+    /// Waits for `phase` up to `limit` (the first pull of an image takes a while).
+    pub async fn wait_phase_for(&self, name: &str, phase: &str, limit: Duration) -> Value {
+        self.wait_pod_for(name, phase, limit, |p| p["status"]["phase"] == phase)
             .await
     }
 
@@ -156,13 +211,14 @@ impl Drop for Cluster {
         self.server.abort();
         // Leave no test process behind, whatever the test's outcome.
         let cgroups = podrunner::cgroup::Cgroups::default();
+        let runtime = self.runtime();
         for entry in std::fs::read_dir(self.state.path())
             .into_iter()
             .flatten()
             .flatten()
         {
             let uid = entry.file_name().to_string_lossy().into_owned();
-            podrunner::pods::remove_pod_state(&entry.path(), &uid, &cgroups);
+            podrunner::pods::remove_pod_state(&entry.path(), &uid, &cgroups, &runtime);
         }
     }
 }
@@ -173,7 +229,8 @@ pub fn running(pid: i32) -> bool {
         .is_ok_and(|s| !s[s.rfind(')').unwrap() + 1..].trim_start().starts_with('Z'))
 }
 
-fn merge(into: &mut Value, from: Value) {
+/// Merges `from` into `into`, objects key by key; anything else is replaced.
+pub fn merge(into: &mut Value, from: Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {

@@ -9,3 +9,4 @@ mod logs;
 mod node;
 mod pods;
 mod restart;
+mod sandbox;

@@ -6,11 +6,13 @@
 //! 3. Otherwise try each endpoint from [`Registries`] in order: fetch the manifest (an index
 //!    resolves to linux/amd64), stream every layer to a temporary file (the client checks
 //!    the digest), unpack the layers in order into a temporary tree, then rename it into
-//!    place, so concurrent launchers never see half a tree.
+//!    place, so concurrent launchers never see half a tree. The image's configuration
+//!    (entrypoint, environment, user) is kept beside it as `trees/<digest>.config.json`.
 
 use std::path::{Path, PathBuf};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+pub use oci_client::config::{Config as ImageConfig, ConfigFile};
 use oci_client::manifest::{IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -118,6 +120,11 @@ impl ImageCache {
 
     /// Ensures `image` is unpacked in the cache and returns the root of its tree.
     pub async fn ensure(&self, image: &str, policy: PullPolicy) -> Result<PathBuf, ImageError> {
+        Ok(self.pull(image, policy).await?.tree)
+    }
+
+    /// Ensures `image` is unpacked in the cache; returns its tree and its configuration.
+    pub async fn pull(&self, image: &str, policy: PullPolicy) -> Result<Pulled, ImageError> {
         let reference =
             ImageRef::parse(image).ok_or_else(|| ImageError::InvalidReference(image.to_owned()))?;
         let ref_file = self
@@ -127,9 +134,11 @@ impl ImageCache {
         if policy != PullPolicy::Always {
             if let Ok(digest) = std::fs::read_to_string(&ref_file) {
                 let tree = self.root.join("trees").join(escape(digest.trim()));
-                if tree.is_dir() {
+                if tree.is_dir()
+                    && let Some(config) = read_config(&tree)
+                {
                     debug!(image, digest = digest.trim(), "image cached");
-                    return Ok(tree);
+                    return Ok(Pulled { tree, config });
                 }
             }
             if policy == PullPolicy::Never {
@@ -145,10 +154,10 @@ impl ImageCache {
             .endpoints(&reference.registry, &reference.repository)
         {
             match self.pull_from(&reference, &endpoint).await {
-                Ok((digest, tree)) => {
+                Ok((digest, tree, config)) => {
                     write_atomic(&ref_file, digest.as_bytes())
                         .map_err(|e| self.cache_err(&ref_file, e))?;
-                    return Ok(tree);
+                    return Ok(Pulled { tree, config });
                 }
                 Err(reason) => {
                     debug!(image, endpoint = endpoint.host, reason, "pull failed");
@@ -166,7 +175,7 @@ impl ImageCache {
         &self,
         reference: &ImageRef,
         endpoint: &Endpoint,
-    ) -> Result<(String, PathBuf), String> {
+    ) -> Result<(String, PathBuf, ConfigFile), String> {
         let protocol = if endpoint.plain_http {
             ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
         } else {
@@ -191,13 +200,19 @@ impl ImageCache {
             ),
         };
         let auth = RegistryAuth::Anonymous;
-        let (manifest, digest) = client
-            .pull_image_manifest(&target, &auth)
+        let (manifest, digest, config_json) = client
+            .pull_manifest_and_config(&target, &auth)
             .await
             .map_err(|e| e.to_string())?;
+        let config: ConfigFile = serde_json::from_str(&config_json)
+            .map_err(|e| format!("the image's configuration: {e}"))?;
         let tree = self.root.join("trees").join(escape(&digest));
+        let config_file = config_path(&tree);
+        if !config_file.is_file() {
+            write_atomic(&config_file, config_json.as_bytes()).map_err(|e| e.to_string())?;
+        }
         if tree.is_dir() {
-            return Ok((digest, tree));
+            return Ok((digest, tree, config));
         }
         let tmp = self.root.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
@@ -219,7 +234,7 @@ impl ImageCache {
         }
         let _ = std::fs::remove_dir_all(&staging);
         info!(image = %reference, digest, "image pulled");
-        Ok((digest, tree))
+        Ok((digest, tree, config))
     }
 
     /// Downloads and unpacks `layers` in order into `tree`, within the limits.
@@ -281,6 +296,26 @@ impl ImageCache {
             source,
         }
     }
+}
+
+/// An image in the cache.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The root of its unpacked tree.
+    pub tree: PathBuf,
+    /// Its configuration: entrypoint, command, environment, user, working directory.
+    pub config: ConfigFile,
+}
+
+/// Where the configuration of the image unpacked at `tree` is kept.
+fn config_path(tree: &Path) -> PathBuf {
+    let mut name = tree.file_name().unwrap_or_default().to_os_string();
+    name.push(".config.json");
+    tree.with_file_name(name)
+}
+
+fn read_config(tree: &Path) -> Option<ConfigFile> {
+    serde_json::from_slice(&std::fs::read(config_path(tree)).ok()?).ok()
 }
 
 /// The disk image of a containerDisk: `path` inside the image, else the first file

@@ -1,0 +1,770 @@
+//! Containers in an OCI runtime: the bundle a container runs from, decided without I/O
+//! ([`bundle_spec`]), and its seccomp profile ([`runtime_default_seccomp`]).
+//!
+//! What a pod gets, as a kubelet with containerd would give it:
+//! - the image's root filesystem, read-only when `readOnlyRootFilesystem` says so,
+//!   otherwise an overlay whose upper layer belongs to the container (see [`crate::pods`]);
+//! - new mount, PID, IPC, UTS and cgroup namespaces; the node's network for now (every
+//!   pod's IP is the node's);
+//! - the command as Kubernetes composes it from the image's `Entrypoint` and `Cmd` and the
+//!   container's `command` and `args`, `$(VAR)` expanded; the image's `Env`, then `env`;
+//! - the user from `runAsUser`/`runAsGroup` (container over pod), else the image's
+//!   `User`; `runAsNonRoot` refused for root; `supplementalGroups` and `fsGroup`;
+//! - containerd's default capabilities, with `drop` and `add` applied; a non-root process
+//!   keeps them only in its bounding set, as the kernel does for a non-root exec;
+//!   `no_new_privs` always;
+//! - seccomp: `RuntimeDefault` (also when nothing is said); `Unconfined` and `Localhost`
+//!   are refused;
+//! - cgroup limits from the container's `limits` (memory and CPU), on cgroup v1 or v2 as
+//!   the runtime finds them;
+//! - the pod's `emptyDir` volumes, nothing else of the node.
+//!
+//! Refused with a reason (the container waits with `CreateContainerConfigError`):
+//! privileged containers, `hostPath` and every other volume type, `subPath`, relative or
+//! unclean mount paths.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, Pod, SecurityContext};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg,
+    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use registry::image::ImageConfig;
+
+use crate::spec::{self, Host, Refusal};
+
+/// The capabilities a container gets unless it drops them: containerd's defaults.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// The CFS period CPU limits are written with, in microseconds.
+const CPU_PERIOD: u64 = 100_000;
+
+/// Where one container's pieces are on the node.
+#[derive(Debug, Clone)]
+pub struct Paths<'a> {
+    /// The root filesystem the runtime mounts: the image's tree, or its overlay.
+    pub rootfs: &'a Path,
+    /// Per `emptyDir` volume name, its directory on the node.
+    pub empty_dirs: &'a BTreeMap<String, PathBuf>,
+    /// The container's cgroup, relative to the hierarchy's root.
+    pub cgroup: &'a str,
+}
+
+/// Why the pod's volumes cannot be given: `None` when every volume is an `emptyDir`.
+pub fn unsupported_volumes(pod: &Pod) -> Option<Refusal> {
+    let volumes = pod.spec.as_ref()?.volumes.as_ref()?;
+    let other = volumes.iter().find(|v| v.empty_dir.is_none())?;
+    Some(Refusal::Config(format!(
+        "volume {:?}: the kubevirt-rs pod runner gives pods emptyDir volumes only",
+        other.name
+    )))
+}
+
+/// Whether the container's root filesystem is read-only.
+pub fn read_only_root(c: &Container) -> bool {
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.read_only_root_filesystem)
+        .unwrap_or(false)
+}
+
+/// The runtime configuration of container `c` of `pod`, or why it cannot run.
+pub fn bundle_spec(
+    pod: &Pod,
+    c: &Container,
+    image: &ImageConfig,
+    passwd: &str,
+    host: &Host<'_>,
+    paths: &Paths<'_>,
+) -> Result<Spec, Refusal> {
+    let pod_spec = pod.spec.clone().unwrap_or_default();
+    let pod_security = pod_spec.security_context.clone().unwrap_or_default();
+    let security = c.security_context.clone().unwrap_or_default();
+    if security.privileged == Some(true) {
+        return Err(Refusal::Config(
+            "privileged containers are not run by the kubevirt-rs pod runner".into(),
+        ));
+    }
+    seccomp(&security, pod_security.seccomp_profile.as_ref())?;
+
+    // The environment and the command line, as Kubernetes composes them.
+    let image_env: BTreeMap<String, String> = image
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let (env, defined) = spec::environment(pod, c, host, &image_env)?;
+    let mut argv: Vec<String> = match (&c.command, &c.args) {
+        (Some(command), args) => command
+            .iter()
+            .chain(args.iter().flatten())
+            .cloned()
+            .collect(),
+        (None, Some(args)) => image
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(args)
+            .cloned()
+            .collect(),
+        (None, None) => image
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(image.cmd.iter().flatten())
+            .cloned()
+            .collect(),
+    };
+    argv = argv
+        .iter()
+        .map(|a| spec::expand(a, |n| defined.get(n).cloned()))
+        .collect();
+    if argv.is_empty() {
+        return Err(Refusal::Config(
+            "no command: neither the container nor its image names one".into(),
+        ));
+    }
+
+    // The user.
+    let (image_uid, image_gid) = image_user(image.user.as_deref(), passwd)?;
+    let uid = security
+        .run_as_user
+        .or(pod_security.run_as_user)
+        .map_or(Ok(image_uid), |u| {
+            u32::try_from(u).map_err(|_| bad_id("runAsUser", u))
+        })?;
+    let gid = match security.run_as_group.or(pod_security.run_as_group) {
+        Some(g) => u32::try_from(g).map_err(|_| bad_id("runAsGroup", g))?,
+        None if security.run_as_user.or(pod_security.run_as_user).is_some() => {
+            primary_group(passwd, uid).unwrap_or(0)
+        }
+        None => image_gid,
+    };
+    let non_root = security.run_as_non_root.or(pod_security.run_as_non_root) == Some(true);
+    if non_root && uid == 0 {
+        return Err(Refusal::Config(
+            "container has runAsNonRoot and image will run as root".into(),
+        ));
+    }
+    let mut groups: Vec<u32> = Vec::new();
+    for g in pod_security
+        .supplemental_groups
+        .iter()
+        .flatten()
+        .chain(pod_security.fs_group.iter())
+    {
+        groups.push(u32::try_from(*g).map_err(|_| bad_id("supplementalGroups", *g))?);
+    }
+    let user = UserBuilder::default()
+        .uid(uid)
+        .gid(gid)
+        .additional_gids(groups)
+        .build()
+        .map_err(config_error)?;
+
+    let caps = capabilities(&security)?;
+    let mut process_caps = oci_spec::runtime::LinuxCapabilities::default();
+    process_caps.set_bounding(Some(caps.clone()));
+    let granted = if uid == 0 { caps } else { HashSet::new() };
+    process_caps.set_effective(Some(granted.clone()));
+    process_caps.set_permitted(Some(granted));
+    process_caps.set_inheritable(Some(HashSet::new()));
+    process_caps.set_ambient(Some(HashSet::new()));
+
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| image.working_dir.clone())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(Refusal::Config(format!(
+            "workingDir {cwd:?} is not an absolute path"
+        )));
+    }
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(argv)
+        .env(
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )
+        .cwd(cwd)
+        .no_new_privileges(true)
+        .capabilities(process_caps)
+        .build()
+        .map_err(config_error)?;
+
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    mounts.extend(volume_mounts(c, paths.empty_dirs)?);
+
+    let (memory, cpu) = crate::cgroup::container_limits(c);
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(bytes) = memory {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .swap(bytes)
+                .build()
+                .map_err(config_error)?,
+        );
+    }
+    if let Some(millis) = cpu {
+        let quota = i64::try_from(millis.saturating_mul(CPU_PERIOD) / 1000).unwrap_or(i64::MAX);
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(CPU_PERIOD)
+                .build()
+                .map_err(config_error)?,
+        );
+    }
+    let namespaces: Vec<LinuxNamespace> = oci_spec::runtime::get_default_namespaces()
+        .into_iter()
+        // The node's network, until pods have their own (see the module's documentation).
+        .filter(|n| n.typ() != LinuxNamespaceType::Network)
+        .collect();
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build().map_err(config_error)?)
+        .cgroups_path(PathBuf::from(paths.cgroup))
+        .masked_paths(oci_spec::runtime::get_default_maskedpaths())
+        .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
+        .seccomp(runtime_default_seccomp())
+        .build()
+        .map_err(config_error)?;
+    let hostname = pod_spec
+        .hostname
+        .clone()
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default()
+        .chars()
+        .take(63)
+        .collect::<String>();
+    let root = RootBuilder::default()
+        .path(paths.rootfs)
+        .readonly(read_only_root(c))
+        .build()
+        .map_err(config_error)?;
+    let mut spec = Spec::default();
+    spec.set_process(Some(process));
+    spec.set_root(Some(root));
+    spec.set_hostname(Some(hostname));
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+fn config_error(e: oci_spec::OciSpecError) -> Refusal {
+    Refusal::Config(format!("runtime configuration: {e}"))
+}
+
+fn bad_id(field: &str, value: i64) -> Refusal {
+    Refusal::Config(format!("{field} {value} is not a valid id"))
+}
+
+/// Only the runtime's default profile is offered.
+fn seccomp(
+    security: &SecurityContext,
+    pod: Option<&k8s_openapi::api::core::v1::SeccompProfile>,
+) -> Result<(), Refusal> {
+    let profile = security.seccomp_profile.as_ref().or(pod);
+    match profile.map(|p| p.type_.as_str()) {
+        None | Some("RuntimeDefault") => Ok(()),
+        Some(other) => Err(Refusal::Config(format!(
+            "seccompProfile {other}: the kubevirt-rs pod runner runs every container under RuntimeDefault"
+        ))),
+    }
+}
+
+/// containerd's defaults, then `drop` (`ALL` drops every one), then `add`.
+fn capabilities(security: &SecurityContext) -> Result<HashSet<Capability>, Refusal> {
+    let parse = |name: &str| {
+        let plain = name.strip_prefix("CAP_").unwrap_or(name);
+        plain
+            .parse::<Capability>()
+            .map_err(|_| Refusal::Config(format!("capability {name:?} is not known")))
+    };
+    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES
+        .iter()
+        .map(|c| parse(c))
+        .collect::<Result<_, _>>()?;
+    let asked = security.capabilities.clone().unwrap_or_default();
+    for name in asked.drop.iter().flatten() {
+        if name == "ALL" {
+            caps.clear();
+        } else {
+            caps.remove(&parse(name)?);
+        }
+    }
+    for name in asked.add.iter().flatten() {
+        caps.insert(parse(name)?);
+    }
+    Ok(caps)
+}
+
+/// The image's `User`: `uid`, `uid:gid`, or names looked up in the image's `/etc/passwd`
+/// (`passwd`); root when unset.
+fn image_user(user: Option<&str>, passwd: &str) -> Result<(u32, u32), Refusal> {
+    let user = user.unwrap_or_default();
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (name, group) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| {
+            f.first() == Some(&name) || (f.get(2) == Some(&name) && name.parse::<u32>().is_ok())
+        });
+    let uid = match name.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => entry
+            .as_ref()
+            .and_then(|f| f.get(2)?.parse().ok())
+            .ok_or_else(|| {
+                Refusal::Config(format!(
+                    "the image's user {name:?} is not in its /etc/passwd"
+                ))
+            })?,
+    };
+    let gid = match group {
+        Some(g) => g
+            .parse::<u32>()
+            .map_err(|_| Refusal::Config(format!("the image's group {g:?} is not a number")))?,
+        None => entry.and_then(|f| f.get(3)?.parse().ok()).unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+/// The primary group of `uid` in an `/etc/passwd`.
+fn primary_group(passwd: &str, uid: u32) -> Option<u32> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f.get(3)?.parse().ok())?
+    })
+}
+
+/// The container's volume mounts: each an `emptyDir` of the pod, at a clean absolute path.
+fn volume_mounts(
+    c: &Container,
+    empty_dirs: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<Mount>, Refusal> {
+    let mut mounts = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        // Plain names below the root (a trailing slash aside): no `.`, `..` or empty step.
+        let trimmed = m.mount_path.trim_end_matches('/');
+        let clean = m.mount_path.starts_with('/')
+            && trimmed
+                .split('/')
+                .skip(1)
+                .all(|step| !step.is_empty() && step != "." && step != "..")
+            && !trimmed.is_empty();
+        if !clean {
+            return Err(Refusal::Config(format!(
+                "volumeMount {:?}: mountPath {:?} is not a clean absolute path",
+                m.name, m.mount_path
+            )));
+        }
+        if m.sub_path.as_deref().is_some_and(|s| !s.is_empty())
+            || m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty())
+        {
+            return Err(Refusal::Config(format!(
+                "volumeMount {:?}: subPath is not supported by the kubevirt-rs pod runner",
+                m.name
+            )));
+        }
+        let source = empty_dirs.get(&m.name).ok_or_else(|| {
+            Refusal::Config(format!(
+                "volumeMount {:?}: the pod has no such emptyDir volume",
+                m.name
+            ))
+        })?;
+        let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
+        options.push(
+            if m.read_only == Some(true) {
+                "ro"
+            } else {
+                "rw"
+            }
+            .to_owned(),
+        );
+        mounts.push(
+            MountBuilder::default()
+                .destination(&m.mount_path)
+                .typ("bind")
+                .source(source)
+                .options(options)
+                .build()
+                .map_err(config_error)?,
+        );
+    }
+    Ok(mounts)
+}
+
+/// The system calls `RuntimeDefault` refuses (with `EPERM`): those Docker's and
+/// containerd's default profile leaves out, which reach the kernel's global state (modules,
+/// clocks, swap, reboot, keyrings, BPF, tracing other processes' memory), mount or change
+/// namespaces, or open files by handle.
+pub const REFUSED_SYSCALLS: [&str; 40] = [
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "umount2",
+];
+
+/// The profile `RuntimeDefault` means here: everything allowed except
+/// [`REFUSED_SYSCALLS`], `unshare`, and `clone` with a new user namespace.
+pub fn runtime_default_seccomp() -> LinuxSeccomp {
+    let refuse = |names: Vec<String>, args: Vec<LinuxSeccompArg>| {
+        let mut b = LinuxSyscallBuilder::default()
+            .names(names)
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::EPERM as u32);
+        if !args.is_empty() {
+            b = b.args(args);
+        }
+        b.build().expect("every field of the rule is set")
+    };
+    let arg = |index: usize, value: u64, two: u64, op: LinuxSeccompOperator| {
+        LinuxSeccompArgBuilder::default()
+            .index(index)
+            .value(value)
+            .value_two(two)
+            .op(op)
+            .build()
+            .expect("every field of the argument is set")
+    };
+    let new_user = libc::CLONE_NEWUSER as u64;
+    let syscalls = vec![
+        refuse(
+            REFUSED_SYSCALLS.iter().map(|s| (*s).to_owned()).collect(),
+            vec![],
+        ),
+        refuse(vec!["unshare".into()], vec![]),
+        refuse(
+            vec!["clone".into()],
+            vec![arg(
+                0,
+                new_user,
+                new_user,
+                LinuxSeccompOperator::ScmpCmpMaskedEq,
+            )],
+        ),
+        // clone3 passes its flags in memory a filter cannot read: refused with ENOSYS so
+        // libc falls back to clone, which the rule above checks.
+        LinuxSyscallBuilder::default()
+            .names(vec!["clone3".to_owned()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::ENOSYS as u32)
+            .build()
+            .expect("every field of the rule is set"),
+    ];
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![
+            oci_spec::runtime::Arch::ScmpArchX86_64,
+            oci_spec::runtime::Arch::ScmpArchX86,
+            oci_spec::runtime::Arch::ScmpArchX32,
+        ])
+        .syscalls(syscalls)
+        .build()
+        .expect("every field of the profile is set")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(container: serde_json::Value, spec: serde_json::Value) -> Pod {
+        let mut s = json!({"containers": [container]});
+        if let (Some(a), serde_json::Value::Object(b)) = (s.as_object_mut(), spec) {
+            a.extend(b);
+        }
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u"}, "spec": s}),
+        )
+        .unwrap()
+    }
+
+    fn image(config: serde_json::Value) -> ImageConfig {
+        serde_json::from_value(config).unwrap()
+    }
+
+    const PASSWD: &str = "root:x:0:0::/:/bin/sh\nqemu:x:107:108::/:/bin/sh\n";
+
+    fn spec_of(p: &Pod, i: &ImageConfig) -> Result<Spec, Refusal> {
+        let env = BTreeMap::new();
+        let images = BTreeMap::new();
+        let host = Host {
+            node_name: "n",
+            node_ip: "127.0.0.1",
+            images: &images,
+            env: &env,
+        };
+        let empty_dirs = BTreeMap::from([("data".to_owned(), PathBuf::from("/node/data"))]);
+        let paths = Paths {
+            rootfs: Path::new("/node/rootfs"),
+            empty_dirs: &empty_dirs,
+            cgroup: "/k/pod/c",
+        };
+        bundle_spec(
+            p,
+            &p.spec.as_ref().unwrap().containers[0],
+            i,
+            PASSWD,
+            &host,
+            &paths,
+        )
+    }
+
+    fn args(s: &Spec) -> Vec<String> {
+        s.process().as_ref().unwrap().args().clone().unwrap()
+    }
+
+    #[test]
+    fn the_command_is_composed_as_kubernetes_composes_it() {
+        let i = image(json!({"Entrypoint": ["/ep"], "Cmd": ["default"]}));
+        let run = |c| args(&spec_of(&pod(c, json!({})), &i).unwrap());
+        assert_eq!(run(json!({"name": "c"})), ["/ep", "default"]);
+        assert_eq!(run(json!({"name": "c", "args": ["x"]})), ["/ep", "x"]);
+        assert_eq!(run(json!({"name": "c", "command": ["/bin/x"]})), ["/bin/x"]);
+        assert_eq!(
+            run(
+                json!({"name": "c", "command": ["/bin/x"], "args": ["$(A)"], "env": [{"name": "A", "value": "1"}]})
+            ),
+            ["/bin/x", "1"]
+        );
+        let err = spec_of(&pod(json!({"name": "c"}), json!({})), &image(json!({}))).unwrap_err();
+        assert!(err.to_string().contains("no command"), "{err}");
+    }
+
+    #[test]
+    fn the_user_comes_from_the_security_context_or_the_image() {
+        let user = |c, spec, i: &ImageConfig| {
+            let s = spec_of(&pod(c, spec), i).unwrap();
+            let u = s.process().as_ref().unwrap().user().clone();
+            (u.uid(), u.gid())
+        };
+        let sh = json!({"name": "c", "command": ["sh"]});
+        assert_eq!(user(sh.clone(), json!({}), &image(json!({}))), (0, 0));
+        assert_eq!(
+            user(sh.clone(), json!({}), &image(json!({"User": "qemu"}))),
+            (107, 108)
+        );
+        assert_eq!(
+            user(sh.clone(), json!({}), &image(json!({"User": "5:6"}))),
+            (5, 6)
+        );
+        let pod_level = json!({"securityContext": {"runAsUser": 107}});
+        assert_eq!(user(sh.clone(), pod_level, &image(json!({}))), (107, 108));
+        let both = json!({"name": "c", "command": ["sh"], "securityContext": {"runAsUser": 9, "runAsGroup": 10}});
+        assert_eq!(
+            user(
+                both,
+                json!({"securityContext": {"runAsUser": 107}}),
+                &image(json!({}))
+            ),
+            (9, 10)
+        );
+        let err = spec_of(&pod(sh, json!({})), &image(json!({"User": "nobody"}))).unwrap_err();
+        assert!(err.to_string().contains("\"nobody\""), "{err}");
+    }
+
+    #[test]
+    fn capabilities_are_containerds_with_drop_and_add_and_none_effective_for_non_root() {
+        let caps = |c| {
+            let s = spec_of(&pod(c, json!({})), &image(json!({}))).unwrap();
+            s.process()
+                .as_ref()
+                .unwrap()
+                .capabilities()
+                .clone()
+                .unwrap()
+        };
+        let root = caps(json!({"name": "c", "command": ["sh"]}));
+        assert_eq!(
+            root.bounding().as_ref().unwrap().len(),
+            DEFAULT_CAPABILITIES.len()
+        );
+        assert_eq!(root.effective(), root.bounding());
+        let user = caps(
+            json!({"name": "c", "command": ["sh"], "securityContext": {"runAsUser": 107,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}}),
+        );
+        assert_eq!(
+            user.bounding().as_ref().unwrap().iter().collect::<Vec<_>>(),
+            [&Capability::NetAdmin]
+        );
+        assert!(user.effective().as_ref().unwrap().is_empty());
+        let err = spec_of(
+            &pod(json!({"name": "c", "command": ["sh"], "securityContext": {"capabilities": {"add": ["BOGUS"]}}}), json!({})),
+            &image(json!({})),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("BOGUS"), "{err}");
+    }
+
+    #[test]
+    fn what_would_weaken_the_sandbox_is_refused_with_a_reason() {
+        let refused = |c, spec| {
+            spec_of(&pod(c, spec), &image(json!({})))
+                .unwrap_err()
+                .to_string()
+        };
+        let c = |extra: serde_json::Value| {
+            let mut c = json!({"name": "c", "command": ["sh"]});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            c
+        };
+        assert!(
+            refused(
+                c(json!({"securityContext": {"privileged": true}})),
+                json!({})
+            )
+            .contains("privileged")
+        );
+        assert!(
+            refused(
+                c(json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}})),
+                json!({})
+            )
+            .contains("RuntimeDefault")
+        );
+        assert!(
+            refused(
+                c(json!({"securityContext": {"runAsNonRoot": true}})),
+                json!({})
+            )
+            .contains("runAsNonRoot")
+        );
+        for path in ["relative", "/a/../etc", "/a/./b", "/", "//etc"] {
+            let m = c(json!({"volumeMounts": [{"name": "data", "mountPath": path}]}));
+            assert!(
+                refused(m, json!({})).contains("clean absolute path"),
+                "{path}"
+            );
+        }
+        let sub =
+            c(json!({"volumeMounts": [{"name": "data", "mountPath": "/d", "subPath": "../.."}]}));
+        assert!(refused(sub, json!({})).contains("subPath"));
+        let other = c(json!({"volumeMounts": [{"name": "other", "mountPath": "/d"}]}));
+        assert!(refused(other, json!({})).contains("no such emptyDir"));
+        let host = pod(
+            c(json!({})),
+            json!({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}),
+        );
+        assert!(
+            unsupported_volumes(&host)
+                .unwrap()
+                .to_string()
+                .contains("emptyDir volumes only")
+        );
+    }
+
+    #[test]
+    fn the_bundle_keeps_the_node_network_and_takes_the_other_namespaces() {
+        let s = spec_of(
+            &pod(
+                json!({"name": "c", "command": ["sh"],
+            "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}}),
+                json!({}),
+            ),
+            &image(json!({})),
+        )
+        .unwrap();
+        let linux = s.linux().as_ref().unwrap();
+        let kinds: Vec<LinuxNamespaceType> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        for kind in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+        ] {
+            assert!(kinds.contains(&kind), "{kind:?}");
+        }
+        assert!(!kinds.contains(&LinuxNamespaceType::Network));
+        let resources = linux.resources().as_ref().unwrap();
+        assert_eq!(resources.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(resources.cpu().as_ref().unwrap().quota(), Some(25_000));
+        assert!(s.process().as_ref().unwrap().no_new_privileges().unwrap());
+        assert!(linux.seccomp().is_some());
+    }
+}
