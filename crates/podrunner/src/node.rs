@@ -107,11 +107,15 @@ impl Agent {
             json!({"type": kind, "status": status, "reason": reason, "message": message,
                    "lastHeartbeatTime": now, "lastTransitionTime": since})
         };
-        let resources = json!({
+        let mut resources = json!({
             "cpu": std::thread::available_parallelism().map_or(1, |n| n.get()).to_string(),
             "memory": memory(),
             "pods": MAX_PODS,
         });
+        // What upstream's device plugin advertises for /dev/kvm (see crate::oci::DEVICES).
+        if std::path::Path::new("/dev/kvm").exists() {
+            resources["devices.kubevirt.io/kvm"] = json!("1k");
+        }
         json!({
             "addresses": [
                 {"type": "InternalIP", "address": self.ip},

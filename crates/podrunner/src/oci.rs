@@ -17,7 +17,10 @@
 //!   are refused;
 //! - cgroup limits from the container's `limits` (memory and CPU), on cgroup v1 or v2 as
 //!   the runtime finds them;
-//! - the pod's `emptyDir` volumes, nothing else of the node.
+//! - the pod's `emptyDir` volumes, and its `image` volumes (read-only, as Kubernetes'
+//!   image volumes), nothing else of the node;
+//! - `/dev/kvm` when the container's limits ask for `devices.kubevirt.io/kvm`, the
+//!   resource upstream's device plugin offers ([`DEVICES`]).
 //!
 //! Refused with a reason (the container waits with `CreateContainerConfigError`):
 //! privileged containers, `hostPath` and every other volume type, `subPath`, relative or
@@ -28,10 +31,11 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, SecurityContext};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg,
-    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxResourcesBuilder,
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, UserBuilder,
 };
 use registry::image::ImageConfig;
 
@@ -55,6 +59,10 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
     "AUDIT_WRITE",
 ];
 
+/// Devices a container gets by asking for the resource in its limits, as upstream's
+/// device plugins hand them out: (resource, path, major, minor).
+pub const DEVICES: [(&str, &str, i64, i64); 1] = [("devices.kubevirt.io/kvm", "/dev/kvm", 10, 232)];
+
 /// The CFS period CPU limits are written with, in microseconds.
 const CPU_PERIOD: u64 = 100_000;
 
@@ -63,18 +71,22 @@ const CPU_PERIOD: u64 = 100_000;
 pub struct Paths<'a> {
     /// The root filesystem the runtime mounts: the image's tree, or its overlay.
     pub rootfs: &'a Path,
-    /// Per `emptyDir` volume name, its directory on the node.
-    pub empty_dirs: &'a BTreeMap<String, PathBuf>,
+    /// Per volume name, its directory on the node and whether it is read-only (an
+    /// `emptyDir` is not, an `image` volume is).
+    pub volumes: &'a BTreeMap<String, (PathBuf, bool)>,
     /// The container's cgroup, relative to the hierarchy's root.
     pub cgroup: &'a str,
 }
 
-/// Why the pod's volumes cannot be given: `None` when every volume is an `emptyDir`.
+/// Why the pod's volumes cannot be given: `None` when every volume is an `emptyDir` or
+/// an `image`.
 pub fn unsupported_volumes(pod: &Pod) -> Option<Refusal> {
     let volumes = pod.spec.as_ref()?.volumes.as_ref()?;
-    let other = volumes.iter().find(|v| v.empty_dir.is_none())?;
+    let other = volumes
+        .iter()
+        .find(|v| v.empty_dir.is_none() && v.image.is_none())?;
     Some(Refusal::Config(format!(
-        "volume {:?}: the kubevirt-rs pod runner gives pods emptyDir volumes only",
+        "volume {:?}: the kubevirt-rs pod runner gives pods emptyDir and image volumes only",
         other.name
     )))
 }
@@ -221,7 +233,7 @@ pub fn bundle_spec(
         .map_err(config_error)?;
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
-    mounts.extend(volume_mounts(c, paths.empty_dirs)?);
+    mounts.extend(volume_mounts(c, paths.volumes)?);
 
     let (memory, cpu) = crate::cgroup::container_limits(c);
     let mut resources = LinuxResourcesBuilder::default();
@@ -245,6 +257,38 @@ pub fn bundle_spec(
                 .map_err(config_error)?,
         );
     }
+    let asked = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let mut devices = Vec::new();
+    let mut device_rules = Vec::new();
+    for (resource, path, major, minor) in DEVICES {
+        if asked.is_some_and(|l| l.contains_key(resource)) {
+            devices.push(
+                LinuxDeviceBuilder::default()
+                    .path(path)
+                    .typ(LinuxDeviceType::C)
+                    .major(major)
+                    .minor(minor)
+                    .file_mode(0o666u32)
+                    .uid(0u32)
+                    .gid(0u32)
+                    .build()
+                    .map_err(config_error)?,
+            );
+            device_rules.push(
+                LinuxDeviceCgroupBuilder::default()
+                    .allow(true)
+                    .typ(LinuxDeviceType::C)
+                    .major(major)
+                    .minor(minor)
+                    .access("rwm")
+                    .build()
+                    .map_err(config_error)?,
+            );
+        }
+    }
+    if !device_rules.is_empty() {
+        resources = resources.devices(device_rules);
+    }
     let namespaces: Vec<LinuxNamespace> = oci_spec::runtime::get_default_namespaces()
         .into_iter()
         // The node's network, until pods have their own (see the module's documentation).
@@ -254,6 +298,7 @@ pub fn bundle_spec(
         .namespaces(namespaces)
         .resources(resources.build().map_err(config_error)?)
         .cgroups_path(PathBuf::from(paths.cgroup))
+        .devices(devices)
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
         .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
         .seccomp(runtime_default_seccomp())
@@ -374,10 +419,10 @@ fn primary_group(passwd: &str, uid: u32) -> Option<u32> {
     })
 }
 
-/// The container's volume mounts: each an `emptyDir` of the pod, at a clean absolute path.
+/// The container's volume mounts: each a volume of the pod, at a clean absolute path.
 fn volume_mounts(
     c: &Container,
-    empty_dirs: &BTreeMap<String, PathBuf>,
+    volumes: &BTreeMap<String, (PathBuf, bool)>,
 ) -> Result<Vec<Mount>, Refusal> {
     let mut mounts = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
@@ -403,21 +448,15 @@ fn volume_mounts(
                 m.name
             )));
         }
-        let source = empty_dirs.get(&m.name).ok_or_else(|| {
+        let (source, read_only) = volumes.get(&m.name).ok_or_else(|| {
             Refusal::Config(format!(
-                "volumeMount {:?}: the pod has no such emptyDir volume",
+                "volumeMount {:?}: the pod has no such volume",
                 m.name
             ))
         })?;
         let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
-        options.push(
-            if m.read_only == Some(true) {
-                "ro"
-            } else {
-                "rw"
-            }
-            .to_owned(),
-        );
+        let ro = *read_only || m.read_only == Some(true);
+        options.push(if ro { "ro" } else { "rw" }.to_owned());
         mounts.push(
             MountBuilder::default()
                 .destination(&m.mount_path)
@@ -571,10 +610,10 @@ mod tests {
             images: &images,
             env: &env,
         };
-        let empty_dirs = BTreeMap::from([("data".to_owned(), PathBuf::from("/node/data"))]);
+        let volumes = BTreeMap::from([("data".to_owned(), (PathBuf::from("/node/data"), false))]);
         let paths = Paths {
             rootfs: Path::new("/node/rootfs"),
-            empty_dirs: &empty_dirs,
+            volumes: &volumes,
             cgroup: "/k/pod/c",
         };
         bundle_spec(
@@ -720,7 +759,7 @@ mod tests {
             c(json!({"volumeMounts": [{"name": "data", "mountPath": "/d", "subPath": "../.."}]}));
         assert!(refused(sub, json!({})).contains("subPath"));
         let other = c(json!({"volumeMounts": [{"name": "other", "mountPath": "/d"}]}));
-        assert!(refused(other, json!({})).contains("no such emptyDir"));
+        assert!(refused(other, json!({})).contains("no such volume"));
         let host = pod(
             c(json!({})),
             json!({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}),
@@ -729,7 +768,7 @@ mod tests {
             unsupported_volumes(&host)
                 .unwrap()
                 .to_string()
-                .contains("emptyDir volumes only")
+                .contains("emptyDir and image volumes only")
         );
     }
 

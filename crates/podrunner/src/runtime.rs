@@ -5,7 +5,8 @@
 //! of [`crate::process`]:
 //! - `volumes/kubernetes.io~empty-dir/<volume>/`: the pod's `emptyDir` volumes (the
 //!   kubelet's layout, so a component that finds a pod's sockets by its uid finds them
-//!   on a real node too);
+//!   on a real node too); `image` volumes are the image's tree in the node's cache,
+//!   mounted read-only;
 //! - `containers/<container>/`: the bundle (`config.json`), and for a writable root
 //!   filesystem the overlay's `upper/`, `work/` and its mount point `rootfs/`;
 //! - `<container>.init`: the container's first process and its start time, written by
@@ -111,11 +112,23 @@ impl Oci {
         let io = |what: &str, path: &Path, e: std::io::Error| {
             Refusal::Config(format!("{what} {}: {e}", path.display()))
         };
-        let mut empty_dirs = BTreeMap::new();
+        let mut volumes = BTreeMap::new();
         for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            let dir = empty_dir(pod_dir, &v.name);
-            make_shared_dir(&dir).map_err(|e| io("creating", &dir, e))?;
-            empty_dirs.insert(v.name.clone(), dir);
+            if let Some(source) = &v.image {
+                // An image volume: the image's tree from the node's cache, read-only.
+                let reference = source.reference.clone().unwrap_or_default();
+                let policy = PullPolicy::parse(source.pull_policy.as_deref());
+                let tree = self
+                    .images
+                    .ensure(&reference, policy)
+                    .await
+                    .map_err(|e| Refusal::Pull(format!("volume {:?}: {e}", v.name)))?;
+                volumes.insert(v.name.clone(), (tree, true));
+            } else {
+                let dir = empty_dir(pod_dir, &v.name);
+                make_shared_dir(&dir).map_err(|e| io("creating", &dir, e))?;
+                volumes.insert(v.name.clone(), (dir, false));
+            }
         }
         let bundle = container_dir(pod_dir, &c.name);
         std::fs::create_dir_all(&bundle).map_err(|e| io("creating", &bundle, e))?;
@@ -132,7 +145,7 @@ impl Oci {
         let cgroup = format!("{}/{}", pod_cgroup(&uid), c.name);
         let paths = oci::Paths {
             rootfs: &rootfs,
-            empty_dirs: &empty_dirs,
+            volumes: &volumes,
             cgroup: &cgroup,
         };
         let config = pulled.config.config.clone().unwrap_or_default();

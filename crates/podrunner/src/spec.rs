@@ -3,7 +3,8 @@
 //!
 //! Owns: the image -> program mapping, `command`/`args` (the first word of `command`
 //! names the image's program and is replaced by the mapped binary), and the environment
-//! (the runner's own variables, `POD_*`, then the container's `env`, which wins), with
+//! (the runner's own variables, `POD_*`, then the container's `env`, which wins except
+//! over the runner's `KUBEVIRT_RS_*`), with
 //! Kubernetes' `$(VAR)` references expanded ([`expand`]): in an `env` value to the
 //! container's variables defined before it, in `command` and `args` to all of them.
 //! Does not own: starting anything ([`crate::process`]).
@@ -125,7 +126,14 @@ fn launch(pod: &Pod, c: &Container, host: &Host<'_>) -> Result<Launch, Refusal> 
     ] {
         base.insert(k.to_owned(), v.clone().unwrap_or_default());
     }
-    let (ordered, defined) = environment(pod, c, host, &base)?;
+    let (mut ordered, defined) = environment(pod, c, host, &base)?;
+    // The node's own settings are not the pod's to change: a host process runs with the
+    // runner's `KUBEVIRT_RS_*` whatever its `env` says (in a sandbox the pod's `env` sets
+    // them for itself, such as its run directory on a volume).
+    for (k, v) in host.env.iter().filter(|(k, _)| k.starts_with("KUBEVIRT_RS_")) {
+        ordered.retain(|(name, _)| name != k);
+        ordered.push((k.clone(), v.clone()));
+    }
     let args = args
         .iter()
         .map(|a| expand(a, |n| defined.get(n).cloned()))
@@ -303,10 +311,12 @@ mod tests {
             {"name": "A", "value": "1"},
             {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "POD_NAME", "value": "mine"},
+            {"name": "KUBEVIRT_RS_RUN_DIR", "value": "/var/run/mine"},
         ]})))
         .unwrap();
         let env: BTreeMap<_, _> = l.env.iter().cloned().collect();
-        assert_eq!(env["KUBEVIRT_RS_RUN_DIR"], "/run/k");
+        assert_eq!(env["KUBEVIRT_RS_RUN_DIR"], "/run/k", "the node's setting stays");
+        assert_eq!(l.env.iter().filter(|(k, _)| k == "KUBEVIRT_RS_RUN_DIR").count(), 1);
         assert_eq!(env["POD_UID"], "u1");
         assert_eq!(env["POD_NAMESPACE"], "ns");
         assert_eq!(env["NS"], "ns");

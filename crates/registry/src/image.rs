@@ -2,12 +2,12 @@
 //!
 //! 1. Parse the reference (`kubevirt/cirros` means `docker.io/kubevirt/cirros:latest`).
 //! 2. Unless the pull policy is `Always`, a reference already in the cache is used as is:
-//!    `refs/<reference>` names the manifest digest whose unpacked tree is `trees/<digest>`.
+//!    `refs/<reference>` names the manifest digest whose unpacked tree is `unpacked/<digest>`.
 //! 3. Otherwise try each endpoint from [`Registries`] in order: fetch the manifest (an index
 //!    resolves to linux/amd64), stream every layer to a temporary file (the client checks
 //!    the digest), unpack the layers in order into a temporary tree, then rename it into
 //!    place, so concurrent launchers never see half a tree. The image's configuration
-//!    (entrypoint, environment, user) is kept beside it as `trees/<digest>.config.json`.
+//!    (entrypoint, environment, user) is kept beside it as `unpacked/<digest>.config.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,10 @@ mod reference;
 use tracing::{debug, info};
 
 use crate::registries::{Endpoint, Registries};
+
+/// The cache's directory of unpacked trees. (`trees/`, before owners were kept, is no
+/// longer read: its files all belong to root.)
+const TREES: &str = "unpacked";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -133,7 +137,7 @@ impl ImageCache {
             .join(reference_key(&reference.to_string()));
         if policy != PullPolicy::Always {
             if let Ok(digest) = std::fs::read_to_string(&ref_file) {
-                let tree = self.root.join("trees").join(escape(digest.trim()));
+                let tree = self.root.join(TREES).join(escape(digest.trim()));
                 if tree.is_dir()
                     && let Some(config) = read_config(&tree)
                 {
@@ -206,7 +210,7 @@ impl ImageCache {
             .map_err(|e| e.to_string())?;
         let config: ConfigFile = serde_json::from_str(&config_json)
             .map_err(|e| format!("the image's configuration: {e}"))?;
-        let tree = self.root.join("trees").join(escape(&digest));
+        let tree = self.root.join(TREES).join(escape(&digest));
         let config_file = config_path(&tree);
         if !config_file.is_file() {
             write_atomic(&config_file, config_json.as_bytes()).map_err(|e| e.to_string())?;
@@ -226,7 +230,7 @@ impl ImageCache {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
-        std::fs::create_dir_all(self.root.join("trees")).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(self.root.join(TREES)).map_err(|e| e.to_string())?;
         match std::fs::rename(&unpacked, &tree) {
             Ok(()) => {}
             Err(_) if tree.is_dir() => {} // another launcher won the race
@@ -391,6 +395,9 @@ fn unpack(blob: &Path, dest: &Path, gzip: bool, budget: u64) -> std::io::Result<
     let used = counted.used();
     let mut archive = tar::Archive::new(counted);
     archive.set_preserve_permissions(true);
+    // Owners as the image has them: a containerDisk belongs to qemu (107), which the
+    // launcher runs as in its pod.
+    archive.set_preserve_ownerships(true);
     archive.set_mask(0o6000);
     let root = dest.canonicalize()?;
     for entry in archive.entries()? {
@@ -546,6 +553,8 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o440);
+            h.set_uid(107);
+            h.set_gid(107);
             h.set_cksum();
             builder.append_data(&mut h, path, data).unwrap();
         };
@@ -556,6 +565,15 @@ mod tests {
         assert!(!dest.join("disk/old.img").exists());
         assert_eq!(std::fs::read(dest.join("disk/new.qcow2")).unwrap(), b"new");
         assert!(!blob.exists(), "the layer file is removed after unpacking");
+        // Owners are kept (when unpacking as root, as the node does): the launcher, 107
+        // in its pod, reads its containerDisk.
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(dest.join("disk/new.qcow2"))
+            .unwrap()
+            .uid();
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(owner, 107);
+        }
     }
 
     /// A gzipped layer of `(path, mode, data)` files and `(path, target)` symlinks.
@@ -568,12 +586,16 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
             builder.append_link(&mut h, path, target).unwrap();
         }
         for (path, mode, data) in files {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(*mode);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_cksum();
             // append_data refuses `..`; a hostile layer writes the raw name.
             h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());

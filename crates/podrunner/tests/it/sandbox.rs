@@ -194,7 +194,10 @@ async fn limits_are_the_containers_cgroup_and_volumes_only_emptydir() {
         })
         .await;
     let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
-    assert!(message.contains("emptyDir volumes only"), "{message}");
+    assert!(
+        message.contains("emptyDir and image volumes only"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -247,4 +250,32 @@ async fn a_sandboxed_pod_stops_on_delete_and_survives_a_runner_restart() {
         !c.state.path().join(&uid).exists(),
         "the pod's directory is left"
     );
+}
+
+#[tokio::test]
+async fn image_volumes_are_read_only_and_kvm_comes_with_its_resource() {
+    let c = Cluster::sandboxed().await;
+    let disk = "127.0.0.1:5000/kubevirt/cirros-container-disk-demo:devel";
+    toolbox(
+        &c,
+        "disk",
+        "ls -ln /images/disk; touch /images/disk/x 2>&1; ls -l /dev/kvm 2>&1; true",
+        json!({"securityContext": {"runAsUser": 107},
+               "resources": {"limits": {"devices.kubevirt.io/kvm": "1"}},
+               "volumeMounts": [{"name": "disk", "mountPath": "/images"}]}),
+        json!({"volumes": [{"name": "disk", "image": {"reference": disk, "pullPolicy": "IfNotPresent"}}]}),
+    )
+    .await;
+    let out = output(&c, "disk", "Succeeded").await;
+    // The containerDisk's file, owned by qemu (107) as the image has it.
+    assert!(out.contains(" 107 ") && out.contains("-r--r-----"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    if std::path::Path::new("/dev/kvm").exists() {
+        assert!(out.contains("crw-rw-rw-"), "{out}");
+    }
+
+    // Without the resource, no /dev/kvm.
+    toolbox(&c, "nokvm", "ls /dev/kvm 2>&1; true", json!({}), json!({})).await;
+    let out = output(&c, "nokvm", "Succeeded").await;
+    assert!(out.contains("No such file or directory"), "{out}");
 }
