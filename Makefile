@@ -18,7 +18,7 @@ build: deps
 	ln -sf virtctl $(RELEASE)/kubectl-virt
 
 # The all-in-one server; the admin kubeconfig is DIR/kubeconfig.
-server: build
+server: images
 	$(RELEASE)/kubevirt-rs server --data-dir $${KUBEVIRT_RS_DATA_DIR:-$$HOME/.local/share/kubevirt-rs}
 
 # Tiny guest disk, kernel, initramfs and their OCI layouts.
@@ -42,8 +42,9 @@ images: build guest
 	guest/registry.sh
 
 # Starts the all-in-one server on a scratch directory, applies the demo VM, starts it with
-# virtctl and shows its console until the guest powers off; then stops everything.
-demo: build registry
+# virtctl and shows its console until the guest powers off; then stops everything. The
+# server runs launcher pods in runc from the launcher image, so that image comes first.
+demo: images
 	RELEASE=$(RELEASE) scripts/demo.sh
 
 # The standalone launcher alone: boots the demo VMI in the foreground, console on stdout.
@@ -51,7 +52,8 @@ demo-launcher: build registry
 	$(RELEASE)/virt-launcher run --vmi examples/demo-vmi.yaml
 
 # Everything CI runs: unit tests, then real QEMU guests under TCG (the full Debian guest
-# takes a few minutes to build once, then stays in the cache).
+# takes a few minutes to build once, then stays in the cache). The server tests build the
+# launcher image from the debug launcher and push it themselves.
 test: deps guest guest-full registry
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -67,6 +69,8 @@ test-security: deps guest registry
 		lifecycle::down_stops cli::a_component_that
 	$(CARGO) test -p virt-api --test it -- only_the_api_server
 	$(CARGO) test -p apiserver --test bad_input
+	$(CARGO) test -p podrunner --test it -- sandbox::
+	$(CARGO) test -p launcher-proto -- rundir
 
 lint:
 	$(CARGO) fmt --all --check
@@ -76,7 +80,7 @@ lint:
 crds:
 	$(CARGO) run -q -p api --bin crdgen deploy/crds
 
-bench: build registry
+bench: images
 	scripts/bench.sh
 
 clean:

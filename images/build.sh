@@ -37,26 +37,42 @@ put() {
   cp -L "$src" "$d$dest"
 }
 
-# A binary and every shared library it (or, with more arguments, they) load.
-put_elf() {
+# Every shared library the binaries load.
+put_libs() {
   local d=$1 f lib
   shift
   for f in "$@"; do
-    put "$d" "$f"
     for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
       [ -e "$lib" ] && put "$d" "$lib"
     done
   done
 }
 
+# Binaries and every shared library they load.
+put_elf() {
+  local d=$1 f
+  shift
+  for f in "$@"; do put "$d" "$f"; done
+  put_libs "$d" "$@"
+}
+
 launcher() {
   local bin=${1:-$root/target/release/virt-launcher} base=$stage/launcher-base top=$stage/launcher-top
   [ -x "$bin" ] || { log "no launcher binary at $bin (cargo build --release --bins)"; exit 1; }
+  # Nothing to do when this launcher and this QEMU made the layout already.
+  local stamp
+  stamp=$( (sha256sum "$bin" | cut -d' ' -f1; qemu-system-x86_64 --version | head -n 1; sha256sum "$0" "$here/layout.py") | sha256sum | cut -d' ' -f1)
+  if [ -f "$oci/virt-launcher/index.json" ] && [ "$(cat "$stage/launcher.stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "$oci/virt-launcher is up to date"
+    return
+  fi
   local qemu_data=(/usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu)
   skeleton "$base"
   put_elf "$base" "$(command -v qemu-system-x86_64)" "$(command -v qemu-img)" \
     "$(command -v genisoimage)" "$(command -v prlimit)" \
     /usr/lib/x86_64-linux-gnu/qemu/{hw-display-virtio-gpu,hw-display-virtio-gpu-pci,hw-display-virtio-vga,hw-uefi-vars}.so
+  # The launcher's own libraries (the C runtime) belong with the Debian files.
+  put_libs "$base" "$bin"
   # Firmware and keymaps, links kept (Debian links ROMs across these directories).
   for d in "${qemu_data[@]}"; do
     [ -d "$d" ] && mkdir -p "$base$(dirname "$d")" && cp -a "$d" "$base$(dirname "$d")/"
@@ -70,7 +86,10 @@ launcher() {
   config='{"Entrypoint": ["/usr/bin/virt-launcher"], "User": "107:107", "WorkingDir": "/",
            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
            "Labels": {"org.opencontainers.image.version": "'"$version"'"}}'
-  python3 "$here/layout.py" "$oci/virt-launcher" devel "$config" "$base" "$top" >/dev/null
+  LAYER_CACHE=$stage/layers python3 "$here/layout.py" "$oci/virt-launcher" devel "$config" "$base" "$top" >/dev/null
+  # Old compressed layers go; the two just used stay.
+  find "$stage/layers" -name '*.gz' -mmin +60 -delete 2>/dev/null || true
+  echo "$stamp" >"$stage/launcher.stamp"
   log "built $oci/virt-launcher ($(du -sh "$base" | cut -f1) of Debian files)"
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write an OCI image layout with one layer per directory (python3 stdlib only).
 
-usage: layout.py LAYOUT_DIR TAG CONFIG_JSON DIR [DIR ...]
+usage: [LAYER_CACHE=DIR] layout.py LAYOUT_DIR TAG CONFIG_JSON DIR [DIR ...]
 
 Each DIR becomes a layer, in order, with its modes and symbolic links as they are, owned
 by root, timestamps fixed: the same inputs give the same digests, so an unchanged base
@@ -40,7 +40,25 @@ def layer_tar(directory):
     return buf.getvalue()
 
 
-def write(layout, tags, image_config, tars, created_by):
+def gzipped(tar, cache):
+    """The layer compressed; kept in `cache` (a directory, if given) by its digest, so an
+    unchanged layer is compressed once."""
+    key = hashlib.sha256(tar).hexdigest()
+    path = os.path.join(cache, key + ".gz") if cache else None
+    if path and os.path.exists(path):
+        os.utime(path)
+        with open(path, "rb") as f:
+            return f.read()
+    data = gzip.compress(tar, compresslevel=6, mtime=0)
+    if path:
+        os.makedirs(cache, exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.rename(path + ".tmp", path)
+    return data
+
+
+def write(layout, tags, image_config, tars, created_by, cache=None):
     """Writes the layout: one gzip layer per uncompressed tar in `tars`, in order."""
     tmp = layout.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -49,7 +67,7 @@ def write(layout, tags, image_config, tars, created_by):
     layers, diff_ids = [], []
     for tar in tars:
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-        digest, size = blob(tmp, gzip.compress(tar, compresslevel=6, mtime=0))
+        digest, size = blob(tmp, gzipped(tar, cache))
         layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                        "digest": digest, "size": size})
 
@@ -90,7 +108,8 @@ def main(argv):
         sys.exit(__doc__)
     layout, tag, config_json, dirs = argv[1], argv[2], argv[3], argv[4:]
     tars = [layer_tar(d) for d in dirs]
-    print(write(layout, [tag], json.loads(config_json), tars, "kubevirt-rs images/build.sh"))
+    cache = os.environ.get("LAYER_CACHE")
+    print(write(layout, [tag], json.loads(config_json), tars, "kubevirt-rs images/build.sh", cache))
 
 
 if __name__ == "__main__":

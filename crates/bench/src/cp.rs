@@ -5,7 +5,9 @@
 //!
 //! What runs, in order:
 //! 1. The server starts on a scratch directory as one node (`--node-name`, `--launcher`,
-//!    `KUBEVIRT_RS_RUN_DIR` in the scratch directory); the benchmark waits for virt-api's
+//!    `KUBEVIRT_RS_RUN_DIR` in the scratch directory, `--pod-runtime` as asked: launcher
+//!    pods in runc from the launcher image, or host processes; `--compare-runtimes` runs
+//!    everything once each way and compares); the benchmark waits for virt-api's
 //!    aggregated API and a schedulable node, lets it settle, and reads its idle RSS and
 //!    its CPU time over a quiet window ([`node::quiet`]).
 //! 2. One watch on the VMIs and one on the launcher pods open ([`track`]).
@@ -83,12 +85,22 @@ pub struct CpArgs {
     /// server's default when not given.
     #[arg(long)]
     pub server_log: Option<String>,
+    /// How the server runs launcher pods (`--pod-runtime`): `runc`, the sandbox, or
+    /// `process`, root host processes as before it.
+    #[arg(long, default_value = "runc", value_parser = ["runc", "process"])]
+    pub pod_runtime: String,
+    /// Run the whole benchmark twice, launchers as host processes and then in runc, and
+    /// print what the sandbox costs side by side.
+    #[arg(long)]
+    pub compare_runtimes: bool,
 }
 
 /// Everything measured, raw; the tables are made from it. Times in ms since the
 /// benchmark started.
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
+    /// How the server ran the launcher pods (`--pod-runtime`).
+    pub pod_runtime: String,
     pub vmis: usize,
     pub rate: f64,
     pub image: String,
@@ -181,27 +193,45 @@ pub fn run(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let scratch = tempfile::Builder::new()
-        .prefix("kubevirt-rs-cp-")
-        .tempdir()
-        .context("creating a scratch directory")?;
-    let outcome = runtime.block_on(measure(args, server, launcher, scratch.path()));
-    let left = node::kill_mentioning(scratch.path());
-    if left > 0 {
-        eprintln!(
-            "cp: killed {left} processes left in {}",
-            scratch.path().display()
-        );
+    let pod_runtimes: Vec<&str> = if args.compare_runtimes {
+        vec!["process", "runc"]
+    } else {
+        vec![args.pod_runtime.as_str()]
+    };
+    let mut all = Vec::new();
+    for pod_runtime in pod_runtimes {
+        let scratch = tempfile::Builder::new()
+            .prefix("kubevirt-rs-cp-")
+            .tempdir()
+            .context("creating a scratch directory")?;
+        progress(&format!("launcher pods: --pod-runtime {pod_runtime}"));
+        let outcome =
+            runtime.block_on(measure(args, pod_runtime, server, launcher, scratch.path()));
+        let left = node::kill_mentioning(scratch.path());
+        if left > 0 {
+            eprintln!(
+                "cp: killed {left} processes left in {}",
+                scratch.path().display()
+            );
+        }
+        if args.keep {
+            eprintln!("cp: logs kept in {}", scratch.keep().display());
+        }
+        let results = outcome?;
+        report::print(&results);
+        all.push(results);
     }
-    if args.keep {
-        eprintln!("cp: logs kept in {}", scratch.keep().display());
+    if let [process, runc] = all.as_slice() {
+        report::compare(process, runc);
     }
-    let results = outcome?;
-    report::print(&results);
     if let Some(dir) = args.cp_json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&args.cp_json, serde_json::to_vec_pretty(&results)?)
+    let json = match all.as_slice() {
+        [one] => serde_json::to_vec_pretty(one)?,
+        many => serde_json::to_vec_pretty(many)?,
+    };
+    std::fs::write(&args.cp_json, json)
         .with_context(|| format!("writing {}", args.cp_json.display()))?;
     eprintln!("cp: raw results in {}", args.cp_json.display());
     Ok(())
@@ -213,12 +243,14 @@ fn progress(what: &str) {
 
 async fn measure(
     args: &CpArgs,
+    pod_runtime: &str,
     bin: &std::path::Path,
     launcher: &std::path::Path,
     dir: &std::path::Path,
 ) -> anyhow::Result<Results> {
     let epoch = Instant::now();
     let mut results = Results {
+        pod_runtime: pod_runtime.to_owned(),
         vmis: args.vmis,
         rate: args.rate,
         image: args.image.clone(),
@@ -231,9 +263,15 @@ async fn measure(
     let launcher = std::fs::canonicalize(launcher)?;
     let (server, _) =
         ServerProcess::start_with(bin, &dir.join("data"), &dir.join("server.log"), |c| {
-            c.args(["--node-name", "bench", "--launcher"])
-                .arg(&launcher)
-                .env("KUBEVIRT_RS_RUN_DIR", &run_dir);
+            c.args([
+                "--node-name",
+                "bench",
+                "--pod-runtime",
+                pod_runtime,
+                "--launcher",
+            ])
+            .arg(&launcher)
+            .env("KUBEVIRT_RS_RUN_DIR", &run_dir);
             if let Some(filter) = &args.server_log {
                 c.env("KUBEVIRT_RS_LOG", filter);
             }

@@ -18,7 +18,7 @@
 //! Settings: upstream's defaults (no bandwidth limit, 900 ms allowed downtime, pre-copy,
 //! no auto-converge), the overlay's writes mirrored over NBD, under TCG on this machine.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ spec:
 /// One launcher process in its own run directory; killed when dropped.
 struct Launcher {
     child: Child,
-    socket: PathBuf,
+    socket: launcher_proto::RunPath,
 }
 
 impl Launcher {
@@ -109,7 +109,7 @@ impl Launcher {
             .with_context(|| format!("start {}", binary.display()))?;
         Ok(Self {
             child,
-            socket: launcher_proto::socket_path(run, uid),
+            socket: launcher_proto::RunDir::shared(run).socket(uid),
         })
     }
 

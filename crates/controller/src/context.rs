@@ -125,6 +125,8 @@ impl Context {
             launcher: LauncherConfig {
                 image: config.launcher_image.clone(),
                 software_emulation: config.software_emulation,
+                host_disk_dirs: config.host_disk_dirs.clone(),
+                userfaultfd: config.userfaultfd,
             },
             namespace: config.namespace.clone(),
             recorder,

@@ -54,6 +54,11 @@ pub struct Config {
     pub launcher_image: String,
     /// Whether the node emulates the CPU (the launcher pod then reserves the TCG cache).
     pub software_emulation: bool,
+    /// The node directories `hostDisk` volumes may be in (a namespace's subdirectory is
+    /// mounted into its launcher pods).
+    pub host_disk_dirs: Vec<String>,
+    /// Whether the nodes hand out `/dev/userfaultfd` for post-copy migration targets.
+    pub userfaultfd: bool,
     /// The namespace of the KubeVirt components; the Lease lives here.
     pub namespace: String,
     /// This instance's name in the Lease.

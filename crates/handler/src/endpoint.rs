@@ -18,7 +18,7 @@ use kube::Api;
 use launcher_proto::{Request, Response as Answer, Status};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::Ctx;
@@ -53,8 +53,13 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .with_state(ctx)
 }
 
-/// The control socket of a VMI that runs on this node, or the error to answer.
-async fn launcher_of(ctx: &Ctx, ns: &str, name: &str) -> Result<std::path::PathBuf, Response> {
+/// The run directory and control socket of the launcher of a VMI that runs on this
+/// node, or the error to answer.
+async fn launcher_of(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+) -> Result<(launcher_proto::RunDir, launcher_proto::RunPath), Response> {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), ns);
     let vmi = vmis
         .get_opt(name)
@@ -68,12 +73,31 @@ async fn launcher_of(ctx: &Ctx, ns: &str, name: &str) -> Result<std::path::PathB
             format!("VMI {ns}/{name} does not run on node {}", ctx.node),
         ));
     }
-    Ok(ctx.socket(vmi.metadata.uid.as_deref().unwrap_or_default()))
+    let dir = ctx.run_dir(&vmi).ok_or_else(|| {
+        error(
+            StatusCode::CONFLICT,
+            format!(
+                "VMI {ns}/{name} has no launcher pod on node {} yet",
+                ctx.node
+            ),
+        )
+    })?;
+    let socket = dir.socket(vmi.metadata.uid.as_deref().unwrap_or_default());
+    Ok((dir, socket))
 }
 
 async fn ask(ctx: &Ctx, ns: &str, name: &str, request: Request) -> Result<Answer, Response> {
-    let socket = launcher_of(ctx, ns, name).await?;
-    launcher_proto::call(&socket, &request, Duration::from_secs(30))
+    let (_, socket) = launcher_of(ctx, ns, name).await?;
+    ask_at(&socket, ns, name, request).await
+}
+
+async fn ask_at(
+    socket: &launcher_proto::RunPath,
+    ns: &str,
+    name: &str,
+    request: Request,
+) -> Result<Answer, Response> {
+    launcher_proto::call(socket, &request, Duration::from_secs(30))
         .await
         .map_err(|e| {
             error(
@@ -260,15 +284,29 @@ async fn stream_socket(
     pick: fn(&Status) -> Option<std::path::PathBuf>,
     what: &'static str,
 ) -> Response {
-    let status = match ask(&ctx, &ns, &name, Request::Status).await {
+    let (dir, socket) = match launcher_of(&ctx, &ns, &name).await {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
+    let status = match ask_at(&socket, &ns, &name, Request::Status).await {
         Ok(Answer::Status(s)) => s,
         Ok(other) => return refusal(other),
         Err(r) => return r,
     };
-    let Some(path) = pick(&status) else {
+    let Some(reported) = pick(&status) else {
         return error(
             StatusCode::CONFLICT,
             format!("VMI {ns}/{name} has no {what} yet"),
+        );
+    };
+    // The launcher names the socket as it sees it; only a path plainly inside its run
+    // directory is followed, and that without links.
+    let Some(path) = dir.reported(&reported) else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the launcher of VMI {ns}/{name} reported its {what} outside its run directory"
+            ),
         );
     };
     // This connection takes over from any other on the same socket: QEMU serves one
@@ -288,7 +326,7 @@ async fn stream_socket(
                 .await;
                 return;
             }
-            match UnixStream::connect(&path).await {
+            match path.connect().await {
                 Ok(stream) => pipe(ws, stream, slot.latest.subscribe(), mine, what).await,
                 Err(e) => close(&mut ws, format!("{what} of VMI {ns}/{name}: {e}")).await,
             }
@@ -298,7 +336,7 @@ async fn stream_socket(
 /// The console and VNC connections of this node, one slot per socket.
 #[derive(Debug, Default)]
 pub(crate) struct Streams {
-    by_socket: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Arc<Slot>>>,
+    by_socket: std::sync::Mutex<std::collections::HashMap<launcher_proto::RunPath, Arc<Slot>>>,
 }
 
 /// One socket's connections: the newest asks the one before to end, then waits its turn.
@@ -323,12 +361,12 @@ impl Slot {
 }
 
 impl Streams {
-    fn slot(&self, socket: &std::path::Path) -> Arc<Slot> {
+    fn slot(&self, socket: &launcher_proto::RunPath) -> Arc<Slot> {
         let mut slots = self.by_socket.lock().unwrap_or_else(|p| p.into_inner());
         // Forget sockets nobody uses (their VMIs are gone): a connection holds its slot.
         slots.retain(|_, s| Arc::strong_count(s) > 1);
         slots
-            .entry(socket.to_path_buf())
+            .entry(socket.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
                     turn: tokio::sync::Mutex::new(()),

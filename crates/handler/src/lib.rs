@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use launcher_proto::{RunDir, RunPath};
+
 use api::v1::{VirtualMachineInstance, VmiPhase};
 use futures_util::StreamExt;
 use kube::Api;
@@ -38,9 +40,8 @@ pub const NODE_LABEL: &str = "kubevirt.io/nodeName";
 #[derive(Debug)]
 pub struct Config {
     pub node_name: String,
-    /// The node's launcher run directory (`launcher::paths::NodePaths::run`): the
-    /// launchers' control sockets are under it.
-    pub run_dir: PathBuf,
+    /// Where the node's launchers keep their run directories (control sockets, consoles).
+    pub launchers: Launchers,
     /// The node's address, where migration targets on it are reached.
     pub node_address: String,
     /// Set when guests are emulated (no usable KVM), with the reason: labels the node.
@@ -52,10 +53,40 @@ pub struct Config {
     pub migration_tls: Option<launcher_proto::MigrationTls>,
 }
 
+/// Where a node's launchers keep their run directories.
+#[derive(Debug, Clone)]
+pub enum Launchers {
+    /// Host processes sharing one run directory (`launcher::paths::NodePaths::run`).
+    Shared(PathBuf),
+    /// Each in its pod, in the pod's `private` emptyDir, kept by the kubelet (or the pod
+    /// runner) under this pods directory: `<pods>/<pod uid>/volumes/kubernetes.io~empty-dir/private`.
+    /// The pod is the one the VMI's `status.activePods` places on this node.
+    InPods(PathBuf),
+}
+
+impl Launchers {
+    /// The run directory of the launcher in the pod `pod_uid` on this node.
+    pub fn run_dir(&self, pod_uid: &str) -> Option<RunDir> {
+        match self {
+            Self::Shared(dir) => Some(RunDir::shared(dir)),
+            Self::InPods(pods) => {
+                // A pod uid names a directory: nothing but a plain name.
+                api::validate::dns1123_label(pod_uid).ok()?;
+                let dir = pods
+                    .join(pod_uid)
+                    .join("volumes/kubernetes.io~empty-dir")
+                    .join(reconcile::pod::PRIVATE_VOLUME);
+                dir.is_dir()
+                    .then(|| RunDir::mounted(dir, reconcile::pod::PRIVATE_DIR.into()))
+            }
+        }
+    }
+}
+
 struct Ctx {
     client: kube::Client,
     node: String,
-    run_dir: PathBuf,
+    launchers: Launchers,
     node_address: String,
     sessions: Mutex<HashMap<String, session::Session>>,
     /// Migration targets on this node, by VMI uid: the migration's uid and its session.
@@ -76,8 +107,23 @@ impl std::fmt::Debug for Ctx {
 }
 
 impl Ctx {
-    fn socket(&self, uid: &str) -> PathBuf {
-        launcher_proto::socket_path(&self.run_dir, uid)
+    /// The run directory of the VMI's launcher on this node, once its pod is known.
+    fn run_dir(&self, vmi: &VirtualMachineInstance) -> Option<RunDir> {
+        let active = vmi.status.as_ref().map(|s| &s.active_pods);
+        let mut ours = active
+            .into_iter()
+            .flatten()
+            .filter(|(_, node)| **node == self.node);
+        match &self.launchers {
+            Launchers::Shared(dir) => Some(RunDir::shared(dir)),
+            Launchers::InPods(_) => ours.find_map(|(uid, _)| self.launchers.run_dir(uid)),
+        }
+    }
+
+    /// The control socket of the VMI's launcher on this node, once its pod is known.
+    fn socket(&self, vmi: &VirtualMachineInstance) -> Option<RunPath> {
+        let uid = vmi.metadata.uid.as_deref().unwrap_or_default();
+        Some(self.run_dir(vmi)?.socket(uid))
     }
 }
 
@@ -89,7 +135,7 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         node: config.node_name.clone(),
-        run_dir: config.run_dir.clone(),
+        launchers: config.launchers.clone(),
         node_address: config.node_address.clone(),
         sessions: Mutex::new(HashMap::new()),
         targets: Mutex::new(HashMap::new()),
@@ -179,22 +225,26 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Ctx>) -> Result<Ac
         .entry(uid.clone())
         .or_insert_with(|| session::Session::start(ctx.clone(), &vmi));
     if vmi.metadata.deletion_timestamp.is_some() && !session.shutdown_sent {
-        session.shutdown_sent = true;
         let grace = vmi
             .spec
             .termination_grace_period_seconds
             .unwrap_or(30)
             .max(0)
             .unsigned_abs();
-        let socket = ctx.socket(&uid);
-        tokio::spawn(async move {
-            let request = launcher_proto::Request::Shutdown {
-                grace_seconds: grace,
-            };
-            if let Err(e) = launcher_proto::call(&socket, &request, Duration::from_secs(10)).await {
-                warn!(error = %e, "asking the launcher to shut down");
-            }
-        });
+        // Without its pod known, the launcher is asked on a later pass.
+        if let Some(socket) = ctx.socket(&vmi) {
+            session.shutdown_sent = true;
+            tokio::spawn(async move {
+                let request = launcher_proto::Request::Shutdown {
+                    grace_seconds: grace,
+                };
+                if let Err(e) =
+                    launcher_proto::call(&socket, &request, Duration::from_secs(10)).await
+                {
+                    warn!(error = %e, "asking the launcher to shut down");
+                }
+            });
+        }
     }
     drop(sessions);
     migration::drive_source(&ctx, &vmi);

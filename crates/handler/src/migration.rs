@@ -145,7 +145,10 @@ pub(crate) fn drive_source(ctx: &Arc<Ctx>, vmi: &VirtualMachineInstance) {
     let Some(uid) = state.migration_uid.clone() else {
         return;
     };
-    let socket = ctx.socket(vmi.metadata.uid.as_deref().unwrap_or_default());
+    // Without the source pod known, the request waits for a later pass.
+    let Some(socket) = ctx.socket(vmi) else {
+        return;
+    };
     let request = if state.abort_requested == Some(true) {
         Request::CancelMigration
     } else {
@@ -230,12 +233,23 @@ async fn follow_target(ctx: Arc<Ctx>, vmi: VirtualMachineInstance, migration_uid
     let name = vmi.metadata.name.clone().unwrap_or_default();
     let uid = vmi.metadata.uid.clone().unwrap_or_default();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
-    let socket = ctx.socket(&uid);
     let write = |event: TargetEvent| record(&ctx, &vmis, &name, &uid, &migration_uid, event);
     let deadline = tokio::time::Instant::now() + TARGET_APPEARS;
-    let mut conn = loop {
-        if let Ok(conn) = launcher_proto::watch(&socket).await {
-            break conn;
+    let mut socket = ctx.socket(&vmi);
+    let (socket, mut conn) = loop {
+        if let Some(at) = &socket
+            && let Ok(conn) = launcher_proto::watch(at).await
+        {
+            break (at.clone(), conn);
+        }
+        if socket.is_none() {
+            // The target pod is not in the VMI's activePods yet: read it again.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(current)) = vmis.get_opt(&name).await
+                && current.metadata.uid.as_deref() == Some(uid.as_str())
+            {
+                socket = ctx.socket(&current);
+            }
         }
         if tokio::time::Instant::now() > deadline {
             write(TargetEvent::Failed(format!(

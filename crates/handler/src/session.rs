@@ -1,7 +1,6 @@
 //! One VMI's session with its launcher: wait for the control socket, `Sync`, then follow
 //! the launcher's reports into the VMI's status until the VMI ends.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use launcher_proto::{DomainState, Request, Response, Status};
+use launcher_proto::{DomainState, Request, Response, RunPath, Status};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -33,8 +32,9 @@ impl Session {
         let ns = vmi.metadata.namespace.clone().unwrap_or_default();
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let uid = vmi.metadata.uid.clone().unwrap_or_default();
+        let socket = ctx.socket(vmi);
         Self {
-            task: tokio::spawn(follow(ctx, ns, name, uid)),
+            task: tokio::spawn(follow(ctx, ns, name, uid, socket)),
             shutdown_sent: false,
         }
     }
@@ -58,19 +58,20 @@ fn finished(state: &DomainState) -> bool {
 }
 
 /// The final status a launcher left behind when it exited.
-fn left_behind(socket: &Path) -> Option<Status> {
-    let bytes = std::fs::read(socket.with_extension("exit")).ok()?;
+fn left_behind(socket: &RunPath) -> Option<Status> {
+    let bytes = socket.with_extension("exit").read(1 << 20).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
-    let socket = ctx.socket(&uid);
+/// Follows the launcher at `socket`, or, while its pod is not known yet, at the socket
+/// the VMI's `status.activePods` leads to.
+async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String, mut socket: Option<RunPath>) {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let mut synced = false;
     let mut unreachable_since = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        if let Some(last) = left_behind(&socket)
+        if let Some(last) = socket.as_ref().and_then(left_behind)
             && last.uid == uid
         {
             if matches!(
@@ -80,21 +81,28 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
                 }
             ) {
                 // The guest migrated away: its new node reports it, and the word is stale.
-                let _ = std::fs::remove_file(socket.with_extension("exit"));
+                forget_exit(socket.as_ref());
                 continue;
             }
             report(&ctx, &vmis, &name, &uid, &last).await;
-            let _ = std::fs::remove_file(socket.with_extension("exit"));
+            forget_exit(socket.as_ref());
             return;
         }
-        let Ok(mut conn) = launcher_proto::watch(&socket).await else {
+        let watched = match &socket {
+            Some(at) => launcher_proto::watch(at).await.ok(),
+            None => None,
+        };
+        let Some(mut conn) = watched else {
+            let current = vmis.get_opt(&name).await.ok().flatten();
+            if socket.is_none()
+                && let Some(vmi) = current
+                    .as_ref()
+                    .filter(|v| v.metadata.uid.as_deref() == Some(uid.as_str()))
+            {
+                socket = ctx.socket(vmi);
+            }
             let running = matches!(
-                vmis.get_opt(&name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.status)
-                    .and_then(|s| s.phase),
+                current.and_then(|v| v.status).and_then(|s| s.phase),
                 Some(api::v1::VmiPhase::Running)
             );
             let limit = if running || synced {
@@ -134,11 +142,11 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
             continue;
         };
         pause = Duration::from_millis(2);
-        if !synced {
+        if !synced && let Some(at) = &socket {
             match vmis.get_opt(&name).await {
                 Ok(Some(vmi)) if vmi.metadata.uid.as_deref() == Some(uid.as_str()) => {
                     let request = Request::Sync { vmi: Box::new(vmi) };
-                    match launcher_proto::call(&socket, &request, Duration::from_secs(10)).await {
+                    match launcher_proto::call(at, &request, Duration::from_secs(10)).await {
                         Ok(Response::Status(_)) => synced = true,
                         Ok(other) => warn!(vmi = name, ?other, "the launcher refused Sync"),
                         Err(e) => warn!(vmi = name, error = %e, "Sync"),
@@ -166,6 +174,12 @@ async fn follow(ctx: Arc<Ctx>, ns: String, name: String, uid: String) {
         }
         // The launcher went away mid-watch: look for its last words, else reconnect.
         unreachable_since = tokio::time::Instant::now();
+    }
+}
+
+fn forget_exit(socket: Option<&RunPath>) {
+    if let Some(at) = socket {
+        let _ = at.with_extension("exit").remove();
     }
 }
 

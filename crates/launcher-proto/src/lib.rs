@@ -14,6 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod rundir;
+pub use rundir::{RunDir, RunPath};
+
 use api::v1::VirtualMachineInstance;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -361,7 +364,8 @@ pub enum ProtoError {
     Timeout(Duration),
 }
 
-/// Where the launcher of VMI `uid` listens, under the node's run directory.
+/// Where the launcher of VMI `uid` listens, under its run directory (as the launcher
+/// sees it; components reach it through [`RunDir::socket`]).
 pub fn socket_path(run_dir: &Path, uid: &str) -> PathBuf {
     run_dir.join("sockets").join(format!("{uid}.sock"))
 }
@@ -427,11 +431,12 @@ pub fn decode<T: for<'de> Deserialize<'de>>(line: &str) -> Result<T, ProtoError>
 }
 
 /// Connects to the launcher at `socket`.
-pub async fn connect(socket: &Path) -> Result<Conn<UnixStream>, ProtoError> {
-    let stream = UnixStream::connect(socket)
+pub async fn connect(socket: &RunPath) -> Result<Conn<UnixStream>, ProtoError> {
+    let stream = socket
+        .connect()
         .await
         .map_err(|source| ProtoError::Connect {
-            path: socket.display().to_string(),
+            path: socket.to_string(),
             source,
         })?;
     Ok(Conn::new(stream))
@@ -439,7 +444,7 @@ pub async fn connect(socket: &Path) -> Result<Conn<UnixStream>, ProtoError> {
 
 /// One request and its answer, within `timeout`.
 pub async fn call(
-    socket: &Path,
+    socket: &RunPath,
     request: &Request,
     timeout: Duration,
 ) -> Result<Response, ProtoError> {
@@ -454,7 +459,7 @@ pub async fn call(
 }
 
 /// Starts a watch: the returned connection yields a [`Response::Status`] per change.
-pub async fn watch(socket: &Path) -> Result<Conn<UnixStream>, ProtoError> {
+pub async fn watch(socket: &RunPath) -> Result<Conn<UnixStream>, ProtoError> {
     let mut conn = connect(socket).await?;
     conn.send(&Request::Watch).await?;
     Ok(conn)
@@ -557,7 +562,8 @@ mod tests {
             .await
             .unwrap();
         });
-        let answer = call(&path, &Request::Pause, Duration::from_secs(5))
+        let run = RunDir::shared(dir.path());
+        let answer = call(&run.socket("abc"), &Request::Pause, Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(
@@ -568,7 +574,7 @@ mod tests {
             }
         );
         let gone = call(
-            &dir.path().join("none.sock"),
+            &run.socket("none"),
             &Request::Status,
             Duration::from_secs(1),
         )

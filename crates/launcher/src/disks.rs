@@ -1,7 +1,8 @@
 //! Preparing a VMI's volumes on the node, before QEMU starts.
 //!
-//! - `containerDisk`: the image's disk from the node cache, behind a per-VMI qcow2 overlay
-//!   (`qemu-img create -b`), so the cached base is never written.
+//! - `containerDisk`: the image's disk, behind a per-VMI qcow2 overlay (`qemu-img create
+//!   -b`), so the base is never written. The image comes from the node's cache, or in a
+//!   sandboxed pod from the image volume the pod mounts ([`Images`]).
 //! - `cloudInitNoCloud` / `cloudInitConfigDrive`: an ISO labelled `cidata` / `config-2`.
 //! - `emptyDisk`: a sparse qcow2 of the requested capacity.
 //! - `hostDisk`: a file on the node (`DiskOrCreate` makes a sparse raw file).
@@ -22,6 +23,8 @@ use crate::image::{self, ImageCache, ImageError, PullPolicy};
 pub enum DiskError {
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("image {image}: not mounted in the launcher's pod (no {})", path.display())]
+    NotMounted { image: String, path: PathBuf },
     #[error("{field}: {what} is not supported yet")]
     Unsupported { field: String, what: String },
     #[error("{field}: {message}")]
@@ -84,10 +87,55 @@ pub enum HostDisks<'a> {
     Inside(&'a [PathBuf]),
 }
 
+/// Where the images a VMI names come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Images<'a> {
+    /// Pulled by the launcher into the node's cache (`virt-launcher run`, and a launcher
+    /// that runs as a host process).
+    Pull(&'a ImageCache),
+    /// Mounted by the launcher's pod as image volumes under this directory:
+    /// `volumes/<volume>/` per containerDisk, `kernel-boot/` for the kernel-boot image.
+    Mounted(&'a Path),
+}
+
+/// The directory a pod mounts the containerDisk of `volume` at, below the image volumes.
+pub fn mounted_volume(volume: &str) -> PathBuf {
+    Path::new("volumes").join(volume)
+}
+
+/// The directory a pod mounts the kernel-boot image at, below the image volumes.
+pub const MOUNTED_KERNEL_BOOT: &str = "kernel-boot";
+
+impl Images<'_> {
+    /// The unpacked tree of `image`, which the VMI names at `mounted` (relative to the
+    /// image volumes) with `policy`.
+    async fn tree(
+        &self,
+        image: &str,
+        policy: Option<&str>,
+        mounted: &Path,
+    ) -> Result<PathBuf, DiskError> {
+        match self {
+            Self::Pull(cache) => Ok(cache.ensure(image, PullPolicy::parse(policy)).await?),
+            Self::Mounted(dir) => {
+                let tree = dir.join(mounted);
+                if tree.is_dir() {
+                    Ok(tree)
+                } else {
+                    Err(DiskError::NotMounted {
+                        image: image.to_owned(),
+                        path: tree,
+                    })
+                }
+            }
+        }
+    }
+}
+
 /// Prepares every volume of `vmi` under `dir`.
 pub async fn prepare(
     vmi: &VirtualMachineInstance,
-    cache: &ImageCache,
+    images: &Images<'_>,
     dir: &Path,
     host_disks: HostDisks<'_>,
 ) -> Result<Prepared, DiskError> {
@@ -98,7 +146,7 @@ pub async fn prepare(
         let field = format!("spec.volumes[{i}]");
         prepared
             .volumes
-            .push(prepare_volume(vmi, volume, &field, cache, &disks_dir, host_disks).await?);
+            .push(prepare_volume(vmi, volume, &field, images, &disks_dir, host_disks).await?);
     }
     if let Some(kb) = vmi
         .spec
@@ -112,8 +160,12 @@ pub async fn prepare(
             ..Default::default()
         };
         if let Some(c) = &kb.container {
-            let tree = cache
-                .ensure(&c.image, PullPolicy::parse(c.image_pull_policy.as_deref()))
+            let tree = images
+                .tree(
+                    &c.image,
+                    c.image_pull_policy.as_deref(),
+                    Path::new(MOUNTED_KERNEL_BOOT),
+                )
                 .await?;
             boot.kernel = c
                 .kernel_path
@@ -135,7 +187,7 @@ async fn prepare_volume(
     vmi: &VirtualMachineInstance,
     v: &Volume,
     field: &str,
-    cache: &ImageCache,
+    images: &Images<'_>,
     dir: &Path,
     host_disks: HostDisks<'_>,
 ) -> Result<PreparedVolume, DiskError> {
@@ -146,10 +198,11 @@ async fn prepare_volume(
         read_only,
     };
     if let Some(cd) = &v.container_disk {
-        let tree = cache
-            .ensure(
+        let tree = images
+            .tree(
                 &cd.image,
-                PullPolicy::parse(cd.image_pull_policy.as_deref()),
+                cd.image_pull_policy.as_deref(),
+                &mounted_volume(&v.name),
             )
             .await?;
         let base = image::container_disk_file(&tree, &cd.image, cd.path.as_deref())?;
@@ -257,6 +310,14 @@ fn host_disk_path(path: &str, host_disks: HostDisks<'_>) -> Result<PathBuf, Stri
     let HostDisks::Inside(dirs) = host_disks else {
         return Ok(p.to_path_buf());
     };
+    // A link that leads nowhere (here) is no disk to create: its target is elsewhere.
+    let dangling = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+        && p.canonicalize().is_err();
+    if dangling {
+        return Err(format!(
+            "{path:?} is not in a directory this node allows host disks in (it is a link that leads out)"
+        ));
+    }
     // The deepest ancestor that exists, resolved; the rest is created below it.
     let mut existing = p;
     let mut rest = Vec::new();

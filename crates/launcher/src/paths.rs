@@ -21,6 +21,10 @@ pub struct NodePaths {
     /// Where `hostDisk` volumes may be (`$KUBEVIRT_RS_HOST_DISK_DIRS`, `:`-separated);
     /// `None` when unset: anywhere for `virt-launcher run`, nowhere in a pod.
     pub host_disk_dirs: Option<Vec<PathBuf>>,
+    /// Where the pod mounted the VMI's images as image volumes
+    /// (`$KUBEVIRT_RS_IMAGE_VOLUMES`): `volumes/<volume>/` per containerDisk and
+    /// `kernel-boot/`. `None` (unset or empty): the launcher pulls them itself.
+    pub image_volumes: Option<PathBuf>,
 }
 
 impl NodePaths {
@@ -49,11 +53,15 @@ impl NodePaths {
                 .map(PathBuf::from)
                 .collect()
         });
+        let image_volumes = env("KUBEVIRT_RS_IMAGE_VOLUMES")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         Self {
             cache,
             registries,
             run,
             host_disk_dirs,
+            image_volumes,
         }
     }
 
@@ -79,6 +87,7 @@ mod tests {
             ("KUBEVIRT_RS_CONFIG_DIR", "/etc/x"),
             ("KUBEVIRT_RS_RUN_DIR", "/r"),
             ("KUBEVIRT_RS_HOST_DISK_DIRS", "/a:/b/c:"),
+            ("KUBEVIRT_RS_IMAGE_VOLUMES", "/var/run/kubevirt/images"),
         ]
         .into();
         let p = NodePaths::from_env(|k| env.get(k).map(|v| v.to_string()));
@@ -90,6 +99,12 @@ mod tests {
             p.host_disk_dirs,
             Some(vec![PathBuf::from("/a"), PathBuf::from("/b/c")])
         );
+        assert_eq!(
+            p.image_volumes,
+            Some(PathBuf::from("/var/run/kubevirt/images"))
+        );
+        let p = NodePaths::from_env(|k| (k == "KUBEVIRT_RS_IMAGE_VOLUMES").then(String::new));
+        assert_eq!(p.image_volumes, None, "empty: the launcher pulls");
     }
 
     #[test]

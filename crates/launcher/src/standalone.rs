@@ -153,7 +153,11 @@ pub async fn launch_with(
         None => disks::HostDisks::Anywhere,
         Some(dirs) => disks::HostDisks::Inside(dirs),
     };
-    let prepared = disks::prepare(vmi, &cache, &dir.0, host_disks).await?;
+    let images = match &cfg.paths.image_volumes {
+        Some(mounted) => disks::Images::Mounted(mounted),
+        None => disks::Images::Pull(&cache),
+    };
+    let prepared = disks::prepare(vmi, &images, &dir.0, host_disks).await?;
     let rt = Runtime {
         sockets: Sockets::in_dir(&dir.0),
         accel: cfg.accel.clone(),

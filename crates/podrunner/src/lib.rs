@@ -142,6 +142,11 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
             state_dir: state_dir.clone(),
         },
     ));
+    // Host processes get the runner's cgroups; an OCI runtime makes its own.
+    let cgroups = match &runtime {
+        runtime::Runtime::Process { .. } => cgroup::Cgroups::detect(),
+        runtime::Runtime::Oci(_) => cgroup::Cgroups::default(),
+    };
     let mut runner = Runner {
         node: Arc::new(pods::Node {
             client: client.clone(),
@@ -150,7 +155,7 @@ pub async fn run(client: kube::Client, config: Config) -> anyhow::Result<()> {
             state_dir,
             runtime,
             env,
-            cgroups: cgroup::Cgroups::detect(),
+            cgroups,
         }),
         pods,
         nodes,

@@ -112,9 +112,9 @@ impl Agent {
             "memory": memory(),
             "pods": MAX_PODS,
         });
-        // What upstream's device plugin advertises for /dev/kvm (see crate::oci::DEVICES).
-        if std::path::Path::new("/dev/kvm").exists() {
-            resources["devices.kubevirt.io/kvm"] = json!("1k");
+        // What a device plugin would advertise (1k, as upstream's for /dev/kvm).
+        for resource in crate::oci::node_devices().keys() {
+            resources[resource] = json!("1k");
         }
         json!({
             "addresses": [

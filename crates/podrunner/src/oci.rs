@@ -17,14 +17,15 @@
 //!   are refused;
 //! - cgroup limits from the container's `limits` (memory and CPU), on cgroup v1 or v2 as
 //!   the runtime finds them;
-//! - the pod's `emptyDir` volumes, and its `image` volumes (read-only, as Kubernetes'
-//!   image volumes), nothing else of the node;
+//! - the pod's `emptyDir` volumes, its `image` volumes (read-only, as Kubernetes' image
+//!   volumes), and as `hostPath` only its namespace's directory under the node's
+//!   host-disk directories; nothing else of the node;
 //! - `/dev/kvm` when the container's limits ask for `devices.kubevirt.io/kvm`, the
 //!   resource upstream's device plugin offers ([`DEVICES`]).
 //!
 //! Refused with a reason (the container waits with `CreateContainerConfigError`):
-//! privileged containers, `hostPath` and every other volume type, `subPath`, relative or
-//! unclean mount paths.
+//! privileged containers, any other `hostPath` and every other volume type, `subPath`,
+//! relative or unclean mount paths.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -59,9 +60,41 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
     "AUDIT_WRITE",
 ];
 
-/// Devices a container gets by asking for the resource in its limits, as upstream's
-/// device plugins hand them out: (resource, path, major, minor).
-pub const DEVICES: [(&str, &str, i64, i64); 1] = [("devices.kubevirt.io/kvm", "/dev/kvm", 10, 232)];
+/// Devices a container gets by asking for the resource in its limits, as device plugins
+/// hand them out: (resource, path). `/dev/kvm` as upstream's plugin names it;
+/// `/dev/userfaultfd` for post-copy migration targets (a name of ours).
+pub const DEVICES: [(&str, &str); 2] = [
+    ("devices.kubevirt.io/kvm", "/dev/kvm"),
+    ("devices.kubevirt.io/userfaultfd", "/dev/userfaultfd"),
+];
+
+/// A character device of the node: its path, major and minor numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub path: String,
+    pub major: i64,
+    pub minor: i64,
+}
+
+/// The [`DEVICES`] this node has, by resource.
+pub fn node_devices() -> BTreeMap<String, Device> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    DEVICES
+        .iter()
+        .filter_map(|(resource, path)| {
+            let meta = std::fs::metadata(path).ok()?;
+            meta.file_type().is_char_device().then(|| {
+                let rdev = meta.rdev();
+                let device = Device {
+                    path: (*path).to_owned(),
+                    major: i64::from(libc::major(rdev)),
+                    minor: i64::from(libc::minor(rdev)),
+                };
+                ((*resource).to_owned(), device)
+            })
+        })
+        .collect()
+}
 
 /// The CFS period CPU limits are written with, in microseconds.
 const CPU_PERIOD: u64 = 100_000;
@@ -76,17 +109,28 @@ pub struct Paths<'a> {
     pub volumes: &'a BTreeMap<String, (PathBuf, bool)>,
     /// The container's cgroup, relative to the hierarchy's root.
     pub cgroup: &'a str,
+    /// The devices of the node a container may ask for ([`node_devices`]).
+    pub devices: &'a BTreeMap<String, Device>,
 }
 
-/// Why the pod's volumes cannot be given: `None` when every volume is an `emptyDir` or
-/// an `image`.
-pub fn unsupported_volumes(pod: &Pod) -> Option<Refusal> {
+/// Why the pod's volumes cannot be given: `None` when every volume is an `emptyDir`, an
+/// `image`, or a `hostPath` that is exactly its namespace's directory under one of
+/// `host_paths` (the node's host-disk directories).
+pub fn unsupported_volumes(pod: &Pod, host_paths: &[PathBuf]) -> Option<Refusal> {
     let volumes = pod.spec.as_ref()?.volumes.as_ref()?;
-    let other = volumes
-        .iter()
-        .find(|v| v.empty_dir.is_none() && v.image.is_none())?;
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let allowed = |path: &str| {
+        api::validate::dns1123_label(namespace).is_ok()
+            && host_paths
+                .iter()
+                .any(|root| Path::new(path.trim_end_matches('/')) == root.join(namespace))
+    };
+    let other = volumes.iter().find(|v| match &v.host_path {
+        Some(h) => !allowed(&h.path),
+        None => v.empty_dir.is_none() && v.image.is_none(),
+    })?;
     Some(Refusal::Config(format!(
-        "volume {:?}: the kubevirt-rs pod runner gives pods emptyDir and image volumes only",
+        "volume {:?}: the kubevirt-rs pod runner gives pods emptyDir and image volumes, and hostPath only for their namespace's host-disk directory",
         other.name
     )))
 }
@@ -260,7 +304,8 @@ pub fn bundle_spec(
     let asked = c.resources.as_ref().and_then(|r| r.limits.as_ref());
     let mut devices = Vec::new();
     let mut device_rules = Vec::new();
-    for (resource, path, major, minor) in DEVICES {
+    for (resource, device) in paths.devices {
+        let (path, major, minor) = (device.path.as_str(), device.major, device.minor);
         if asked.is_some_and(|l| l.contains_key(resource)) {
             devices.push(
                 LinuxDeviceBuilder::default()
@@ -611,10 +656,19 @@ mod tests {
             env: &env,
         };
         let volumes = BTreeMap::from([("data".to_owned(), (PathBuf::from("/node/data"), false))]);
+        let devices = BTreeMap::from([(
+            "devices.kubevirt.io/kvm".to_owned(),
+            Device {
+                path: "/dev/kvm".into(),
+                major: 10,
+                minor: 232,
+            },
+        )]);
         let paths = Paths {
             rootfs: Path::new("/node/rootfs"),
             volumes: &volumes,
             cgroup: "/k/pod/c",
+            devices: &devices,
         };
         bundle_spec(
             p,
@@ -760,15 +814,69 @@ mod tests {
         assert!(refused(sub, json!({})).contains("subPath"));
         let other = c(json!({"volumeMounts": [{"name": "other", "mountPath": "/d"}]}));
         assert!(refused(other, json!({})).contains("no such volume"));
-        let host = pod(
-            c(json!({})),
-            json!({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}),
+        // hostPath: only the pod's namespace's directory under a host-disk directory.
+        let roots = [PathBuf::from("/data/host-disks")];
+        let host = |path: &str| {
+            let p = pod(
+                c(json!({})),
+                json!({"volumes": [{"name": "h", "hostPath": {"path": path}}]}),
+            );
+            unsupported_volumes(&p, &roots).map(|r| r.to_string())
+        };
+        assert_eq!(host("/data/host-disks/ns"), None);
+        assert_eq!(host("/data/host-disks/ns/"), None);
+        for path in [
+            "/",
+            "/etc",
+            "/data/host-disks",
+            "/data/host-disks/other",
+            "/data/host-disks/ns/sub",
+            "/data/host-disks/ns/..",
+        ] {
+            let refused = host(path).unwrap_or_else(|| panic!("{path} was allowed"));
+            assert!(
+                refused.contains("hostPath only for their namespace's"),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_device_comes_with_its_resource_and_its_cgroup_rule() {
+        let with = spec_of(
+            &pod(json!({"name": "c", "command": ["sh"], "resources": {"limits": {"devices.kubevirt.io/kvm": "1"}}}), json!({})),
+            &image(json!({})),
+        )
+        .unwrap();
+        let linux = with.linux().as_ref().unwrap();
+        let devices = linux.devices().as_ref().unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].path(), Path::new("/dev/kvm"));
+        assert_eq!(devices[0].file_mode(), Some(0o666));
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (rules[0].major(), rules[0].minor(), rules[0].allow()),
+            (Some(10), Some(232), true)
         );
+        let without = spec_of(
+            &pod(json!({"name": "c", "command": ["sh"]}), json!({})),
+            &image(json!({})),
+        )
+        .unwrap();
         assert!(
-            unsupported_volumes(&host)
+            without
+                .linux()
+                .as_ref()
                 .unwrap()
-                .to_string()
-                .contains("emptyDir and image volumes only")
+                .devices()
+                .as_ref()
+                .is_none_or(Vec::is_empty)
         );
     }
 

@@ -47,6 +47,9 @@ pub struct Oci {
     pub state: PathBuf,
     /// Where images are pulled and unpacked.
     pub images: ImageCache,
+    /// The node's host-disk directories: a pod may mount its namespace's directory under
+    /// one of them as a `hostPath` (made if missing), and no other path of the node.
+    pub host_paths: Vec<PathBuf>,
 }
 
 /// The kubelet's directory for a pod's `emptyDir` volume.
@@ -99,7 +102,7 @@ impl Oci {
         host: &Host<'_>,
         pod_dir: &Path,
     ) -> Result<Launch, Refusal> {
-        if let Some(refusal) = oci::unsupported_volumes(pod) {
+        if let Some(refusal) = oci::unsupported_volumes(pod, &self.host_paths) {
             return Err(refusal);
         }
         let image = c.image.clone().unwrap_or_default();
@@ -124,6 +127,11 @@ impl Oci {
                     .await
                     .map_err(|e| Refusal::Pull(format!("volume {:?}: {e}", v.name)))?;
                 volumes.insert(v.name.clone(), (tree, true));
+            } else if let Some(h) = &v.host_path {
+                // Checked above: the namespace's own host-disk directory.
+                let dir = PathBuf::from(h.path.trim_end_matches('/'));
+                make_shared_dir(&dir).map_err(|e| io("creating", &dir, e))?;
+                volumes.insert(v.name.clone(), (dir, false));
             } else {
                 let dir = empty_dir(pod_dir, &v.name);
                 make_shared_dir(&dir).map_err(|e| io("creating", &dir, e))?;
@@ -143,10 +151,12 @@ impl Oci {
             .unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let cgroup = format!("{}/{}", pod_cgroup(&uid), c.name);
+        let devices = oci::node_devices();
         let paths = oci::Paths {
             rootfs: &rootfs,
             volumes: &volumes,
             cgroup: &cgroup,
+            devices: &devices,
         };
         let config = pulled.config.config.clone().unwrap_or_default();
         let spec = oci::bundle_spec(pod, c, &config, &passwd, host, &paths)?;

@@ -130,7 +130,11 @@ fn launch(pod: &Pod, c: &Container, host: &Host<'_>) -> Result<Launch, Refusal> 
     // The node's own settings are not the pod's to change: a host process runs with the
     // runner's `KUBEVIRT_RS_*` whatever its `env` says (in a sandbox the pod's `env` sets
     // them for itself, such as its run directory on a volume).
-    for (k, v) in host.env.iter().filter(|(k, _)| k.starts_with("KUBEVIRT_RS_")) {
+    for (k, v) in host
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with("KUBEVIRT_RS_"))
+    {
         ordered.retain(|(name, _)| name != k);
         ordered.push((k.clone(), v.clone()));
     }
@@ -315,8 +319,17 @@ mod tests {
         ]})))
         .unwrap();
         let env: BTreeMap<_, _> = l.env.iter().cloned().collect();
-        assert_eq!(env["KUBEVIRT_RS_RUN_DIR"], "/run/k", "the node's setting stays");
-        assert_eq!(l.env.iter().filter(|(k, _)| k == "KUBEVIRT_RS_RUN_DIR").count(), 1);
+        assert_eq!(
+            env["KUBEVIRT_RS_RUN_DIR"], "/run/k",
+            "the node's setting stays"
+        );
+        assert_eq!(
+            l.env
+                .iter()
+                .filter(|(k, _)| k == "KUBEVIRT_RS_RUN_DIR")
+                .count(),
+            1
+        );
         assert_eq!(env["POD_UID"], "u1");
         assert_eq!(env["POD_NAMESPACE"], "ns");
         assert_eq!(env["NS"], "ns");

@@ -18,18 +18,44 @@ use std::collections::BTreeMap;
 
 use api::v1::VirtualMachineInstance;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource,
+    ImageVolumeSource, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 const MIB: u64 = 1024 * 1024;
 
-/// Where the launcher runs: its image and whether the node emulates the CPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The launcher's user and group in its pod: upstream's qemu (107).
+pub const LAUNCHER_USER: i64 = 107;
+/// Where the launcher keeps its sockets, overlays and ISOs: the pod's `private` emptyDir,
+/// which virt-handler reaches on the node by the pod's uid.
+pub const PRIVATE_DIR: &str = "/var/run/kubevirt-private";
+/// The pod's `emptyDir` for [`PRIVATE_DIR`].
+pub const PRIVATE_VOLUME: &str = "private";
+/// Where the pod mounts the VMI's images (containerDisks and the kernel-boot image) as
+/// image volumes: `volumes/<volume>/` and `kernel-boot/`.
+pub const IMAGES_DIR: &str = "/var/run/kubevirt/images";
+/// The resource upstream's device plugin hands `/dev/kvm` out by.
+pub const KVM_RESOURCE: &str = "devices.kubevirt.io/kvm";
+/// The resource embedded mode's pod runner hands `/dev/userfaultfd` out by (not
+/// upstream's: its post-copy relies on the node's `vm.unprivileged_userfaultfd`).
+pub const USERFAULTFD_RESOURCE: &str = "devices.kubevirt.io/userfaultfd";
+
+/// Where the launcher runs: its image and what the nodes offer it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LauncherConfig {
     pub image: String,
+    /// Whether the nodes emulate the CPU (no `/dev/kvm` is asked for, the TCG cache is
+    /// reserved).
     pub software_emulation: bool,
+    /// The node directories `hostDisk` volumes may be in, each namespace in its own
+    /// subdirectory: a VMI's launcher pod mounts its namespace's (as a `hostPath`).
+    pub host_disk_dirs: Vec<String>,
+    /// Whether the nodes hand out `/dev/userfaultfd` ([`USERFAULTFD_RESOURCE`]): every
+    /// launcher asks for it then, as both ends of a post-copy migration need it.
+    pub userfaultfd: bool,
 }
 
 /// The guest's memory in bytes (0 when the VMI names none; validation refuses that).
@@ -114,6 +140,22 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
             limits.insert("cpu".to_owned(), cpu.clone());
         }
     }
+    let devices = [
+        (KVM_RESOURCE, !config.software_emulation),
+        (USERFAULTFD_RESOURCE, config.userfaultfd),
+    ];
+    for (resource, wanted) in devices {
+        if wanted {
+            requests.insert(resource.to_owned(), Quantity("1".into()));
+            limits.insert(resource.to_owned(), Quantity("1".into()));
+        }
+    }
+    let (volumes, mounts, host_disk_dirs) = launcher_volumes(vmi, config);
+    let env_value = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
     let mut node_selector = vmi.spec.node_selector.clone();
     node_selector.insert("kubevirt.io/schedulable".into(), "true".into());
     let grace = vmi
@@ -149,18 +191,35 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
                     "--grace-period-seconds".into(),
                     grace.to_string(),
                 ]),
-                // Where a migration target listens (the pod's address).
-                env: Some(vec![EnvVar {
-                    name: "POD_IP".into(),
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: "status.podIP".into(),
-                            ..ObjectFieldSelector::default()
+                env: Some(vec![
+                    // Where a migration target listens (the pod's address).
+                    EnvVar {
+                        name: "POD_IP".into(),
+                        value_from: Some(EnvVarSource {
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "status.podIP".into(),
+                                ..ObjectFieldSelector::default()
+                            }),
+                            ..EnvVarSource::default()
                         }),
-                        ..EnvVarSource::default()
+                        ..EnvVar::default()
+                    },
+                    env_value("KUBEVIRT_RS_RUN_DIR", PRIVATE_DIR),
+                    env_value("KUBEVIRT_RS_IMAGE_VOLUMES", IMAGES_DIR),
+                    env_value("KUBEVIRT_RS_HOST_DISK_DIRS", &host_disk_dirs.join(":")),
+                ]),
+                volume_mounts: Some(mounts),
+                // QEMU needs no capability: user-mode networking, /dev/kvm by its device.
+                // It writes only to its volumes: the image stays read-only (and shared).
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        add: Some(vec!["NET_BIND_SERVICE".into()]),
                     }),
-                    ..EnvVar::default()
-                }]),
+                    ..SecurityContext::default()
+                }),
                 resources: Some(ResourceRequirements {
                     requests: Some(requests),
                     limits: (!limits.is_empty()).then_some(limits),
@@ -169,6 +228,18 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
                 ..Container::default()
             }],
             node_selector: Some(node_selector),
+            volumes: Some(volumes),
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(LAUNCHER_USER),
+                run_as_group: Some(LAUNCHER_USER),
+                run_as_non_root: Some(true),
+                fs_group: Some(LAUNCHER_USER),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
             hostname: vmi.spec.hostname.clone(),
             subdomain: vmi.spec.subdomain.clone(),
             restart_policy: Some("Never".into()),
@@ -177,6 +248,99 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, config: &LauncherConfig) -> Po
         }),
         status: None,
     }
+}
+
+/// The launcher pod's volumes and the compute container's mounts: the `private` emptyDir,
+/// an image volume per containerDisk and for the kernel-boot image, and the namespace's
+/// host-disk directories its `hostDisk` volumes are in (also returned alone).
+fn launcher_volumes(
+    vmi: &VirtualMachineInstance,
+    config: &LauncherConfig,
+) -> (Vec<Volume>, Vec<VolumeMount>, Vec<String>) {
+    let mut volumes = vec![Volume {
+        name: PRIVATE_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: PRIVATE_VOLUME.into(),
+        mount_path: PRIVATE_DIR.into(),
+        ..VolumeMount::default()
+    }];
+    let mut image = |name: String, reference: &str, policy: Option<&String>, at: String| {
+        volumes.push(Volume {
+            name: name.clone(),
+            image: Some(ImageVolumeSource {
+                reference: Some(reference.to_owned()),
+                pull_policy: policy.cloned(),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: at,
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    };
+    for (i, v) in vmi.spec.volumes.iter().enumerate() {
+        if let Some(cd) = &v.container_disk {
+            image(
+                format!("container-disk-{i}"),
+                &cd.image,
+                cd.image_pull_policy.as_ref(),
+                format!("{IMAGES_DIR}/volumes/{}", v.name),
+            );
+        }
+    }
+    let kernel_boot = vmi
+        .spec
+        .domain
+        .firmware
+        .as_ref()
+        .and_then(|f| f.kernel_boot.as_ref());
+    if let Some(c) = kernel_boot.and_then(|k| k.container.as_ref()) {
+        image(
+            "kernel-boot".into(),
+            &c.image,
+            c.image_pull_policy.as_ref(),
+            format!("{IMAGES_DIR}/kernel-boot"),
+        );
+    }
+    // A hostDisk's directory: `<allowed dir>/<namespace>`, mounted where it is on the
+    // node (admission keeps every hostDisk inside one).
+    let namespace = vmi.metadata.namespace.clone().unwrap_or_default();
+    let mut host_disk_dirs: Vec<String> = Vec::new();
+    for v in &vmi.spec.volumes {
+        let Some(h) = &v.host_disk else { continue };
+        let dir = config
+            .host_disk_dirs
+            .iter()
+            .map(|root| std::path::Path::new(root).join(&namespace))
+            .find(|dir| std::path::Path::new(&h.path).starts_with(dir));
+        if let Some(dir) = dir.map(|d| d.display().to_string())
+            && !host_disk_dirs.contains(&dir)
+        {
+            host_disk_dirs.push(dir);
+        }
+    }
+    for (k, dir) in host_disk_dirs.iter().enumerate() {
+        let name = format!("host-disk-{k}");
+        volumes.push(Volume {
+            name: name.clone(),
+            host_path: Some(HostPathVolumeSource {
+                path: dir.clone(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: dir.clone(),
+            ..VolumeMount::default()
+        });
+    }
+    (volumes, mounts, host_disk_dirs)
 }
 
 #[cfg(test)]
@@ -203,6 +367,7 @@ mod tests {
             &LauncherConfig {
                 image: "i".into(),
                 software_emulation: true,
+                ..LauncherConfig::default()
             },
         );
         assert_eq!(
@@ -235,6 +400,7 @@ mod tests {
         let config = LauncherConfig {
             image: "kubevirt-rs/virt-launcher".into(),
             software_emulation: false,
+            ..LauncherConfig::default()
         };
         let pod = launcher_pod(
             &vmi(json!({"devices": {}, "memory": {"guest": "128Mi"},
@@ -270,5 +436,66 @@ mod tests {
             "true"
         );
         assert_eq!(spec.containers[0].name, "compute");
+    }
+}
+
+#[cfg(test)]
+mod sandbox_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_launcher_runs_as_qemu_without_capabilities_and_mounts_its_images() {
+        let vmi: VirtualMachineInstance = serde_json::from_value(json!({
+            "metadata": {"name": "v", "namespace": "ns", "uid": "u"},
+            "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"},
+                "firmware": {"kernelBoot": {"container": {"image": "kb:1", "kernelPath": "/k"}}}},
+                "volumes": [
+                    {"name": "ci", "cloudInitNoCloud": {"userData": "x"}},
+                    {"name": "root_disk", "containerDisk": {"image": "disk:1", "imagePullPolicy": "Always"}}]}}))
+        .unwrap();
+        let config = |software_emulation| LauncherConfig {
+            image: "l".into(),
+            software_emulation,
+            ..LauncherConfig::default()
+        };
+        let pod = serde_json::to_value(launcher_pod(&vmi, &config(false))).unwrap();
+        let spec = &pod["spec"];
+        assert_eq!(spec["securityContext"]["runAsUser"], 107);
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+        let c = &spec["containers"][0];
+        assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["resources"]["limits"][KVM_RESOURCE], "1");
+        assert_eq!(
+            spec["volumes"],
+            json!([{"name": "private", "emptyDir": {}},
+                   {"name": "container-disk-1", "image": {"reference": "disk:1", "pullPolicy": "Always"}},
+                   {"name": "kernel-boot", "image": {"reference": "kb:1"}}])
+        );
+        let mounts: Vec<&str> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                PRIVATE_DIR,
+                "/var/run/kubevirt/images/volumes/root_disk",
+                "/var/run/kubevirt/images/kernel-boot"
+            ]
+        );
+        // Under software emulation the pod asks for no /dev/kvm.
+        let emulated = serde_json::to_value(launcher_pod(&vmi, &config(true))).unwrap();
+        assert!(
+            emulated["spec"]["containers"][0]["resources"]["limits"]
+                .get(KVM_RESOURCE)
+                .is_none()
+        );
     }
 }

@@ -267,6 +267,7 @@ mod tests {
         LauncherConfig {
             image: "launcher".into(),
             software_emulation: true,
+            ..LauncherConfig::default()
         }
     }
 

@@ -142,7 +142,12 @@ impl ImageCache {
                     && let Some(config) = read_config(&tree)
                 {
                     debug!(image, digest = digest.trim(), "image cached");
-                    return Ok(Pulled { tree, config });
+                    let digest = digest.trim().to_owned();
+                    return Ok(Pulled {
+                        tree,
+                        config,
+                        digest,
+                    });
                 }
             }
             if policy == PullPolicy::Never {
@@ -161,7 +166,11 @@ impl ImageCache {
                 Ok((digest, tree, config)) => {
                     write_atomic(&ref_file, digest.as_bytes())
                         .map_err(|e| self.cache_err(&ref_file, e))?;
-                    return Ok(Pulled { tree, config });
+                    return Ok(Pulled {
+                        tree,
+                        config,
+                        digest,
+                    });
                 }
                 Err(reason) => {
                     debug!(image, endpoint = endpoint.host, reason, "pull failed");
@@ -309,6 +318,8 @@ pub struct Pulled {
     pub tree: PathBuf,
     /// Its configuration: entrypoint, command, environment, user, working directory.
     pub config: ConfigFile,
+    /// Its manifest's digest (`sha256:...`).
+    pub digest: String,
 }
 
 /// Where the configuration of the image unpacked at `tree` is kept.

@@ -90,6 +90,23 @@ pub struct ServerArgs {
         value_delimiter = ':'
     )]
     pub host_disk_dir: Vec<PathBuf>,
+    /// How pods run: `runc`, each in its own namespaces from its image, as the user its
+    /// securityContext names (launchers as qemu, 107); or `process`, as root processes
+    /// of this machine (no isolation; for comparison in `make bench`).
+    #[arg(
+        long,
+        value_name = "RUNTIME",
+        env = "KUBEVIRT_RS_POD_RUNTIME",
+        default_value = "runc"
+    )]
+    pub pod_runtime: PodRuntime,
+}
+
+/// How the pod runner runs pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodRuntime {
+    Runc,
+    Process,
 }
 
 /// A usage error on one line, as every other error of the binary is: clap's message, its
@@ -153,6 +170,7 @@ mod tests {
                 launcher: Some("/opt/virt-launcher".into()),
                 api_only: false,
                 host_disk_dir: Vec::new(),
+                pod_runtime: PodRuntime::Runc,
             }
         );
     }

@@ -6,7 +6,7 @@
 //! Launcher processes are the pod runner's children in their own sessions: they outlive
 //! the server, and the next start re-adopts them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -42,6 +42,78 @@ pub struct NodeSetup {
     pub software_emulation: Option<String>,
     /// The directories `hostDisk` volumes may be in.
     pub host_disk_dirs: Vec<PathBuf>,
+    /// Set when pods run in an OCI runtime (the default); unset, they are host processes.
+    pub sandbox: Option<Sandbox>,
+}
+
+/// What running pods in an OCI runtime takes on this machine.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// The runtime (runc).
+    pub runc: PathBuf,
+    /// The pod runner's shim (`kubevirt-rs-shim`, beside this binary).
+    pub shim: PathBuf,
+    /// The runtime's state directory, shared by the nodes.
+    pub state: PathBuf,
+    /// The node's image cache and registry mirrors (as the launcher's).
+    pub paths: launcher::paths::NodePaths,
+    /// The node's host-disk directories (a launcher pod mounts its namespace's).
+    pub host_disk_dirs: Vec<PathBuf>,
+}
+
+impl Sandbox {
+    /// The pod runner's runtime for pods in runc.
+    pub(crate) fn runtime(&self) -> Result<podrunner::runtime::Runtime, ComponentError> {
+        Ok(podrunner::runtime::Runtime::Oci(podrunner::runtime::Oci {
+            runc: self.runc.clone(),
+            shim: self.shim.clone(),
+            state: self.state.clone(),
+            images: self.images()?,
+            host_paths: self.host_disk_dirs.clone(),
+        }))
+    }
+
+    pub(crate) fn images(&self) -> Result<registry::image::ImageCache, ComponentError> {
+        let registries =
+            registry::registries::Registries::load(&self.paths.registries).map_err(|e| {
+                ComponentError::Client {
+                    component: "pod-runner",
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(registry::image::ImageCache::with_limits(
+            self.paths.images(),
+            registries,
+            registry::image::Limits::from_env(|k| std::env::var(k).ok()),
+        ))
+    }
+}
+
+/// The launcher image pinned to its digest, pulled into the node's cache: every launcher
+/// pod runs exactly this image, and the first VMI does not wait for the pull.
+async fn pinned_launcher_image(sandbox: &Sandbox) -> Result<String, ComponentError> {
+    let image = launcher_image();
+    let pulled = sandbox
+        .images()?
+        .pull(&image, registry::image::PullPolicy::Always)
+        .await
+        .map_err(|e| ComponentError::Client {
+            component: "pod-runner",
+            message: format!(
+                "the launcher image: {e} (`make images` builds and pushes it; `--pod-runtime process` runs launchers without it)"
+            ),
+        })?;
+    Ok(format!("{image}@{}", pulled.digest))
+}
+
+impl NodeSetup {
+    /// Where the handler and the proxy find this node's launchers.
+    pub fn launchers(&self) -> handler::Launchers {
+        match self.sandbox {
+            Some(_) => handler::Launchers::InPods(self.pods_dir.clone()),
+            None => handler::Launchers::Shared(self.run_dir.clone()),
+        }
+    }
 }
 
 /// Directories as one `:`-separated variable.
@@ -214,6 +286,10 @@ pub async fn start(
                 message: e.to_string(),
             }
         })?;
+    let launcher = match nodes.iter().find_map(|n| n.sandbox.as_ref()) {
+        Some(sandbox) => pinned_launcher_image(sandbox).await?,
+        None => launcher_image(),
+    };
     for node in nodes {
         start_node(url, pki, node, &migration_tls, &deaths, &mut tasks).await?;
     }
@@ -224,7 +300,7 @@ pub async fn start(
     // The service proxy: Services reachable on this machine (kube-proxy's part).
     let run_dirs = nodes
         .iter()
-        .map(|n| (n.name.clone(), n.run_dir.clone()))
+        .map(|n| (n.name.clone(), n.launchers()))
         .collect();
     tasks.push(spawn(
         &deaths,
@@ -278,8 +354,20 @@ pub async fn start(
         })?;
 
     // virt-controller.
+    let sandboxed = first.sandbox.is_some();
     let controller_config = controller::Config {
-        launcher_image: launcher_image(),
+        host_disk_dirs: if sandboxed {
+            first
+                .host_disk_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        // The pod runner hands out /dev/userfaultfd where the node has it.
+        userfaultfd: sandboxed && Path::new("/dev/userfaultfd").exists(),
+        launcher_image: launcher,
         software_emulation: first.software_emulation.is_some(),
         namespace: NAMESPACE.into(),
         identity: format!("{}-virt-controller", first.name),
@@ -315,8 +403,11 @@ async fn start_node(
         node_name: node.name.clone(),
         node_ip: "127.0.0.1".into(),
         state_dir: node.pods_dir.clone(),
-        runtime: podrunner::runtime::Runtime::Process {
-            images: [(launcher_image(), node.launcher_binary.clone())].into(),
+        runtime: match &node.sandbox {
+            Some(sandbox) => sandbox.runtime()?,
+            None => podrunner::runtime::Runtime::Process {
+                images: [(launcher_image(), node.launcher_binary.clone())].into(),
+            },
         },
         env: {
             // The node's launchers keep their sockets under the node's run directory.
@@ -329,6 +420,8 @@ async fn start_node(
                 "KUBEVIRT_RS_RUN_DIR".into(),
                 node.run_dir.display().to_string(),
             );
+            // A host-process launcher pulls its images itself.
+            env.insert("KUBEVIRT_RS_IMAGE_VOLUMES".into(), String::new());
             env
         },
         // Pod logs are the API server's to read (it presents its front-proxy identity).
@@ -352,7 +445,7 @@ async fn start_node(
         .port();
     let handler_config = handler::Config {
         node_name: node.name.clone(),
-        run_dir: node.run_dir.clone(),
+        launchers: node.launchers(),
         node_address: "127.0.0.1".into(),
         software_emulation: node.software_emulation.clone(),
         endpoint: Some(handler::endpoint::EndpointConfig {

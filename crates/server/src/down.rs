@@ -96,8 +96,13 @@ pub fn down(dir: &Path, grace: Duration) -> Result<Stopped, DownError> {
         std::thread::sleep(POLL);
     }
     let cgroups = podrunner::cgroup::Cgroups::detect();
-    let runtime = podrunner::runtime::Runtime::Process {
-        images: Default::default(),
+    // Pods a sandboxed server ran leave the runtime's state and mounts to remove too.
+    let sandbox = crate::sandbox(&data);
+    let runtime = match sandbox.state.is_dir().then(|| sandbox.runtime()) {
+        Some(Ok(runtime)) => runtime,
+        _ => podrunner::runtime::Runtime::Process {
+            images: Default::default(),
+        },
     };
     for pod in &pods {
         let uid = pod

@@ -270,6 +270,10 @@ fn node_setup(args: &ServerArgs, dir: &DataDir) -> components::NodeSetup {
             tracing::warn!(dir = %d.display(), error = %e, "host disk directory not created");
         }
     }
+    let sandbox = (args.pod_runtime == cli::PodRuntime::Runc).then(|| components::Sandbox {
+        host_disk_dirs: host_disk_dirs.clone(),
+        ..sandbox(dir)
+    });
     components::NodeSetup {
         name,
         launcher_binary,
@@ -281,6 +285,27 @@ fn node_setup(args: &ServerArgs, dir: &DataDir) -> components::NodeSetup {
         pods_dir: dir.root().join("pods"),
         software_emulation,
         host_disk_dirs,
+        sandbox,
+    }
+}
+
+/// Pods in runc: the runtime from the usual system directories (else `runc` on `PATH`),
+/// the shim beside this binary, the runtime's state in the data directory.
+pub(crate) fn sandbox(dir: &DataDir) -> components::Sandbox {
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "runc".into());
+    let shim = std::env::current_exe()
+        .map(|exe| exe.with_file_name("kubevirt-rs-shim"))
+        .unwrap_or_else(|_| "kubevirt-rs-shim".into());
+    components::Sandbox {
+        runc,
+        shim,
+        state: dir.root().join("runc"),
+        paths: launcher::paths::NodePaths::from_process_env(),
+        host_disk_dirs: Vec::new(),
     }
 }
 
@@ -381,6 +406,7 @@ mod tests {
             launcher: None,
             api_only: false,
             host_disk_dir: Vec::new(),
+            pod_runtime: cli::PodRuntime::Runc,
         };
         let names = server_names(&args, args.listen.ip());
         assert!(names.ips.contains(&"10.0.0.5".parse().unwrap()));

@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,8 +28,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-/// Where a node's launchers keep their control sockets.
-pub type RunDirs = BTreeMap<String, PathBuf>;
+/// Where each node's launchers keep their run directories.
+pub type RunDirs = BTreeMap<String, handler::Launchers>;
 
 /// One served address: which Service port it stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,10 +173,16 @@ async fn dial(pod: &Pod, port: u16, run_dirs: &RunDirs) -> Result<TcpStream, Str
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
-        let run_dir = run_dirs
+        let launchers = run_dirs
             .get(&node)
             .ok_or_else(|| format!("node {node} is not on this machine"))?;
-        let socket = launcher_proto::socket_path(run_dir, uid);
+        // This pod's own run directory: a pod that only claims to be a VMI's launcher
+        // (its labels are its namespace's to write) reaches nothing but itself.
+        let pod_uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let socket = launchers
+            .run_dir(pod_uid)
+            .ok_or_else(|| format!("the launcher pod {pod_uid} has no run directory"))?
+            .socket(uid);
         let request = launcher_proto::Request::PortForward { port };
         let answer = launcher_proto::call(&socket, &request, Duration::from_secs(10))
             .await

@@ -239,6 +239,21 @@ pub fn kill_mentioning(dir: &Path) -> usize {
             killed += 1;
         }
     }
+    // Containers in runc mention nothing of the directory: the runtime removes them.
+    let state = dir.join("data/runc");
+    let runc = |args: &[&str]| {
+        std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for id in runc(&["list", "-q"]).lines() {
+        runc(&["delete", "--force", id]);
+        killed += 1;
+    }
     killed
 }
 

@@ -342,6 +342,69 @@ fn pct(cpu_ms: f64, q: &Quiet) -> f64 {
     cpu_ms / (q.window_s * 1000.0) * 100.0
 }
 
+/// What the sandbox costs: the same benchmark with launchers as host processes and in
+/// runc, side by side, with the difference.
+pub fn compare(process: &Results, runc: &Results) {
+    let n = runc.vmis;
+    println!(
+        "\nThe sandbox's cost: the same run with launcher pods as host processes \
+         (`--pod-runtime process`) and in runc (the default):\n"
+    );
+    println!("| measure | host processes | runc | difference | target (runc) |");
+    println!("|---|---|---|---|---|");
+    let row = |what: String, a: f64, b: f64, unit: &str, target: &str| {
+        println!(
+            "| {what} | {a:.1} {unit} | {b:.1} {unit} | {:+.1} {unit} | {target} |",
+            b - a
+        );
+    };
+    let s = |records: &[VmiRecord]| spread(&latencies(records));
+    row(
+        "1 VMI, P50".into(),
+        s(&process.single).p50,
+        s(&runc.single).p50,
+        "ms",
+        "<= 300 ms",
+    );
+    row(
+        format!("{n} VMIs at {}/s, P95", runc.rate),
+        s(&process.paced).p95,
+        s(&runc.paced).p95,
+        "ms",
+        "<= 500 ms",
+    );
+    row(
+        format!("{n} VMIs at once, P95"),
+        s(&process.burst).p95,
+        s(&runc.burst).p95,
+        "ms",
+        "-",
+    );
+    let cpu = |r: &Results| r.single_cost.machine_cpu_ms / r.single_cost.vms.max(1) as f64;
+    row(
+        "CPU per start, the whole machine (1 VMI)".into(),
+        cpu(process),
+        cpu(runc),
+        "ms",
+        "-",
+    );
+    let per_vm = |r: &Results| {
+        let launchers = r
+            .node_memory
+            .get(&Role::Launcher)
+            .map_or(1, |m| m.processes.max(1));
+        let private: u64 = r.node_memory.values().map(|m| m.private_kib).sum();
+        mib(private) / launchers as f64
+    };
+    row(
+        format!("private memory per VM ({n} running)"),
+        per_vm(process),
+        per_vm(runc),
+        "MiB",
+        "<= +2 MiB",
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,8 @@ impl Cluster {
         let config = controller::Config {
             launcher_image: LAUNCHER.into(),
             software_emulation: true,
+            host_disk_dirs: Vec::new(),
+            userfaultfd: false,
             namespace: "kubevirt".into(),
             identity: identity.into(),
         };

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use api::parse::{Object, parse_documents};
 use api::v1::VirtualMachineInstance;
-use launcher::disks::{DiskError, DiskFormat, HostDisks, prepare};
+use launcher::disks::{DiskError, DiskFormat, HostDisks, Images, prepare};
 use launcher::image::ImageCache;
 use launcher::registries::Registries;
 
@@ -80,7 +80,7 @@ spec:
     ));
     let cache = ImageCache::new(dir.path().join("cache"), Registries::default());
     let run = dir.path().join("run");
-    let prepared = prepare(&vmi, &cache, &run, HostDisks::Anywhere)
+    let prepared = prepare(&vmi, &Images::Pull(&cache), &run, HostDisks::Anywhere)
         .await
         .unwrap();
     let by_name = |n: &str| {
@@ -148,9 +148,76 @@ async fn what_cannot_be_prepared_names_its_field() {
         let vmi = vmi(&format!(
             "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: x}}\nspec:\n  domain: {{devices: {{}}, memory: {{guest: 64Mi}}}}\n  volumes: [{volume}]\n"
         ));
-        let err: DiskError = prepare(&vmi, &cache, &dir.path().join("run"), HostDisks::Anywhere)
-            .await
-            .unwrap_err();
+        let err: DiskError = prepare(
+            &vmi,
+            &Images::Pull(&cache),
+            &dir.path().join("run"),
+            HostDisks::Anywhere,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.to_string(), expected);
     }
+}
+
+#[tokio::test]
+async fn a_sandboxed_launcher_takes_its_images_from_the_pods_image_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = dir.path().join("images");
+    std::fs::create_dir_all(mounted.join("volumes/root/disk")).unwrap();
+    std::fs::write(
+        mounted.join("volumes/root/disk/disk.img"),
+        vec![0u8; 1 << 20],
+    )
+    .unwrap();
+    let vmi = vmi("
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: mounted, namespace: ns}
+spec:
+  domain: {devices: {}, memory: {guest: 64Mi}}
+  volumes:
+  - name: root
+    containerDisk: {image: registry.invalid/never/pulled:1}
+");
+    let run = dir.path().join("run");
+    let prepared = prepare(
+        &vmi,
+        &Images::Mounted(&mounted),
+        &run,
+        HostDisks::Inside(&[]),
+    )
+    .await
+    .unwrap();
+    let overlay = &prepared.volumes[0];
+    assert_eq!(overlay.format, DiskFormat::Qcow2);
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&overlay.path)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["backing-filename"],
+        mounted
+            .join("volumes/root/disk/disk.img")
+            .display()
+            .to_string()
+    );
+
+    // A volume the pod did not mount is an error naming the image, never a pull.
+    std::fs::remove_dir_all(mounted.join("volumes/root")).unwrap();
+    let err = prepare(
+        &vmi,
+        &Images::Mounted(&mounted),
+        &dir.path().join("run2"),
+        HostDisks::Inside(&[]),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DiskError::NotMounted { .. }), "{err}");
+    assert!(
+        err.to_string().contains("registry.invalid/never/pulled:1"),
+        "{err}"
+    );
 }

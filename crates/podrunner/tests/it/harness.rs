@@ -115,6 +115,7 @@ impl Cluster {
             shim: PathBuf::from(env!("CARGO_BIN_EXE_kubevirt-rs-shim")),
             state: sandbox.path().to_owned(),
             images: ImageCache::new(cache, Registries::default()),
+            host_paths: Vec::new(),
         })
     }
 

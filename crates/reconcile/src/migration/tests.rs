@@ -13,6 +13,7 @@ fn config() -> Settings {
         launcher: LauncherConfig {
             image: "launcher".into(),
             software_emulation: true,
+            ..LauncherConfig::default()
         },
         policy: Some("slow".into()),
         configuration: Default::default(),

@@ -113,19 +113,10 @@ async fn wait_phase(
 
 /// The serial console logs of the launchers on this machine.
 fn serial_logs(run_dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![run_dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.file_name().is_some_and(|n| n == "virt-serial0.log") {
-                found.push(path);
-            }
-        }
-    }
-    found
+    crate::support::vmi_dirs(run_dir)
+        .iter()
+        .map(|d| d.join("virt-serial0.log"))
+        .collect()
 }
 
 /// The launcher pods of VMI `name`, as `name node phase` lines.

@@ -313,6 +313,14 @@ async fn a_tenant_cannot_reach_the_nodes_files() {
     tenant
         .apply(&host_disk_vmi("fine", &allowed.join("fine.img")))
         .unwrap();
+    // Its launcher, in a sandbox, has that directory and makes the disk there.
+    wait_until(
+        "the host disk made by the sandboxed launcher",
+        Duration::from_secs(60),
+        &system.server,
+        || async { allowed.join("fine.img").is_file().then_some(()) },
+    )
+    .await;
     kubectl_ok(
         &kc,
         &scratch,
@@ -764,14 +772,11 @@ async fn a_vmis_files_on_the_node_are_its_launchers_alone() {
         Duration::from_secs(60),
         &system.server,
         || async {
-            std::fs::read_dir(&system.run_dir)
-                .ok()?
-                .flatten()
-                .map(|e| e.path())
+            crate::support::vmi_dirs(&system.run_dir)
+                .into_iter()
                 .find(|p| {
                     p.file_name()
                         .is_some_and(|n| n.to_string_lossy().starts_with("default_vmi-nocloud-"))
-                        && p.join("virt-serial0.log").exists()
                 })
         },
     )
@@ -802,4 +807,80 @@ async fn a_vmis_files_on_the_node_are_its_launchers_alone() {
             "{expected} not in {seen:?}"
         );
     }
+}
+
+/// Issue 12: a launcher pod is a sandbox. QEMU runs as qemu (107) with no capabilities,
+/// under a seccomp filter, in mount and PID namespaces of its own; the pod asks for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guests_qemu_runs_unprivileged_in_its_own_namespaces() {
+    let scratch = Scratch::new();
+    let system = System::start(&scratch).await;
+    let kc = system.server.kubeconfig_path();
+    let file = scratch.path("sandboxed.json");
+    std::fs::write(
+        &file,
+        vmi(
+            "sandboxed",
+            "root",
+            "kubevirt/cirros-container-disk-demo:devel",
+            None,
+        ),
+    )
+    .unwrap();
+    kubectl_ok(&kc, &scratch, &["apply", "-f", &file.display().to_string()]);
+    let qemu = wait_until(
+        "a running QEMU",
+        Duration::from_secs(60),
+        &system.server,
+        || async { crate::support::qemu_pids(&system.run_dir).first().copied() },
+    )
+    .await;
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("Uid:"), "107\t107\t107\t107", "{status}");
+    assert_eq!(field("Gid:"), "107\t107\t107\t107", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+    for ns in ["mnt", "pid", "ipc", "uts"] {
+        let theirs = std::fs::read_link(format!("/proc/{qemu}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "QEMU shares the server's {ns} namespace");
+    }
+    // The node's files are not in its view: its root is the launcher image.
+    assert!(!Path::new(&format!("/proc/{qemu}/root/etc/kubevirt-rs")).exists());
+    assert!(
+        std::fs::read_to_string(format!("/proc/{qemu}/root/etc/passwd"))
+            .unwrap()
+            .contains("qemu:x:107:107")
+    );
+    // The pod says so too.
+    let pod = kubectl_ok(
+        &kc,
+        &scratch,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "vm.kubevirt.io/name=sandboxed",
+            "-o",
+            "json",
+        ],
+    );
+    let pod: Value = serde_json::from_str(&pod).unwrap();
+    let spec = &pod["items"][0]["spec"];
+    assert_eq!(spec["securityContext"]["runAsUser"], 107);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
 }

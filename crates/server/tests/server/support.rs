@@ -371,8 +371,10 @@ pub fn require_registry() {
     );
 }
 
-/// The pids of processes whose command line mentions `needle`, with their names.
+/// The pids of processes whose command line mentions `needle`, or that run in a pod
+/// whose directory is below `needle`, with their names.
 pub fn processes_mentioning(needle: &Path) -> Vec<(i32, String)> {
+    let pods = pod_uids(needle);
     let needle = needle.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -383,7 +385,13 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(i32, String)> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
+        // A sandboxed process names its pod in its cgroup: `/kubevirt-rs/pod<uid>/...`.
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        let in_pod = cgroup
+            .split("/kubevirt-rs/pod")
+            .skip(1)
+            .any(|rest| pods.iter().any(|uid| rest.starts_with(uid.as_str())));
+        if cmdline.contains(&needle) || in_pod {
             let name = cmdline.split(' ').next().unwrap_or_default().to_owned();
             found.push((pid, name));
         }
@@ -391,26 +399,101 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(i32, String)> {
     found
 }
 
-/// The serial console log of the guest `name` (namespace `default`) under `run_dir`; empty
-/// once its launcher has removed its directory.
-pub fn console_log(run_dir: &Path, name: &str) -> String {
-    let prefix = format!("default_{name}-");
-    std::fs::read_dir(run_dir)
+/// The pods directories below `root`: the first node's and the others' (`--nodes`).
+fn pod_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.join("data/pods")];
+    for node in std::fs::read_dir(root.join("data/nodes"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|e| std::fs::read_to_string(e.path().join("virt-serial0.log")).ok())
+    {
+        dirs.push(node.path().join("pods"));
+    }
+    dirs
+}
+
+/// The uids of the pods whose directories are below `root`.
+fn pod_uids(root: &Path) -> Vec<String> {
+    pod_dirs(root)
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
 
-/// The QEMU processes of the launchers under `run_dir`.
-pub fn qemu_pids(run_dir: &Path) -> Vec<i32> {
-    processes_mentioning(run_dir)
+/// The launchers' run directories below `root`: the shared one of host-process launchers
+/// (`run/`), and each sandboxed launcher pod's `private` emptyDir.
+pub fn launcher_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.join("run")];
+    for pods in pod_dirs(root) {
+        for pod in std::fs::read_dir(pods).into_iter().flatten().flatten() {
+            dirs.push(pod.path().join("volumes/kubernetes.io~empty-dir/private"));
+        }
+    }
+    dirs
+}
+
+/// The per-VMI directories the launchers below `root` made (`<ns>_<name>-<pid>`), with
+/// their console logs.
+pub fn vmi_dirs(root: &Path) -> Vec<PathBuf> {
+    launcher_dirs(root)
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.join("virt-serial0.log").exists())
+        .collect()
+}
+
+/// The serial console log of the guest `name` (namespace `default`) below `root`; empty
+/// once its launcher has removed its directory.
+pub fn console_log(root: &Path, name: &str) -> String {
+    let prefix = format!("default_{name}-");
+    vmi_dirs(root)
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .filter_map(|p| std::fs::read_to_string(p.join("virt-serial0.log")).ok())
+        .collect()
+}
+
+/// The QEMU processes of the launchers below `root`.
+pub fn qemu_pids(root: &Path) -> Vec<i32> {
+    processes_mentioning(root)
         .into_iter()
         .filter(|(_, name)| name.contains("qemu"))
         .map(|(pid, _)| pid)
         .collect()
+}
+
+/// Builds the launcher image from the launcher cargo built and pushes it to the loopback
+/// registry, once per test run: sandboxed launcher pods run that image.
+pub fn push_launcher_image() {
+    static PUSHED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    PUSHED.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for (script, args) in [
+            (
+                "images/build.sh",
+                vec![
+                    "launcher".to_owned(),
+                    launcher_binary().display().to_string(),
+                ],
+            ),
+            ("guest/registry.sh", vec![]),
+        ] {
+            let out = Command::new(root.join(script))
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
 }
 
 /// Kills what a test's launchers left, so a failed test does not leave guests behind.
@@ -421,11 +504,36 @@ impl Drop for Reaper {
         for (pid, _) in processes_mentioning(&self.0) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+        // Sandboxed pods also leave the runtime's state and their root filesystems'
+        // mounts.
+        let state = self.0.join("data/runc");
+        let ids = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["list", "-q"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.lines() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&state)
+                .args(["delete", "--force", id])
+                .output();
+        }
+        let root = self.0.to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split_whitespace().nth(4)) {
+            if point.starts_with(&root) {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
     }
 }
 
-/// The whole system on `scratch`: the server with every component, its launchers'
-/// run directory, and the reaper for what they leave.
+/// The whole system on `scratch`: the server with every component, the directory its
+/// launchers are below (the scratch directory: see [`launcher_dirs`]), and the reaper for
+/// what they leave.
 pub struct System {
     pub server: Server,
     pub run_dir: PathBuf,
@@ -441,8 +549,9 @@ impl System {
     /// The whole system acting as `nodes` nodes: `node1`, `node1-2`, ...
     pub async fn start_nodes(scratch: &Scratch, nodes: u8) -> Self {
         require_registry();
+        push_launcher_image();
         let run_dir = scratch.path("run");
-        let reaper = Reaper(run_dir.clone());
+        let reaper = Reaper(scratch.path(""));
         let node = Node::Full {
             run_dir: run_dir.clone(),
             nodes,
@@ -450,7 +559,7 @@ impl System {
         let server = Server::start_with(scratch, &node).await;
         Self {
             server,
-            run_dir,
+            run_dir: scratch.path(""),
             node,
             _reaper: reaper,
         }

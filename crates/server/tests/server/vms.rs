@@ -32,15 +32,12 @@ fn row(table: &str) -> Vec<String> {
         .collect()
 }
 
-/// The serial console log of the guest under `run_dir`.
+/// The serial console logs of the guests below `run_dir`.
 fn console_log(run_dir: &Path) -> String {
-    let mut text = String::new();
-    for entry in std::fs::read_dir(run_dir).into_iter().flatten().flatten() {
-        if let Ok(t) = std::fs::read_to_string(entry.path().join("virt-serial0.log")) {
-            text.push_str(&t);
-        }
-    }
-    text
+    crate::support::vmi_dirs(run_dir)
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("virt-serial0.log")).ok())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
