@@ -23,6 +23,7 @@ mod error;
 mod eviction;
 mod gc;
 mod handlers;
+mod launchers;
 mod nodes;
 mod objects;
 mod openapi;

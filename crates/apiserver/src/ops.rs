@@ -102,6 +102,9 @@ pub async fn create(
         let privileged = crate::services::privileged(how.user.as_deref());
         crate::services::allocate(state, &mut obj, privileged)?;
     }
+    if r.builtin && r.plural == "pods" {
+        crate::launchers::check(how.user.as_deref(), None, &obj)?;
+    }
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -204,6 +207,9 @@ pub async fn update(
         let mut obj = objects::for_update(r, &written, &old, body, part, how.strict)?;
         if r.builtin && r.plural == "services" && part != Part::Status {
             crate::services::check_update(state, &old, &mut obj)?;
+        }
+        if r.builtin && r.plural == "pods" {
+            crate::launchers::check(how.user.as_deref(), Some(&old), &obj)?;
         }
         if let Some(user) = &how.user {
             let a = Attributes {

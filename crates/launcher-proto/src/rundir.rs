@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{Mode, SFlag};
 use tokio::net::UnixStream;
 
 /// A launcher's run directory: where it is on the node, and where the launcher itself
@@ -103,18 +103,22 @@ impl RunPath {
         Ok(openat2(self.root()?, &self.relative, how)?)
     }
 
-    /// Connects to the socket.
+    /// Connects to the socket (only a socket: nothing else is opened through it).
     pub async fn connect(&self) -> std::io::Result<UnixStream> {
         let fd = self.open(OFlag::O_PATH)?;
+        expect_kind(&fd, SFlag::S_IFSOCK, "a socket")?;
         let stream = UnixStream::connect(format!("/proc/self/fd/{}", fd.as_raw_fd())).await;
         drop(fd);
         stream
     }
 
-    /// Reads the file, at most `limit` bytes.
+    /// Reads the file, at most `limit` bytes: a regular file only (a FIFO would block the
+    /// reader, a device node would be the node's device), opened without blocking.
     pub fn read(&self, limit: u64) -> std::io::Result<Vec<u8>> {
+        let fd = self.open(OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+        expect_kind(&fd, SFlag::S_IFREG, "a regular file")?;
         let mut bytes = Vec::new();
-        std::fs::File::from(self.open(OFlag::O_RDONLY)?)
+        std::fs::File::from(fd)
             .take(limit)
             .read_to_end(&mut bytes)?;
         Ok(bytes)
@@ -132,6 +136,19 @@ impl RunPath {
         .open(OFlag::O_PATH | OFlag::O_DIRECTORY)?;
         nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
         Ok(())
+    }
+}
+
+/// Fails unless the open file is of `kind`.
+fn expect_kind(fd: &OwnedFd, kind: SFlag, what: &str) -> std::io::Result<()> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == kind {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not {what}"),
+        ))
     }
 }
 

@@ -2,21 +2,23 @@
 //! ([`bundle_spec`]), and its seccomp profile ([`runtime_default_seccomp`]).
 //!
 //! What a pod gets, as a kubelet with containerd would give it:
-//! - the image's root filesystem, read-only when `readOnlyRootFilesystem` says so,
-//!   otherwise an overlay whose upper layer belongs to the container (see [`crate::pods`]);
+//! - the image's root filesystem as an overlay whose upper layer belongs to the container
+//!   (the shared tree is never the root itself), read-only when `readOnlyRootFilesystem`
+//!   says so (see [`crate::runtime`]);
 //! - new mount, PID, IPC, UTS and cgroup namespaces; the node's network for now (every
 //!   pod's IP is the node's);
 //! - the command as Kubernetes composes it from the image's `Entrypoint` and `Cmd` and the
 //!   container's `command` and `args`, `$(VAR)` expanded; the image's `Env`, then `env`;
 //! - the user from `runAsUser`/`runAsGroup` (container over pod), else the image's
 //!   `User`; `runAsNonRoot` refused for root; `supplementalGroups` and `fsGroup`;
-//! - containerd's default capabilities, with `drop` and `add` applied; a non-root process
-//!   keeps them only in its bounding set, as the kernel does for a non-root exec;
+//! - containerd's default capabilities but NET_RAW, with `drop` and `add` applied (`add`
+//!   only within Kubernetes' baseline set); a non-root process keeps them only in its
+//!   bounding set, as the kernel does for a non-root exec;
 //!   `no_new_privs` always;
 //! - seccomp: `RuntimeDefault` (also when nothing is said); `Unconfined` and `Localhost`
 //!   are refused;
-//! - cgroup limits from the container's `limits` (memory and CPU), on cgroup v1 or v2 as
-//!   the runtime finds them;
+//! - cgroup limits from the container's `limits` (memory and CPU) and at most 4096
+//!   processes, on cgroup v1 or v2 as the runtime finds them;
 //! - the pod's `emptyDir` volumes, its `image` volumes (read-only, as Kubernetes' image
 //!   volumes), and as `hostPath` only its namespace's directory under the node's
 //!   host-disk directories; nothing else of the node;
@@ -24,8 +26,9 @@
 //!   resource upstream's device plugin offers ([`DEVICES`]).
 //!
 //! Refused with a reason (the container waits with `CreateContainerConfigError`):
-//! privileged containers, any other `hostPath` and every other volume type, `subPath`,
-//! relative or unclean mount paths.
+//! privileged containers, capabilities beyond the baseline, any other `hostPath` and every
+//! other volume type, `subPath`, relative or unclean mount paths, a `workingDir` under
+//! `/proc`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -42,14 +45,14 @@ use registry::image::ImageConfig;
 
 use crate::spec::{self, Host, Refusal};
 
-/// The capabilities a container gets unless it drops them: containerd's defaults.
-pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+/// The capabilities a container gets unless it drops them: containerd's defaults without
+/// NET_RAW (pods share the node's network: raw sockets there would see its loopback).
+pub const DEFAULT_CAPABILITIES: [&str; 13] = [
     "CHOWN",
     "DAC_OVERRIDE",
     "FSETID",
     "FOWNER",
     "MKNOD",
-    "NET_RAW",
     "SETGID",
     "SETUID",
     "SETFCAP",
@@ -60,20 +63,42 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
     "AUDIT_WRITE",
 ];
 
-/// Devices a container gets by asking for the resource in its limits, as device plugins
-/// hand them out: (resource, path). `/dev/kvm` as upstream's plugin names it;
-/// `/dev/userfaultfd` for post-copy migration targets (a name of ours).
-pub const DEVICES: [(&str, &str); 2] = [
-    ("devices.kubevirt.io/kvm", "/dev/kvm"),
-    ("devices.kubevirt.io/userfaultfd", "/dev/userfaultfd"),
+/// The capabilities a container may `add`: Kubernetes' baseline Pod Security Standard
+/// (containerd's defaults), nothing that reaches the node (NET_ADMIN, SYS_ADMIN,
+/// SYS_TIME, NET_RAW while pods share the node's network, ...).
+pub const ALLOWED_CAPABILITIES: [&str; 13] = DEFAULT_CAPABILITIES;
+
+/// Devices a container gets by asking for the resource in its limits (a quantity above
+/// zero), as device plugins hand them out: (resource, path, whether only a VMI's launcher
+/// pod gets it). `/dev/kvm` as upstream's plugin names it; `/dev/userfaultfd` for
+/// post-copy migration (a name of ours), which lifts `vm.unprivileged_userfaultfd` for
+/// the process that has it and so goes to launchers only: pods that virt-controller made
+/// for a VMI, the only ones the API server lets carry a VMI as their controller.
+pub const DEVICES: [(&str, &str, bool); 2] = [
+    ("devices.kubevirt.io/kvm", "/dev/kvm", false),
+    ("devices.kubevirt.io/userfaultfd", "/dev/userfaultfd", true),
 ];
 
-/// A character device of the node: its path, major and minor numbers.
+/// The number of processes (threads included) a container may have.
+const PIDS_LIMIT: i64 = 4096;
+
+/// A character device of the node: its path, major and minor numbers, and whether only
+/// launcher pods get it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     pub path: String,
     pub major: i64,
     pub minor: i64,
+    pub launchers_only: bool,
+}
+
+/// Whether `pod` is a VMI's launcher: its controller is a VirtualMachineInstance.
+fn is_launcher(pod: &Pod) -> bool {
+    pod.metadata.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "VirtualMachineInstance"
+            && o.api_version.starts_with("kubevirt.io/")
+    })
 }
 
 /// The [`DEVICES`] this node has, by resource.
@@ -81,7 +106,7 @@ pub fn node_devices() -> BTreeMap<String, Device> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     DEVICES
         .iter()
-        .filter_map(|(resource, path)| {
+        .filter_map(|(resource, path, launchers_only)| {
             let meta = std::fs::metadata(path).ok()?;
             meta.file_type().is_char_device().then(|| {
                 let rdev = meta.rdev();
@@ -89,6 +114,7 @@ pub fn node_devices() -> BTreeMap<String, Device> {
                     path: (*path).to_owned(),
                     major: i64::from(libc::major(rdev)),
                     minor: i64::from(libc::minor(rdev)),
+                    launchers_only: *launchers_only,
                 };
                 ((*resource).to_owned(), device)
             })
@@ -261,6 +287,12 @@ pub fn bundle_spec(
             "workingDir {cwd:?} is not an absolute path"
         )));
     }
+    // The runtime's own descriptors live under /proc: never a place to start in.
+    if Path::new(&cwd).starts_with("/proc") {
+        return Err(Refusal::Config(format!(
+            "workingDir {cwd:?} is under /proc"
+        )));
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
@@ -306,7 +338,11 @@ pub fn bundle_spec(
     let mut device_rules = Vec::new();
     for (resource, device) in paths.devices {
         let (path, major, minor) = (device.path.as_str(), device.major, device.minor);
-        if asked.is_some_and(|l| l.contains_key(resource)) {
+        let wanted = asked
+            .and_then(|l| l.get(resource))
+            .and_then(|q| api::quantity::parse_milli(&q.0).ok())
+            .is_some_and(|m| m > 0);
+        if wanted && (!device.launchers_only || is_launcher(pod)) {
             devices.push(
                 LinuxDeviceBuilder::default()
                     .path(path)
@@ -334,6 +370,12 @@ pub fn bundle_spec(
     if !device_rules.is_empty() {
         resources = resources.devices(device_rules);
     }
+    resources = resources.pids(
+        oci_spec::runtime::LinuxPidsBuilder::default()
+            .limit(PIDS_LIMIT)
+            .build()
+            .map_err(config_error)?,
+    );
     let namespaces: Vec<LinuxNamespace> = oci_spec::runtime::get_default_namespaces()
         .into_iter()
         // The node's network, until pods have their own (see the module's documentation).
@@ -344,7 +386,12 @@ pub fn bundle_spec(
         .resources(resources.build().map_err(config_error)?)
         .cgroups_path(PathBuf::from(paths.cgroup))
         .devices(devices)
-        .masked_paths(oci_spec::runtime::get_default_maskedpaths())
+        .masked_paths({
+            // runc's current list: the default plus the energy counters (RAPL).
+            let mut masked = oci_spec::runtime::get_default_maskedpaths();
+            masked.push("/sys/devices/virtual/powercap".into());
+            masked
+        })
         .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
         .seccomp(runtime_default_seccomp())
         .build()
@@ -414,6 +461,13 @@ fn capabilities(security: &SecurityContext) -> Result<HashSet<Capability>, Refus
         }
     }
     for name in asked.add.iter().flatten() {
+        let plain = name.strip_prefix("CAP_").unwrap_or(name);
+        if !ALLOWED_CAPABILITIES.contains(&plain) {
+            return Err(Refusal::Config(format!(
+                "capability {name:?} may not be added: the kubevirt-rs pod runner allows only the baseline set ({})",
+                ALLOWED_CAPABILITIES.join(", ")
+            )));
+        }
         caps.insert(parse(name)?);
     }
     Ok(caps)
@@ -517,9 +571,11 @@ fn volume_mounts(
 
 /// The system calls `RuntimeDefault` refuses (with `EPERM`): those Docker's and
 /// containerd's default profile leaves out, which reach the kernel's global state (modules,
-/// clocks, swap, reboot, keyrings, BPF, tracing other processes' memory), mount or change
-/// namespaces, or open files by handle.
-pub const REFUSED_SYSCALLS: [&str; 40] = [
+/// clocks, swap, reboot, keyrings, BPF, the kernel log, tracing other processes' memory),
+/// mount or change namespaces, open files by handle, or are io_uring (Docker refuses it
+/// too). The filter knows x86-64 calls only: a 32-bit or x32 call kills the process.
+pub const REFUSED_SYSCALLS: [&str; 54] = [
+    "_sysctl",
     "acct",
     "add_key",
     "bpf",
@@ -534,6 +590,9 @@ pub const REFUSED_SYSCALLS: [&str; 40] = [
     "fspick",
     "get_kernel_syms",
     "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "ioperm",
     "iopl",
     "kcmp",
@@ -542,24 +601,34 @@ pub const REFUSED_SYSCALLS: [&str; 40] = [
     "keyctl",
     "lookup_dcookie",
     "mount",
+    "mount_setattr",
     "move_mount",
     "name_to_handle_at",
     "nfsservctl",
     "open_by_handle_at",
     "open_tree",
+    "open_tree_attr",
     "perf_event_open",
     "pivot_root",
     "process_vm_readv",
     "process_vm_writev",
     "query_module",
     "quotactl",
+    "quotactl_fd",
     "reboot",
     "request_key",
     "setns",
     "settimeofday",
     "swapoff",
     "swapon",
+    "sysfs",
+    "syslog",
+    "umount",
     "umount2",
+    "uselib",
+    "ustat",
+    "vm86",
+    "vm86old",
 ];
 
 /// The profile `RuntimeDefault` means here: everything allowed except
@@ -611,11 +680,7 @@ pub fn runtime_default_seccomp() -> LinuxSeccomp {
     ];
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(vec![
-            oci_spec::runtime::Arch::ScmpArchX86_64,
-            oci_spec::runtime::Arch::ScmpArchX86,
-            oci_spec::runtime::Arch::ScmpArchX32,
-        ])
+        .architectures(vec![oci_spec::runtime::Arch::ScmpArchX86_64])
         .syscalls(syscalls)
         .build()
         .expect("every field of the profile is set")
@@ -662,6 +727,7 @@ mod tests {
                 path: "/dev/kvm".into(),
                 major: 10,
                 minor: 232,
+                launchers_only: false,
             },
         )]);
         let paths = Paths {
@@ -752,11 +818,11 @@ mod tests {
         assert_eq!(root.effective(), root.bounding());
         let user = caps(
             json!({"name": "c", "command": ["sh"], "securityContext": {"runAsUser": 107,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}}),
+            "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}),
         );
         assert_eq!(
             user.bounding().as_ref().unwrap().iter().collect::<Vec<_>>(),
-            [&Capability::NetAdmin]
+            [&Capability::NetBindService]
         );
         assert!(user.effective().as_ref().unwrap().is_empty());
         let err = spec_of(
@@ -765,6 +831,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("BOGUS"), "{err}");
+        // Nothing beyond the baseline: no capability that reaches the node.
+        for cap in [
+            "SYS_ADMIN",
+            "NET_ADMIN",
+            "CAP_SYS_TIME",
+            "NET_RAW",
+            "SYS_PTRACE",
+        ] {
+            let err = spec_of(
+                &pod(json!({"name": "c", "command": ["sh"], "securityContext": {"capabilities": {"add": [cap]}}}), json!({})),
+                &image(json!({})),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("may not be added"), "{cap}: {err}");
+        }
+        assert!(
+            !root
+                .bounding()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::NetRaw)
+        );
     }
 
     #[test]

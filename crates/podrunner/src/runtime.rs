@@ -7,8 +7,9 @@
 //!   kubelet's layout, so a component that finds a pod's sockets by its uid finds them
 //!   on a real node too); `image` volumes are the image's tree in the node's cache,
 //!   mounted read-only;
-//! - `containers/<container>/`: the bundle (`config.json`), and for a writable root
-//!   filesystem the overlay's `upper/`, `work/` and its mount point `rootfs/`;
+//! - `containers/<container>/`: the bundle (`config.json`) and the root filesystem, an
+//!   overlay of the image's tree: its `upper/`, `work/` and mount point `rootfs/` (read-only
+//!   for the container when `readOnlyRootFilesystem` says so);
 //! - `<container>.init`: the container's first process and its start time, written by
 //!   the shim (`kubevirt-rs-shim`), which the runner signals.
 //!
@@ -140,14 +141,19 @@ impl Oci {
         }
         let bundle = container_dir(pod_dir, &c.name);
         std::fs::create_dir_all(&bundle).map_err(|e| io("creating", &bundle, e))?;
-        let rootfs = if oci::read_only_root(c) {
-            pulled.tree.clone()
-        } else {
-            overlay(&pulled.tree, &bundle).map_err(|e| io("mounting the overlay at", &bundle, e))?
-        };
+        // Always the container's own overlay, never the shared tree itself: the runtime
+        // makes mount points in the root before it makes it read-only.
+        let rootfs = overlay(&pulled.tree, &bundle)
+            .map_err(|e| io("mounting the overlay at", &bundle, e))?;
         let passwd = registry::image::file_in_image(&pulled.tree, &image, "/etc/passwd")
             .ok()
-            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|p| std::fs::File::open(p).ok())
+            .map(|f| {
+                use std::io::Read;
+                let mut text = String::new();
+                let _ = f.take(1 << 20).read_to_string(&mut text);
+                text
+            })
             .unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let cgroup = format!("{}/{}", pod_cgroup(&uid), c.name);

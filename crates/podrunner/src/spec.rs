@@ -90,6 +90,17 @@ pub fn unsupported(pod: &Pod) -> Option<&'static str> {
             "a container name is not a DNS-1123 label (lower-case alphanumerics and '-', at most 63 characters)",
         );
     }
+    // A volume's name names its directory on the node too (`volumes/.../<name>`).
+    if spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| api::validate::dns1123_label(&v.name).is_err())
+    {
+        return Some(
+            "a volume name is not a DNS-1123 label (lower-case alphanumerics and '-', at most 63 characters)",
+        );
+    }
     None
 }
 
@@ -354,6 +365,17 @@ mod tests {
         for bad in ["../../../../etc/cron.d/x", "a/b", "Upper", ""] {
             let p = pod(json!({"name": bad, "image": "img:1"}));
             assert!(unsupported(&p).unwrap().contains("DNS-1123"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volume_names_that_are_not_plain_file_names_are_refused() {
+        for bad in ["/", "../../etc", "a/b", "Upper", ""] {
+            let mut p = pod(json!({"name": "c", "image": "img:1"}));
+            p.spec.as_mut().unwrap().volumes = Some(vec![
+                serde_json::from_value(json!({"name": bad, "emptyDir": {}})).unwrap(),
+            ]);
+            assert!(unsupported(&p).unwrap().contains("volume name"), "{bad}");
         }
     }
 

@@ -195,7 +195,7 @@ async fn limits_are_the_containers_cgroup_and_volumes_only_emptydir() {
         .await;
     let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
     assert!(
-        message.contains("emptyDir and image volumes only"),
+        message.contains("hostPath only for their namespace"),
         "{message}"
     );
 }
@@ -278,4 +278,41 @@ async fn image_volumes_are_read_only_and_kvm_comes_with_its_resource() {
     toolbox(&c, "nokvm", "ls /dev/kvm 2>&1; true", json!({}), json!({})).await;
     let out = output(&c, "nokvm", "Succeeded").await;
     assert!(out.contains("No such file or directory"), "{out}");
+}
+
+#[tokio::test]
+async fn a_volume_named_like_a_path_or_a_capability_beyond_the_baseline_is_refused() {
+    let c = Cluster::sandboxed().await;
+    // A volume named "/" would have been the node's root directory.
+    toolbox(
+        &c,
+        "slash",
+        "true",
+        json!({"volumeMounts": [{"name": "/", "mountPath": "/host"}]}),
+        json!({"volumes": [{"name": "/", "emptyDir": {}}]}),
+    )
+    .await;
+    let pod = c.wait_phase("slash", "Failed").await;
+    let message = pod["status"]["message"].to_string();
+    assert!(message.contains("volume name"), "{pod}");
+    toolbox(
+        &c,
+        "admin",
+        "true",
+        json!({"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}),
+        json!({}),
+    )
+    .await;
+    let pod = c
+        .wait_pod("admin", "refused", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        })
+        .await;
+    let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
+    assert!(message.contains("may not be added"), "{message}");
+    // The node's root is as it was.
+    let mode = std::fs::metadata("/").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o755);
 }

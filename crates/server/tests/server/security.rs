@@ -36,6 +36,16 @@ fn host_disk_vmi(name: &str, path: &Path) -> String {
     )
 }
 
+/// Gives alice `role` in `ns` through the RoleBinding `name`.
+fn bind_alice(kc: &Path, scratch: &Scratch, name: &str, role: &str, ns: &str) {
+    let role = format!("--clusterrole={role}");
+    kubectl_ok(
+        kc,
+        scratch,
+        &["create", "rolebinding", name, &role, "--user=alice", "-n", ns],
+    );
+}
+
 struct Tenant<'a> {
     kc: PathBuf,
     scratch: &'a Scratch,
@@ -124,19 +134,7 @@ async fn a_tenant_cannot_reach_the_nodes_files() {
     let scratch = Scratch::new();
     let system = System::start(&scratch).await;
     let kc = system.server.kubeconfig_path();
-    kubectl_ok(
-        &kc,
-        &scratch,
-        &[
-            "create",
-            "rolebinding",
-            "alice-vms",
-            "--clusterrole=kubevirt.io:edit",
-            "--user=alice",
-            "-n",
-            NS,
-        ],
-    );
+    bind_alice(&kc, &scratch, "alice-vms", "kubevirt.io:edit", NS);
     let tenant = Tenant {
         kc: kc.clone(),
         scratch: &scratch,
@@ -382,19 +380,7 @@ async fn a_namespace_admin_cannot_grant_what_they_do_not_hold() {
     let kc = server.kubeconfig_path();
     let run = |args: &[&str]| kubectl(&kc, &scratch, args);
     kubectl_ok(&kc, &scratch, &["create", "namespace", "team"]);
-    kubectl_ok(
-        &kc,
-        &scratch,
-        &[
-            "create",
-            "rolebinding",
-            "alice-admin",
-            "--clusterrole=admin",
-            "--user=alice",
-            "-n",
-            "team",
-        ],
-    );
+    bind_alice(&kc, &scratch, "alice-admin", "admin", "team");
     let as_alice = |args: &[&str]| {
         let mut all = vec!["--as", "alice", "-n", "team"];
         all.extend_from_slice(args);
@@ -496,19 +482,7 @@ async fn a_tenant_cannot_take_another_services_address() {
     let server = crate::support::Server::start(&scratch).await;
     let kc = server.kubeconfig_path();
     kubectl_ok(&kc, &scratch, &["create", "namespace", "team"]);
-    kubectl_ok(
-        &kc,
-        &scratch,
-        &[
-            "create",
-            "rolebinding",
-            "alice-edit",
-            "--clusterrole=edit",
-            "--user=alice",
-            "-n",
-            "team",
-        ],
-    );
+    bind_alice(&kc, &scratch, "alice-edit", "edit", "team");
     let apply = |svc: Value| {
         let file = scratch.path("svc.json");
         std::fs::write(&file, svc.to_string()).unwrap();
@@ -862,6 +836,30 @@ async fn a_guests_qemu_runs_unprivileged_in_its_own_namespaces() {
             .unwrap()
             .contains("qemu:x:107:107")
     );
+    // A tenant who may create pods cannot make one of their own pass for this VMI's
+    // launcher, which the handler would send the VMI and a migration's key.
+    bind_alice(&kc, &scratch, "alice-edit", "edit", NS);
+    let tenant = Tenant {
+        kc: kc.clone(),
+        scratch: &scratch,
+    };
+    let uid = kubectl_ok(
+        &kc,
+        &scratch,
+        &["get", "vmi", "sandboxed", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let forged = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "forged", "namespace": "{NS}",
+  "labels": {{"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": "{uid}"}},
+  "ownerReferences": [{{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+    "name": "sandboxed", "uid": "{uid}", "controller": true}}]}},
+  "spec": {{"containers": [{{"name": "c", "image": "127.0.0.1:5000/kubevirt-rs/toolbox:devel"}}]}}}}"#
+    );
+    let err = tenant
+        .apply(&forged)
+        .expect_err("the forged launcher pod was admitted");
+    assert!(err.contains("virt-controller's to create"), "{err}");
+
     // The pod says so too.
     let pod = kubectl_ok(
         &kc,
