@@ -129,6 +129,15 @@ impl ImageCache {
 
     /// Ensures `image` is unpacked in the cache; returns its tree and its configuration.
     pub async fn pull(&self, image: &str, policy: PullPolicy) -> Result<Pulled, ImageError> {
+        let pulled = self.pull_cached(image, policy).await?;
+        // Whoever unpacked it (a launcher runs with umask 077), the tree's root is open to
+        // every user: a pod mounts it as an image volume and runs as its own user.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&pulled.tree, std::fs::Permissions::from_mode(0o755));
+        Ok(pulled)
+    }
+
+    async fn pull_cached(&self, image: &str, policy: PullPolicy) -> Result<Pulled, ImageError> {
         let reference =
             ImageRef::parse(image).ok_or_else(|| ImageError::InvalidReference(image.to_owned()))?;
         let ref_file = self

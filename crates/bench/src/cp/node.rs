@@ -254,6 +254,14 @@ pub fn kill_mentioning(dir: &Path) -> usize {
         runc(&["delete", "--force", id]);
         killed += 1;
     }
+    // And their root filesystems' mounts, which the scratch directory cannot go without.
+    let root = dir.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for point in mounts.lines().filter_map(|l| l.split_whitespace().nth(4)) {
+        if point.starts_with(&root) {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
     killed
 }
 
