@@ -42,7 +42,15 @@ fn bind_alice(kc: &Path, scratch: &Scratch, name: &str, role: &str, ns: &str) {
     kubectl_ok(
         kc,
         scratch,
-        &["create", "rolebinding", name, &role, "--user=alice", "-n", ns],
+        &[
+            "create",
+            "rolebinding",
+            name,
+            &role,
+            "--user=alice",
+            "-n",
+            ns,
+        ],
     );
 }
 
