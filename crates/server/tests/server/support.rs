@@ -521,6 +521,21 @@ impl Drop for Reaper {
                 .args(["delete", "--force", id])
                 .output();
         }
+        // The pods' cgroups, which only the pod runner's own clean-up removes.
+        for uid in pod_uids(&self.0) {
+            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = std::fs::remove_dir(
+                    hierarchy
+                        .path()
+                        .join("kubevirt-rs")
+                        .join(format!("pod{uid}")),
+                );
+            }
+        }
         let root = self.0.to_string_lossy().into_owned();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for point in mounts.lines().filter_map(|l| l.split_whitespace().nth(4)) {
