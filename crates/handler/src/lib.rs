@@ -109,15 +109,15 @@ impl std::fmt::Debug for Ctx {
 impl Ctx {
     /// The run directory of the VMI's launcher on this node, once its pod is known.
     fn run_dir(&self, vmi: &VirtualMachineInstance) -> Option<RunDir> {
+        if let Launchers::Shared(dir) = &self.launchers {
+            return Some(RunDir::shared(dir));
+        }
         let active = vmi.status.as_ref().map(|s| &s.active_pods);
-        let mut ours = active
+        active
             .into_iter()
             .flatten()
-            .filter(|(_, node)| **node == self.node);
-        match &self.launchers {
-            Launchers::Shared(dir) => Some(RunDir::shared(dir)),
-            Launchers::InPods(_) => ours.find_map(|(uid, _)| self.launchers.run_dir(uid)),
-        }
+            .filter(|(_, node)| **node == self.node)
+            .find_map(|(uid, _)| self.launchers.run_dir(uid))
     }
 
     /// The control socket of the VMI's launcher on this node, once its pod is known.

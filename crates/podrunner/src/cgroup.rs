@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-/// The CFS period `cpu.max` is written with, in microseconds.
-const CPU_PERIOD: u64 = 100_000;
+/// The CFS period CPU limits are written with, in microseconds.
+pub const CPU_PERIOD: u64 = 100_000;
 
 /// Where pod cgroups go, if anywhere.
 #[derive(Debug, Clone, Default)]
@@ -71,12 +71,21 @@ impl Cgroups {
 
 /// The mount point of the cgroup2 filesystem in a mountinfo table.
 fn unified_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
+    mount_points(mountinfo, &["cgroup2"]).into_iter().next()
+}
+
+/// The mount points of the filesystems of `types` in a mountinfo table (such as every
+/// cgroup hierarchy, v1 and v2).
+pub fn mount_points(mountinfo: &str, types: &[&str]) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            types
+                .contains(&right.split_whitespace().next()?)
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .collect()
 }
 
 fn prepare(mount: &Path) -> Result<PathBuf, String> {

@@ -122,9 +122,6 @@ pub fn node_devices() -> BTreeMap<String, Device> {
         .collect()
 }
 
-/// The CFS period CPU limits are written with, in microseconds.
-const CPU_PERIOD: u64 = 100_000;
-
 /// Where one container's pieces are on the node.
 #[derive(Debug, Clone)]
 pub struct Paths<'a> {
@@ -162,7 +159,7 @@ pub fn unsupported_volumes(pod: &Pod, host_paths: &[PathBuf]) -> Option<Refusal>
 }
 
 /// Whether the container's root filesystem is read-only.
-pub fn read_only_root(c: &Container) -> bool {
+fn read_only_root(c: &Container) -> bool {
     c.security_context
         .as_ref()
         .and_then(|s| s.read_only_root_filesystem)
@@ -324,11 +321,12 @@ pub fn bundle_spec(
         );
     }
     if let Some(millis) = cpu {
-        let quota = i64::try_from(millis.saturating_mul(CPU_PERIOD) / 1000).unwrap_or(i64::MAX);
+        let quota = i64::try_from(millis.saturating_mul(crate::cgroup::CPU_PERIOD) / 1000)
+            .unwrap_or(i64::MAX);
         resources = resources.cpu(
             LinuxCpuBuilder::default()
                 .quota(quota)
-                .period(CPU_PERIOD)
+                .period(crate::cgroup::CPU_PERIOD)
                 .build()
                 .map_err(config_error)?,
         );

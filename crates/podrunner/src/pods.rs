@@ -280,13 +280,11 @@ impl Worker {
             self.warned_restart = true;
             tracing::warn!(pod = %name_of(pod).1, policy = ?policy, "containers are never restarted: treated as restartPolicy Never");
         }
-        // An OCI runtime makes each container's cgroup itself.
+        // None under an OCI runtime, which makes each container's cgroup itself (the
+        // runner then has no cgroups of its own: `crate::run`).
         let cgroup = std::fs::create_dir_all(&self.dir)
             .map_err(|e| e.to_string())
-            .map(|()| match &self.node.runtime {
-                Runtime::Process { .. } => self.node.cgroups.pod(&self.uid, pod),
-                Runtime::Oci(_) => None,
-            });
+            .map(|()| self.node.cgroups.pod(&self.uid, pod));
         for (name, plan) in plans {
             let Ok(launch) = plan else { continue };
             let started = match &cgroup {
@@ -433,15 +431,7 @@ impl Worker {
     }
 
     fn remove_state(&self) {
-        self.node.cgroups.remove(&self.uid);
-        if let Runtime::Oci(oci) = &self.node.runtime {
-            oci.cleanup(&self.dir, &self.uid);
-        }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "pod directory not removed");
-        }
+        remove_leftovers(&self.dir, &self.uid, &self.node.cgroups, &self.node.runtime);
     }
 }
 
@@ -505,6 +495,12 @@ pub fn remove_pod_state(dir: &Path, uid: &str, cgroups: &Cgroups, runtime: &Runt
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    remove_leftovers(dir, uid, cgroups, runtime);
+}
+
+/// What a pod whose processes are gone leaves: its cgroup, what the runtime holds of it
+/// (containers, mounts), and its directory.
+fn remove_leftovers(dir: &Path, uid: &str, cgroups: &Cgroups, runtime: &Runtime) {
     cgroups.remove(uid);
     if let Runtime::Oci(oci) = runtime {
         oci.cleanup(dir, uid);

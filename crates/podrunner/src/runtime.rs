@@ -75,19 +75,6 @@ fn pod_cgroup(uid: &str) -> String {
     format!("/kubevirt-rs/pod{uid}")
 }
 
-/// The mount points of the cgroup hierarchies (v1 and v2) in a mountinfo table.
-fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
-            (fstype == "cgroup" || fstype == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .collect()
-}
-
 /// The runtime's name for a container.
 fn container_id(uid: &str, container: &str) -> String {
     format!("{uid}-{container}")
@@ -219,7 +206,7 @@ impl Oci {
         }
         // The runtime removes each container's cgroup; the pod's, their parent, is ours.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for mount in cgroup_mounts(&mounts) {
+        for mount in crate::cgroup::mount_points(&mounts, &["cgroup", "cgroup2"]) {
             let _ = std::fs::remove_dir(mount.join(pod_cgroup(uid).trim_start_matches('/')));
         }
     }

@@ -129,15 +129,6 @@ impl ImageCache {
 
     /// Ensures `image` is unpacked in the cache; returns its tree and its configuration.
     pub async fn pull(&self, image: &str, policy: PullPolicy) -> Result<Pulled, ImageError> {
-        let pulled = self.pull_cached(image, policy).await?;
-        // Whoever unpacked it (a launcher runs with umask 077), the tree's root is open to
-        // every user: a pod mounts it as an image volume and runs as its own user.
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&pulled.tree, std::fs::Permissions::from_mode(0o755));
-        Ok(pulled)
-    }
-
-    async fn pull_cached(&self, image: &str, policy: PullPolicy) -> Result<Pulled, ImageError> {
         let reference =
             ImageRef::parse(image).ok_or_else(|| ImageError::InvalidReference(image.to_owned()))?;
         let ref_file = self
@@ -241,6 +232,11 @@ impl ImageCache {
         let staging = tempdir_in(&tmp).map_err(|e| e.to_string())?;
         let unpacked = staging.join("tree");
         std::fs::create_dir_all(&unpacked).map_err(|e| e.to_string())?;
+        // Whoever unpacks it (a launcher runs with umask 077), the tree's root is open to
+        // every user: a pod mounts it as an image volume and runs as its own user.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&unpacked, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
         let result = self
             .pull_layers(&client, &target, &manifest.layers, &staging, &unpacked)
             .await;

@@ -354,19 +354,16 @@ pub async fn start(
         })?;
 
     // virt-controller.
-    let sandboxed = first.sandbox.is_some();
     let controller_config = controller::Config {
-        host_disk_dirs: if sandboxed {
-            first
-                .host_disk_dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect()
-        } else {
-            Vec::new()
-        },
+        // Launcher pods mount these only in a sandbox (host processes see the node).
+        host_disk_dirs: first
+            .sandbox
+            .iter()
+            .flat_map(|s| &s.host_disk_dirs)
+            .map(|d| d.display().to_string())
+            .collect(),
         // The pod runner hands out /dev/userfaultfd where the node has it.
-        userfaultfd: sandboxed && Path::new("/dev/userfaultfd").exists(),
+        userfaultfd: first.sandbox.is_some() && Path::new("/dev/userfaultfd").exists(),
         launcher_image: launcher,
         software_emulation: first.software_emulation.is_some(),
         namespace: NAMESPACE.into(),

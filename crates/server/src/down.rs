@@ -97,7 +97,8 @@ pub fn down(dir: &Path, grace: Duration) -> Result<Stopped, DownError> {
     }
     let cgroups = podrunner::cgroup::Cgroups::detect();
     // Pods a sandboxed server ran leave the runtime's state and mounts to remove too.
-    let sandbox = crate::sandbox(&data);
+    // (Only clean-up: no pod mounts anything any more.)
+    let sandbox = crate::sandbox(&data, Vec::new());
     let runtime = match sandbox.state.is_dir().then(|| sandbox.runtime()) {
         Some(Ok(runtime)) => runtime,
         _ => podrunner::runtime::Runtime::Process {

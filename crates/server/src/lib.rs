@@ -270,10 +270,8 @@ fn node_setup(args: &ServerArgs, dir: &DataDir) -> components::NodeSetup {
             tracing::warn!(dir = %d.display(), error = %e, "host disk directory not created");
         }
     }
-    let sandbox = (args.pod_runtime == cli::PodRuntime::Runc).then(|| components::Sandbox {
-        host_disk_dirs: host_disk_dirs.clone(),
-        ..sandbox(dir)
-    });
+    let sandbox =
+        (args.pod_runtime == cli::PodRuntime::Runc).then(|| sandbox(dir, host_disk_dirs.clone()));
     components::NodeSetup {
         name,
         launcher_binary,
@@ -290,8 +288,9 @@ fn node_setup(args: &ServerArgs, dir: &DataDir) -> components::NodeSetup {
 }
 
 /// Pods in runc: the runtime from the usual system directories (else `runc` on `PATH`),
-/// the shim beside this binary, the runtime's state in the data directory.
-pub(crate) fn sandbox(dir: &DataDir) -> components::Sandbox {
+/// the shim beside this binary, the runtime's state in the data directory; launcher pods
+/// may mount their namespace's directory in `host_disk_dirs`.
+pub(crate) fn sandbox(dir: &DataDir, host_disk_dirs: Vec<PathBuf>) -> components::Sandbox {
     let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
         .into_iter()
         .map(std::path::PathBuf::from)
@@ -305,7 +304,7 @@ pub(crate) fn sandbox(dir: &DataDir) -> components::Sandbox {
         shim,
         state: dir.root().join("runc"),
         paths: launcher::paths::NodePaths::from_process_env(),
-        host_disk_dirs: Vec::new(),
+        host_disk_dirs,
     }
 }
 

@@ -17,6 +17,22 @@ async fn toolbox(c: &Cluster, name: &str, script: &str, container: Value, spec: 
     serde_json::to_value(c.pod(name, "", extra).await).unwrap()
 }
 
+/// The pod, and its container's message, once it waits with `CreateContainerConfigError`:
+/// refused before anything ran.
+async fn config_error(c: &Cluster, name: &str) -> (Value, String) {
+    let pod = c
+        .wait_pod(name, "refused", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        })
+        .await;
+    let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (pod, message)
+}
+
 /// The container's output, once the pod has ended.
 async fn output(c: &Cluster, name: &str, phase: &str) -> String {
     let pod = c.wait_phase_for(name, phase, Duration::from_secs(60)).await;
@@ -105,17 +121,8 @@ async fn the_security_context_sets_the_user_and_takes_capabilities() {
         json!({}),
     )
     .await;
-    let pod = c
-        .wait_pod("root", "refused", |p| {
-            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-                == "CreateContainerConfigError"
-        })
-        .await;
-    let message = &pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"];
-    assert!(
-        message.as_str().unwrap().contains("runAsNonRoot"),
-        "{message}"
-    );
+    let (pod, message) = config_error(&c, "root").await;
+    assert!(message.contains("runAsNonRoot"), "{message}");
     assert_eq!(pod["status"]["phase"], "Pending");
 }
 
@@ -187,13 +194,7 @@ async fn limits_are_the_containers_cgroup_and_volumes_only_emptydir() {
         json!({"volumes": [{"name": "etc", "hostPath": {"path": "/etc"}}]}),
     )
     .await;
-    let pod = c
-        .wait_pod("hostpath", "refused", |p| {
-            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-                == "CreateContainerConfigError"
-        })
-        .await;
-    let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
+    let (_, message) = config_error(&c, "hostpath").await;
     assert!(
         message.contains("hostPath only for their namespace"),
         "{message}"
@@ -303,13 +304,7 @@ async fn a_volume_named_like_a_path_or_a_capability_beyond_the_baseline_is_refus
         json!({}),
     )
     .await;
-    let pod = c
-        .wait_pod("admin", "refused", |p| {
-            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-                == "CreateContainerConfigError"
-        })
-        .await;
-    let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
+    let (_, message) = config_error(&c, "admin").await;
     assert!(message.contains("may not be added"), "{message}");
     // The node's root is as it was.
     let mode = std::fs::metadata("/").unwrap();

@@ -61,6 +61,19 @@ async fn vmi(client: &kube::Client, name: &str) -> VirtualMachineInstance {
     vmis.get(name).await.unwrap()
 }
 
+/// The VMI's `status.migrationState`, which it must have.
+async fn migration_state(
+    client: &kube::Client,
+    name: &str,
+) -> api::v1::VirtualMachineInstanceMigrationState {
+    vmi(client, name)
+        .await
+        .status
+        .unwrap()
+        .migration_state
+        .unwrap()
+}
+
 fn node_of(vmi: &VirtualMachineInstance) -> String {
     vmi.status.as_ref().unwrap().node_name.clone().unwrap()
 }
@@ -426,12 +439,7 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
         Duration::from_secs(60),
     )
     .await;
-    let state = vmi(&client, "counter")
-        .await
-        .status
-        .unwrap()
-        .migration_state
-        .unwrap();
+    let state = migration_state(&client, "counter").await;
     assert_eq!(state.migration_policy_name.as_deref(), Some("slow"));
     assert!(
         virtctl(&kc, &["migrate-cancel", "counter"])
@@ -515,12 +523,7 @@ async fn vmis_migrate_between_nodes_and_failed_migrations_leave_them_running() {
     .await;
     // The streams are TLS with mutual authentication: without the migration
     // certificate, the target's disk export and hand-over give nothing.
-    let state = vmi(&client, "counter")
-        .await
-        .status
-        .unwrap()
-        .migration_state
-        .unwrap();
+    let state = migration_state(&client, "counter").await;
     let address = state.target_node_address.clone().unwrap();
     // The ports map says which stream each port takes: 10809 the disks, 1 the hand-over.
     let port = |stream: i32| {

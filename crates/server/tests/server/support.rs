@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use podrunner::cgroup::Cgroups;
+use podrunner::pods::remove_pod_state;
+use podrunner::runtime::{Oci, Runtime};
+use registry::image::ImageCache;
+use registry::registries::Registries;
 use server::kubeconfig::Kubeconfig;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kubevirt-rs");
@@ -504,43 +509,19 @@ impl Drop for Reaper {
         for (pid, _) in processes_mentioning(&self.0) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        // Sandboxed pods also leave the runtime's state and their root filesystems'
-        // mounts.
-        let state = self.0.join("data/runc");
-        let ids = Command::new("runc")
-            .arg("--root")
-            .arg(&state)
-            .args(["list", "-q"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for id in ids.lines() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&state)
-                .args(["delete", "--force", id])
-                .output();
-        }
-        // The pods' cgroups, which only the pod runner's own clean-up removes.
-        for uid in pod_uids(&self.0) {
-            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = std::fs::remove_dir(
-                    hierarchy
-                        .path()
-                        .join("kubevirt-rs")
-                        .join(format!("pod{uid}")),
-                );
-            }
-        }
-        let root = self.0.to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for point in mounts.lines().filter_map(|l| l.split_whitespace().nth(4)) {
-            if point.starts_with(&root) {
-                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        // Sandboxed pods also leave runc's containers, their root filesystems' mounts
+        // and their cgroups: the pod runner's own clean-up removes them.
+        let runtime = Runtime::Oci(Oci {
+            runc: "runc".into(),
+            shim: PathBuf::new(),
+            state: self.0.join("data/runc"),
+            images: ImageCache::new(self.0.join("unused"), Registries::default()),
+            host_paths: Vec::new(),
+        });
+        for pods in pod_dirs(&self.0) {
+            for pod in std::fs::read_dir(pods).into_iter().flatten().flatten() {
+                let uid = pod.file_name().to_string_lossy().into_owned();
+                remove_pod_state(&pod.path(), &uid, &Cgroups::default(), &runtime);
             }
         }
     }
