@@ -719,15 +719,26 @@ mod tests {
             env: &env,
         };
         let volumes = BTreeMap::from([("data".to_owned(), (PathBuf::from("/node/data"), false))]);
-        let devices = BTreeMap::from([(
-            "devices.kubevirt.io/kvm".to_owned(),
-            Device {
-                path: "/dev/kvm".into(),
-                major: 10,
-                minor: 232,
-                launchers_only: false,
-            },
-        )]);
+        let devices = BTreeMap::from([
+            (
+                "devices.kubevirt.io/kvm".to_owned(),
+                Device {
+                    path: "/dev/kvm".into(),
+                    major: 10,
+                    minor: 232,
+                    launchers_only: false,
+                },
+            ),
+            (
+                "devices.kubevirt.io/userfaultfd".to_owned(),
+                Device {
+                    path: "/dev/userfaultfd".into(),
+                    major: 10,
+                    minor: 257,
+                    launchers_only: true,
+                },
+            ),
+        ]);
         let paths = Paths {
             rootfs: Path::new("/node/rootfs"),
             volumes: &volumes,
@@ -964,6 +975,43 @@ mod tests {
                 .as_ref()
                 .is_none_or(Vec::is_empty)
         );
+    }
+
+    #[test]
+    fn userfaultfd_goes_only_to_a_vmis_launcher_and_no_device_for_a_zero_quantity() {
+        let paths_of = |p: &Pod| -> Vec<PathBuf> {
+            let s = spec_of(p, &image(json!({}))).unwrap();
+            let linux = s.linux().as_ref().unwrap();
+            linux
+                .devices()
+                .iter()
+                .flatten()
+                .map(|d| d.path().clone())
+                .collect()
+        };
+        let asking = |quantity: &str| {
+            pod(
+                json!({"name": "c", "command": ["sh"], "resources": {"limits": {
+                    "devices.kubevirt.io/userfaultfd": quantity, "devices.kubevirt.io/kvm": quantity}}}),
+                json!({}),
+            )
+        };
+        // A tenant's own pod asks: /dev/kvm, as any device plugin's, but not userfaultfd.
+        assert_eq!(paths_of(&asking("1")), [PathBuf::from("/dev/kvm")]);
+        // A VMI's launcher (only virt-controller may make one) gets both.
+        let mut launcher = asking("1");
+        launcher.metadata.owner_references = Some(vec![
+            serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "name": "v", "uid": "u", "controller": true}))
+            .unwrap(),
+        ]);
+        assert_eq!(
+            paths_of(&launcher),
+            [PathBuf::from("/dev/kvm"), PathBuf::from("/dev/userfaultfd")]
+        );
+        // A quantity of zero asks for nothing.
+        assert!(paths_of(&asking("0")).is_empty());
     }
 
     #[test]
